@@ -1,0 +1,1 @@
+"""Shared pieces of the training scripts, one concern per module."""

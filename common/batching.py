@@ -1,0 +1,80 @@
+"""Batching: tokenized examples to the dataset and collator the trainer sees (truncation, packing, preview).
+
+We hand SFTTrainer finished `input_ids`/`labels` (it skips its own preparation), so what `dry_run`
+previews is exactly what training receives, and every truncated or dropped row is counted.
+"""
+
+import json
+import os
+
+import torch
+
+from common.data import DataReport
+
+
+def choose_packing(packing) -> bool:
+    """"auto": pack on GPU (varlen attention makes it pay); on CPU, padded length-grouped batches are faster.
+
+    Measured on two cores (KNOWN_TRAPS.md): TRL packing ran 2x slower than padded batches, because sdpa
+    with a packed row's block-diagonal mask runs full-size attention through the math kernel.
+    """
+    return torch.cuda.is_available() if packing == "auto" else bool(packing)
+
+
+def build_dataset(examples, max_length: int, packing: bool, seed: int, report: DataReport, split: str):
+    """A datasets.Dataset of input_ids/labels (packed with BFD when asked); counts go into the report."""
+    from datasets import Dataset
+    from trl.data_utils import pack_dataset
+
+    rows, truncated, no_target = [], 0, 0
+    for input_ids, labels in examples:
+        if len(input_ids) > max_length:
+            truncated += 1
+            input_ids, labels = input_ids[:max_length], labels[:max_length]
+        if all(label == -100 for label in labels[1:]):  # the first label is never a target after the shift
+            no_target += 1
+            continue
+        rows.append({"input_ids": input_ids, "labels": labels})
+    if no_target:
+        report.drop(f"{split}: no trained token after truncation to max_length={max_length}", no_target)
+    report.counts[f"{split}_rows"] = len(rows)
+    report.counts[f"{split}_truncated"] = truncated
+    report.counts[f"{split}_tokens"] = sum(len(r["input_ids"]) for r in rows)
+    report.counts[f"{split}_trained_tokens"] = sum(sum(lab != -100 for lab in r["labels"][1:]) for r in rows)
+    dataset = Dataset.from_list(rows)
+    if packing and len(dataset):
+        dataset = pack_dataset(dataset.shuffle(seed=seed), max_length, "bfd")
+        report.counts[f"{split}_packed_rows"] = len(dataset)
+        report.counts[f"{split}_packing_fill"] = round(report.counts[f"{split}_tokens"] / (len(dataset) * max_length), 4)
+    return dataset
+
+
+def collator(tokenizer, packing: bool):
+    """TRL's collator: padded batches, or one padding-free row with per-document position_ids when packed."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    return DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=packing)
+
+
+def write_preview(dataset, collate, output_dir: str, n: int = 16) -> list[dict]:
+    """data_preview.jsonl: the first n training examples exactly as the collator hands them to the model."""
+    preview = []
+    for i in range(min(n, len(dataset))):
+        batch = collate([dataset[i]])
+        preview.append({k: batch[k][0].tolist() for k in ("input_ids", "labels", "position_ids") if k in batch})
+    with open(os.path.join(output_dir, "data_preview.jsonl"), "w", encoding="utf-8") as f:
+        for row in preview:
+            f.write(json.dumps(row) + "\n")
+    return preview
+
+
+def show_example(tokenizer, example: dict) -> str:
+    """The example's text with the tokens that carry a loss wrapped in [[ ]]."""
+    pieces, inside = [], False
+    for token, label in zip(example["input_ids"], example["labels"]):
+        trained = label != -100
+        if trained != inside:
+            pieces.append("[[" if trained else "]]")
+            inside = trained
+        pieces.append(tokenizer.decode([token]))
+    return "".join(pieces) + ("]]" if inside else "")

@@ -1,0 +1,77 @@
+"""Checkpoints and the output layout: what a run may reuse or overwrite, resume points, and the final export."""
+
+import glob
+import json
+import os
+import re
+import shutil
+
+from common.distributed import is_main, wait_for_everyone
+from common.errors import UserError
+
+RUN_FILES = ("params.yaml", "data_report.json", "metrics.jsonl", "loss.png", "data_preview.jsonl", "tokenizer")
+
+
+def checkpoints(output_dir: str) -> list[str]:
+    """Complete checkpoints, oldest first; the Trainer writes trainer_state.json last, so it marks completion."""
+    found = [p for p in glob.glob(os.path.join(output_dir, "checkpoint-*")) if re.search(r"checkpoint-\d+$", p)]
+    complete = [p for p in found if os.path.isfile(os.path.join(p, "trainer_state.json"))]
+    return sorted(complete, key=lambda p: int(p.rsplit("-", 1)[1]))
+
+
+def prepare_output_dir(output_dir: str, resume: bool, overwrite: bool) -> str | None:
+    """Check output_dir against resume/overwrite; returns the checkpoint to resume from, if any."""
+    final = os.path.join(output_dir, "final")
+    if overwrite:
+        if is_main():
+            for name in (*RUN_FILES, "final", "final.tmp", *map(os.path.basename, glob.glob(f"{output_dir}/checkpoint-*"))):
+                path = os.path.join(output_dir, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif os.path.exists(path):
+                    os.remove(path)
+        wait_for_everyone()
+        return None
+    if os.path.isdir(final):
+        raise UserError(f"{output_dir} holds a finished run (final/); set overwrite=true or choose another output_dir")
+    found = checkpoints(output_dir)
+    if found and not resume:
+        raise UserError(
+            f"{output_dir} has checkpoints of an unfinished run; set resume=true to continue it or overwrite=true"
+        )
+    if not found:
+        return None
+    step = int(found[-1].rsplit("-", 1)[1])
+    if is_main():
+        _truncate_metrics(output_dir, step)
+    wait_for_everyone()
+    return found[-1]
+
+
+def _truncate_metrics(output_dir: str, step: int) -> None:
+    """Drop metrics logged after the checkpoint we resume from: those steps are run again."""
+    path = os.path.join(output_dir, "metrics.jsonl")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+
+
+def export_final(trainer, tokenizer, output_dir: str, eos_ids: list[int], merge_lora: bool = True) -> str:
+    """Write output_dir/final: a plain Hugging Face folder (merged when LoRA), written whole then renamed."""
+    final, tmp = os.path.join(output_dir, "final"), os.path.join(output_dir, "final.tmp")
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload") and merge_lora:
+        model = model.merge_and_unload()
+    model.config.use_cache = True
+    generation = model.generation_config
+    generation.eos_token_id = eos_ids
+    generation.pad_token_id = tokenizer.pad_token_id
+    if is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, final)
+    wait_for_everyone()
+    return final

@@ -1,0 +1,158 @@
+"""Data: reading sources (files, folders, hub ids), checking rows against a schema, eval splits, the report.
+
+Every row keeps where it came from (`file:line`), so a bad row is reported in one line that names it.
+"""
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+
+from common.errors import UserError
+
+FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+@dataclass
+class Row:
+    data: dict
+    where: str
+
+
+@dataclass
+class DataReport:
+    """Counts written to output_dir/data_report.json: what was read, dropped and why, and token totals."""
+
+    sources: dict = field(default_factory=dict)
+    dropped: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+    def as_dict(self) -> dict:
+        return {"sources": self.sources, "dropped": self.dropped, **self.counts}
+
+    def write(self, output_dir: str) -> None:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, "data_report.json"), "w", encoding="utf-8") as f:
+            json.dump(self.as_dict(), f, indent=2)
+
+
+def load_sources(sources, report: DataReport, key: str = "data") -> list[Row]:
+    """Rows of every source in order. An entry is a path, a hub dataset id, or {path, split, fields}."""
+    if isinstance(sources, (str, dict)):
+        sources = [sources]
+    if not sources:
+        raise UserError(f"{key} is empty: name at least one data file")
+    rows = []
+    for source in sources:
+        spec = {"path": source} if isinstance(source, str) else dict(source)
+        unknown = set(spec) - {"path", "split", "fields"}
+        if unknown or not isinstance(spec.get("path"), str):
+            raise UserError(f"{key}: a source must be a path or a dict with path, split, fields; got {source!r}")
+        loaded = [Row(_rename(r.data, spec.get("fields")), r.where) for r in _read(spec["path"], spec.get("split"))]
+        report.sources[spec["path"]] = len(loaded)
+        rows.extend(loaded)
+    return rows
+
+
+def _read(path: str, split: str | None) -> list[Row]:
+    if path.endswith(".jsonl") and os.path.isfile(path):
+        return _read_jsonl(path)
+    if os.path.isfile(path) and path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        if not isinstance(data, list):
+            raise UserError(f"{path}: expected a JSON list of rows")
+        return [Row(r, f"{path}: row {i + 1}") for i, r in enumerate(data)]
+    if os.path.isfile(path) and os.path.splitext(path)[1] in FILE_TYPES:
+        import datasets
+
+        ds = datasets.load_dataset(FILE_TYPES[os.path.splitext(path)[1]], data_files=path, split="train")
+        return [Row(r, f"{path}: row {i + 1}") for i, r in enumerate(ds)]
+    if os.path.isdir(path):
+        import datasets
+
+        try:
+            ds = datasets.load_from_disk(path)
+        except (FileNotFoundError, ValueError) as e:
+            raise UserError(f"{path}: not a dataset saved with save_to_disk ({e})") from None
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[split or "train"]
+        return [Row(r, f"{path}: row {i + 1}") for i, r in enumerate(ds)]
+    if os.path.exists(path) or path.startswith((".", "/")) or os.path.splitext(path)[1]:
+        raise UserError(f"data file not found or not a supported type (jsonl, json, parquet, csv, folder): {path}")
+    return _read_hub(path, split)
+
+
+def _read_hub(name: str, split: str | None) -> list[Row]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:  # the hub raises many types; all mean the same thing to the user
+        raise UserError(f"cannot load dataset '{name}' (not a local file; hub: {str(e).splitlines()[0]})") from None
+    return [Row(r, f"{name}[{split or 'train'}]: row {i + 1}") for i, r in enumerate(ds)]
+
+
+def _read_jsonl(path: str) -> list[Row]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(Row(json.loads(line), f"{path}:{number}"))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{number}: malformed JSON ({e.msg} at column {e.colno})") from None
+    return rows
+
+
+def _rename(row, fields: dict | None):
+    """Apply a field mapping; ShareGPT `conversations/from/value` becomes `messages/role/content`."""
+    if not isinstance(row, dict):
+        return row
+    fields = dict(fields or {})
+    if "conversations" in row and "messages" not in row:
+        fields = {"messages": "conversations", "role": "from", "content": "value", **fields}
+    row = dict(row)
+    for target, source in fields.items():
+        if target not in ("role", "content") and source in row:
+            row[target] = row.pop(source)
+    role, content = fields.get("role", "role"), fields.get("content", "content")
+    if (role, content) != ("role", "content") and isinstance(row.get("messages"), list):
+        row["messages"] = [
+            {"role": SHAREGPT_ROLES.get(m.get(role), m.get(role)), "content": m.get(content)} if isinstance(m, dict) else m
+            for m in row["messages"]
+        ]
+    return row
+
+
+def check_rows(rows: list[Row], validate, on_bad_rows: str, report: DataReport) -> list[Row]:
+    """Rows that pass `validate` (which returns a reason or None); a bad row stops the run or is counted."""
+    good = []
+    for row in rows:
+        reason = validate(row.data) if isinstance(row.data, dict) else "row must be a JSON object"
+        if reason is None:
+            good.append(row)
+        elif on_bad_rows == "error":
+            raise UserError(f"{row.where}: {reason}")
+        else:
+            report.drop(f"bad row: {reason}")
+    return good
+
+
+def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded random eval split of `fraction` of the rows (at least one row when fraction > 0)."""
+    if fraction <= 0 or len(rows) < 2:
+        return rows, []
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(round(len(rows) * fraction)))
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]

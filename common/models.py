@@ -1,0 +1,73 @@
+"""Models: loading a model and its tokenizer (a hub id, a local folder, or the built-in tiny model), LoRA."""
+
+import os
+
+import torch
+
+from common.errors import UserError
+
+BUILTIN = {"builtin:tiny": os.path.join(os.path.dirname(os.path.abspath(__file__)), "builtin_tiny")}
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = BUILTIN.get(name, name)
+    if name.startswith("builtin:") and name not in BUILTIN:
+        raise UserError(f"unknown built-in model '{name}' (available: {', '.join(BUILTIN)})")
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1  # a hub id is owner/name
+    if looks_local and not os.path.isdir(path):
+        raise UserError(f"model folder not found: {name}")
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load the tokenizer of model '{name}': {str(e).splitlines()[0]}") from None
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    """"auto" is bf16 on a GPU that has it and fp32 elsewhere (bf16 on CPU is slower and not reproducible)."""
+    if dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_model(name: str, dtype: str = "auto", seed: int = 0, trust_remote_code: bool = False):
+    """The model in training mode with the KV cache off: with the cache on, packed documents see each other."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch_dtype = resolve_dtype(dtype)
+    if name in BUILTIN:
+        torch.manual_seed(seed)  # random initialisation, reproducible
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(BUILTIN[name]), dtype=torch_dtype)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from None
+    model.config.use_cache = False
+    return model
+
+
+def apply_lora(model, lora: dict, new_token_ids: list[int]):
+    """Wrap the model with a LoRA adapter; rows of newly added tokens are trained too (and saved with it)."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {module: name for name, module in model.named_modules()}
+    embedding_rows = {}
+    if new_token_ids:
+        embedding_rows[names[model.get_input_embeddings()]] = new_token_ids
+        output = model.get_output_embeddings()
+        if output is not None and output.weight is not model.get_input_embeddings().weight:
+            embedding_rows[names[output]] = new_token_ids
+    config = LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules="all-linear" if lora["target_modules"] == ["all-linear"] else lora["target_modules"],
+        trainable_token_indices=embedding_rows or None,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:
+        raise UserError(f"lora: {str(e).splitlines()[0]}") from None

@@ -1,0 +1,174 @@
+"""PARAMS handling: `--config file.yaml` and `key=value` overrides, checked against the defaults.
+
+The PARAMS dict at the top of a script is the schema: its keys are the only keys and a default's
+type is the type an override must have (a default of None accepts anything).
+"""
+
+import copy
+import difflib
+import os
+import re
+import sys
+
+import yaml
+
+from common.errors import UserError, exit_on_user_error
+
+# Values some shared keys may take; a key missing here accepts any value of its type.
+CHOICES = {
+    "chat_format": ("special_tokens", "native"),
+    "loss_on": ("all_assistant", "last_assistant"),
+    "packing": ("auto", True, False),
+    "report_to": ("auto", "wandb", "none"),
+    "on_bad_rows": ("error", "skip"),
+    "dtype": ("auto", "float32", "bfloat16", "float16"),
+}
+# (check, reason) for numeric keys shared across scripts.
+BOUNDS = {
+    "learning_rate": (lambda v: v > 0, "must be > 0"),
+    "batch_size": (lambda v: v >= 1, "must be >= 1"),
+    "grad_accum": (lambda v: v >= 1, "must be >= 1"),
+    "max_length": (lambda v: v >= 8, "must be >= 8"),
+    "num_epochs": (lambda v: v > 0, "must be > 0"),
+    "eval_fraction": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "logging_steps": (lambda v: v >= 1, "must be >= 1"),
+    "save_steps": (lambda v: v >= 1, "must be >= 1"),
+    "r": (lambda v: v >= 1, "must be >= 1"),
+    "dropout": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+}
+SECRET_KEY = re.compile(r"(^|[._])(api_?key|key|token|secret|password)s?($|_)", re.IGNORECASE)
+
+
+def resolve(defaults: dict, argv: list[str] | None = None) -> dict:
+    """The script's PARAMS with the command line applied; a bad override exits with status 2."""
+    return exit_on_user_error(apply_overrides)(defaults, sys.argv[1:] if argv is None else argv)
+
+
+def apply_overrides(defaults: dict, argv: list[str]) -> dict:
+    params = copy.deepcopy(defaults)
+    configs, pairs = [], []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--config":
+            configs.append(next(args, None) or _fail_usage("--config needs a YAML file"))
+        elif arg.startswith("--config="):
+            configs.append(arg.split("=", 1)[1])
+        elif "=" in arg and not arg.startswith("-"):
+            pairs.append(arg)
+        else:
+            _fail_usage(f"unexpected argument '{arg}' (use key=value or --config file.yaml)")
+    for path in configs:
+        for key, value in _flatten(_read_yaml(path)).items():
+            _set(params, defaults, key, value, f"{path}: ")
+    for pair in pairs:
+        key, text = pair.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        _set(params, defaults, key.strip(), value, "")
+    return params
+
+
+def _fail_usage(message):
+    raise UserError(message)
+
+
+def _read_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UserError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise UserError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of PARAMS keys, got {type(data).__name__}")
+    return data
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _set(params: dict, defaults: dict, key: str, value, where: str) -> None:
+    *parents, leaf = key.split(".")
+    node, schema = params, defaults
+    for depth, part in enumerate(parents):
+        if not isinstance(schema.get(part), dict):
+            _unknown(".".join(parents[: depth + 1]), defaults, where)
+        node, schema = node[part], schema[part]
+    if leaf not in schema:
+        _unknown(key, defaults, where)
+    default = schema[leaf]
+    if isinstance(default, dict) and isinstance(value, dict):
+        for sub, sub_value in _flatten(value).items():
+            _set(params, defaults, f"{key}.{sub}", sub_value, where)
+        return
+    node[leaf] = _check(key, leaf, default, value, where)
+
+
+def _unknown(key: str, defaults: dict, where: str):
+    known = sorted(_flatten(defaults))
+    near = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(near)}?" if near else f"; valid keys: {', '.join(known)}"
+    raise UserError(f"{where}unknown PARAMS key '{key}'{hint}")
+
+
+def _check(key: str, leaf: str, default, value, where: str):
+    if default is not None:
+        value = _coerce(key, default, value, where)
+    choices = CHOICES.get(leaf)
+    if choices is not None and value not in choices:
+        raise UserError(f"{where}{key}={value!r} is not one of {', '.join(map(repr, choices))}")
+    bound = BOUNDS.get(leaf)
+    if bound is not None and isinstance(value, (int, float)) and not bound[0](value):
+        raise UserError(f"{where}{key}={value!r} {bound[1]}")
+    return value
+
+
+def _coerce(key: str, default, value, where: str):
+    expected = type(default)
+    if leaf_accepts_choice(key, value):
+        return value
+    if isinstance(default, list) and not isinstance(value, list):
+        return [value]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 as a string
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, expected) and not (expected is not bool and isinstance(value, bool)):
+        return value
+    raise UserError(f"{where}{key} must be {expected.__name__} (like the default {default!r}), got {value!r}")
+
+
+def leaf_accepts_choice(key: str, value) -> bool:
+    """Keys such as packing take a bool or "auto": a listed choice is valid whatever the default's type."""
+    choices = CHOICES.get(key.split(".")[-1], ())
+    return any(value is c or (not isinstance(c, bool) and value == c) for c in choices)
+
+
+def redact(params):
+    """A copy with every value whose key names a secret replaced."""
+    if not isinstance(params, dict):
+        return params
+    return {
+        k: ("<redacted>" if SECRET_KEY.search(k) and v not in (None, "") else redact(v)) for k, v in params.items()
+    }
+
+
+def save_params(params: dict, output_dir: str) -> None:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "params.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump(redact(params), f, sort_keys=False)

@@ -1,0 +1,65 @@
+"""Tracking: where metrics go (wandb when asked), metrics.jsonl always, and loss.png at the end."""
+
+import json
+import os
+
+from transformers import TrainerCallback
+
+from common.params import redact
+
+
+def report_to(choice: str) -> str:
+    """"auto" means wandb when WANDB_PROJECT is set (WANDB_MODE=offline works without network), else none."""
+    if choice == "auto":
+        return "wandb" if os.environ.get("WANDB_PROJECT") else "none"
+    return choice
+
+
+def init_wandb(params: dict, run_name: str) -> None:
+    """Start the wandb run ourselves so its config is the redacted PARAMS (the Trainer then reuses the run)."""
+    import wandb
+
+    if wandb.run is None:
+        wandb.init(project=os.environ.get("WANDB_PROJECT"), name=run_name, config=redact(params))
+
+
+class MetricsFile(TrainerCallback):
+    """Appends every logged dict, with its step and epoch, to output_dir/metrics.jsonl (main process only)."""
+
+    def __init__(self, output_dir: str):
+        self.path = os.path.join(output_dir, "metrics.jsonl")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+def read_metrics(output_dir: str) -> list[dict]:
+    path = os.path.join(output_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_loss(output_dir: str) -> None:
+    """loss.png: training loss and, when there is one, eval loss against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = read_metrics(output_dir)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("loss", "train"), ("eval_loss", "eval")):
+        points = [(m["step"], m[key]) for m in metrics if key in m]
+        if points:
+            ax.plot(*zip(*points), label=label, marker="o" if label == "eval" else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(output_dir, "loss.png"), dpi=100)
+    plt.close(fig)

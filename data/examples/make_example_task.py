@@ -1,0 +1,281 @@
+#!/usr/bin/env python
+"""Generate the shipped example task: on-device function calling.
+
+A user request in plain English goes in; exactly one compact, Python-like
+function call comes out, e.g.
+
+    "What's the weather in Paris tomorrow?" -> get_weather(city="Paris", day="tomorrow")
+
+Slot values (cities, names, numbers, ...) are copied verbatim from the request
+into the call, and answers are graded by exact string match (see verify.py).
+
+Deterministic (fixed seed, standard library only). Run from anywhere:
+
+    python data/examples/make_example_task.py
+
+Writes, next to this file:
+    chat_train.jsonl / chat_test.jsonl              {"messages": [...]}
+    completion_train.jsonl / completion_test.jsonl  {"prompt": ..., "completion": ...}
+
+The test split is held out: its 200 requests are distinct, and no test request
+string appears anywhere in the training data (including second turns of
+multi-turn rows). Training requests may repeat, as in real traffic.
+"""
+
+import json
+import random
+from pathlib import Path
+
+SEED = 1234
+N_TRAIN = 1500
+N_TEST = 200
+SYSTEM_FRACTION = 0.2
+MULTI_TURN_FRACTION = 0.05
+SYSTEM_PROMPTS = [
+    "You are an assistant that answers with one function call.",
+    "Answer with a single function call.",
+    "You turn requests into function calls.",
+]
+
+OUT_DIR = Path(__file__).resolve().parent
+
+# ---------------------------------------------------------------- slot values
+CITIES = [
+    "Paris", "London", "Berlin", "Madrid", "Rome", "Tokyo", "Lisbon", "Oslo",
+    "Dublin", "Vienna", "Prague", "Cairo", "Lima", "Seoul", "Sydney", "Boston",
+    "Chicago", "Denver", "Toronto", "Nairobi", "Mumbai", "Athens", "Warsaw",
+    "Zurich", "Munich", "Osaka", "Quito", "Dakar", "Hanoi", "Manila",
+    "New York", "Cape Town", "São Paulo", "Buenos Aires", "Mexico City",
+]
+DAYS = [
+    "today", "tomorrow", "monday", "tuesday", "wednesday", "thursday",
+    "friday", "saturday", "sunday",
+]
+CONTACTS = [
+    "Anna", "Ben", "Carla", "David", "Emma", "Felix", "Grace", "Hugo", "Ines",
+    "Jack", "Kate", "Leo", "Maria", "Nina", "Omar", "Paul", "Rosa", "Sam",
+    "Tom", "Vera", "Yusuf", "Zoe", "Mom", "Dad",
+]
+TEXTS = [
+    "running late", "see you soon", "call me back", "on my way",
+    "happy birthday", "I am home", "thanks a lot", "dinner is ready",
+    "good night", "meeting moved", "be there at six", "love you",
+    "no problem", "where are you", "bring the keys",
+]
+ARTISTS = [
+    "Adele", "Beyonce", "Coldplay", "Drake", "Eminem", "Queen", "Madonna",
+    "Shakira", "Rihanna", "Metallica", "Radiohead", "Nirvana", "ABBA",
+    "Muse", "Sting", "Prince", "Bob Marley", "Daft Punk", "Taylor Swift",
+    "Ed Sheeran", "Miles Davis", "Billie Eilish", "The Beatles",
+    "Pink Floyd", "Norah Jones", "Elvis", "Oasis", "Blur", "Bjork",
+    "Sade", "Moby", "Lorde", "Sia", "Dua Lipa", "Bruno Mars", "Lady Gaga",
+    "Bon Jovi", "Green Day", "Kanye West", "Frank Ocean",
+]
+CURRENCIES = ["USD", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD", "INR", "CNY", "BRL"]
+TITLES = [
+    "dentist", "team meeting", "lunch with Sara", "gym", "haircut",
+    "project review", "yoga class", "doctor", "date night", "book club",
+    "piano lesson", "standup", "car service", "parent meeting", "flight",
+]
+TIMES = [
+    "8am", "9am", "10am", "11am", "noon", "1pm", "2pm", "3pm", "4pm", "5pm",
+    "6pm", "7pm", "8pm", "9:30am", "10:15am", "2:30pm", "5:45pm", "7:30pm",
+]
+
+
+def minutes(rng):
+    return str(rng.choice([rng.randint(1, 60), rng.randint(1, 120), rng.choice([5, 10, 15, 20, 30, 45, 60, 90])]))
+
+
+def amount(rng):
+    return str(rng.choice([rng.randint(1, 100), rng.randint(1, 1000), rng.randint(10, 5000)]))
+
+
+def pair(rng):
+    return rng.sample(CURRENCIES, 2)
+
+
+def day_phrase(day):
+    # "today"/"tomorrow" read naturally bare; weekdays take "on".
+    return day if day in ("today", "tomorrow") else "on " + day
+
+
+# ------------------------------------------------------------------ functions
+# Each function: (sampler returning a slot dict, request templates, call builder).
+# Template placeholders are filled with the exact strings that go into the call.
+
+def q(s):
+    return '"' + s + '"'
+
+
+FUNCTIONS = {
+    "get_weather": (
+        lambda rng: {"city": rng.choice(CITIES), "day": rng.choice(DAYS)},
+        [
+            "What's the weather in {city} {dayp}?",
+            "Weather for {city} {dayp}",
+            "Will it rain in {city} {dayp}?",
+            "How hot is it in {city} {dayp}?",
+            "Forecast {city} {day}",
+            "Is it sunny in {city} {dayp}?",
+            "Check the weather {dayp} in {city}",
+        ],
+        lambda s: f"get_weather(city={q(s['city'])}, day={q(s['day'])})",
+    ),
+    "set_timer": (
+        lambda rng: {"minutes": minutes(rng)},
+        [
+            "Set a timer for {minutes} minutes",
+            "Start a {minutes} minute timer",
+            "Timer {minutes} min",
+            "Countdown of {minutes} minutes please",
+            "Alert me in {minutes} minutes",
+            "Can you time {minutes} minutes?",
+        ],
+        lambda s: f"set_timer(minutes={s['minutes']})",
+    ),
+    "send_message": (
+        lambda rng: {"contact": rng.choice(CONTACTS), "text": rng.choice(TEXTS)},
+        [
+            "Text {contact}: {text}",
+            "Send {contact} a message saying {text}",
+            "Tell {contact} {text}",
+            "Message {contact} that {text}",
+            "Write to {contact}: {text}",
+            "Let {contact} know: {text}",
+        ],
+        lambda s: f"send_message(contact={q(s['contact'])}, text={q(s['text'])})",
+    ),
+    "play_music": (
+        lambda rng: {"artist": rng.choice(ARTISTS)},
+        [
+            "Play {artist}",
+            "Put on some {artist}",
+            "I want to hear {artist}",
+            "Play music by {artist}",
+            "Can you play {artist} please?",
+            "Start some {artist} songs",
+        ],
+        lambda s: f"play_music(artist={q(s['artist'])})",
+    ),
+    "convert_currency": (
+        lambda rng: dict(zip(("amount", "source", "target"), [amount(rng)] + pair(rng))),
+        [
+            "Convert {amount} {source} to {target}",
+            "How much is {amount} {source} in {target}?",
+            "{amount} {source} to {target}",
+            "What are {amount} {source} worth in {target}?",
+            "Exchange {amount} {source} into {target}",
+            "Change {amount} {source} to {target} please",
+        ],
+        lambda s: (
+            f"convert_currency(amount={s['amount']}, source={q(s['source'])}, "
+            f"target={q(s['target'])})"
+        ),
+    ),
+    "add_event": (
+        lambda rng: {"title": rng.choice(TITLES), "day": rng.choice(DAYS), "time": rng.choice(TIMES)},
+        [
+            "Add {title} {dayp} at {time}",
+            "Schedule {title} {dayp} at {time}",
+            "Put {title} in my calendar {dayp} at {time}",
+            "Book {title} for {day} at {time}",
+            "New event: {title}, {day}, {time}",
+            "Remind me of {title} {dayp} at {time}",
+        ],
+        lambda s: (
+            f"add_event(title={q(s['title'])}, day={q(s['day'])}, time={q(s['time'])})"
+        ),
+    ),
+}
+FUNCTION_NAMES = sorted(FUNCTIONS)
+
+
+def sample_pair(rng):
+    """One (request, call) pair from a random function and template."""
+    sampler, templates, build = FUNCTIONS[rng.choice(FUNCTION_NAMES)]
+    slots = sampler(rng)
+    fill = dict(slots)
+    if "day" in slots:
+        fill["dayp"] = day_phrase(slots["day"])
+    request = rng.choice(templates).format(**fill)
+    request = request[0].upper() + request[1:]
+    return request, build(slots)
+
+
+def sample_unique(rng, n, forbidden, used=None):
+    """n pairs whose request is not in `forbidden` (nor in `used`, when given)."""
+    pairs = []
+    while len(pairs) < n:
+        request, call = sample_pair(rng)
+        if request in forbidden or (used is not None and request in used):
+            continue
+        if used is not None:
+            used.add(request)
+        pairs.append((request, call))
+    return pairs
+
+
+def maybe_system(rng, messages):
+    if rng.random() < SYSTEM_FRACTION:
+        return [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] + messages
+    return messages
+
+
+def write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def main():
+    rng = random.Random(SEED)
+
+    test_requests = set()
+    test_pairs = sample_unique(rng, N_TEST, set(), test_requests)
+
+    n_multi = round(N_TRAIN * MULTI_TURN_FRACTION)
+    multi_at = set(rng.sample(range(N_TRAIN), n_multi))
+    chat_train, completion_train = [], []
+    for i in range(N_TRAIN):
+        (request, call), = sample_unique(rng, 1, test_requests)
+        messages = [
+            {"role": "user", "content": request},
+            {"role": "assistant", "content": call},
+        ]
+        if i in multi_at:
+            (request2, call2), = sample_unique(rng, 1, test_requests)
+            messages += [
+                {"role": "user", "content": request2},
+                {"role": "assistant", "content": call2},
+            ]
+        chat_train.append({"messages": maybe_system(rng, messages)})
+        completion_train.append({"prompt": request, "completion": call})
+
+    chat_test, completion_test = [], []
+    for request, call in test_pairs:
+        messages = [
+            {"role": "user", "content": request},
+            {"role": "assistant", "content": call},
+        ]
+        chat_test.append({"messages": maybe_system(rng, messages)})
+        completion_test.append({"prompt": request, "completion": call})
+
+    # Sanity: held-out split.
+    train_user = {
+        m["content"] for row in chat_train for m in row["messages"] if m["role"] == "user"
+    }
+    assert not train_user & test_requests, "test request leaked into train"
+
+    write_jsonl(OUT_DIR / "chat_train.jsonl", chat_train)
+    write_jsonl(OUT_DIR / "chat_test.jsonl", chat_test)
+    write_jsonl(OUT_DIR / "completion_train.jsonl", completion_train)
+    write_jsonl(OUT_DIR / "completion_test.jsonl", completion_test)
+    print(
+        f"wrote {len(chat_train)} train rows ({n_multi} multi-turn) and "
+        f"{len(chat_test)} test rows to {OUT_DIR}"
+    )
+
+
+if __name__ == "__main__":
+    main()

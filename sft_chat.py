@@ -1,0 +1,151 @@
+"""Chat fine-tuning with dedicated <system> <user> <assistant> tokens, on TRL's SFTTrainer.
+
+    accelerate launch sft_chat.py                                  # built-in tiny model, example task
+    accelerate launch sft_chat.py model=Qwen/Qwen2.5-0.5B lora.enabled=true
+    accelerate launch sft_chat.py --config configs/recipes/x.yaml learning_rate=1e-5
+    accelerate launch --config_file configs/accelerate/cpu_ddp.yaml sft_chat.py   # two CPU processes
+    python sft_chat.py dry_run=true                                # preview the data, train nothing
+
+Loss is taken on assistant content and its end-of-turn token only. Outputs land in output_dir:
+params.yaml, data_report.json, metrics.jsonl, loss.png, checkpoint-N/, and final/ (a plain
+Hugging Face folder whose generation_config stops at the end-of-turn token).
+"""
+
+import json
+import os
+
+from common.batching import build_dataset, choose_packing, collator, show_example, write_preview
+from common.chat_format import end_of_turn_ids, prepare_tokenizer, resize_embeddings, tokenize_chat, validate_messages
+from common.checkpoint import export_final, prepare_output_dir
+from common.data import DataReport, check_rows, load_sources, split_eval
+from common.distributed import describe, is_main, shutdown
+from common.errors import UserError, exit_on_user_error
+from common.models import apply_lora, load_model, load_tokenizer
+from common.params import resolve, save_params
+from common.tracking import MetricsFile, init_wandb, plot_loss, report_to
+
+PARAMS = dict(
+    model="builtin:tiny",  # a hub id, a local folder, or builtin:tiny (random init, tokenizer in common/)
+    chat_format="special_tokens",  # or "native": keep an instruct model's own chat template
+    data=["data/examples/chat_train.jsonl"],  # {"messages": [{"role", "content"}]} rows; ShareGPT is mapped
+    eval_data=[],  # held-out rows for eval loss; when empty, eval_fraction of data is held out
+    eval_fraction=0.05,
+    test_data="data/examples/chat_test.jsonl",  # exact-match check of final/ after training ("" to skip)
+    output_dir="outputs/sft_chat",
+    max_length=512,
+    packing="auto",  # auto: packed on GPU, padded length-grouped batches on CPU (faster there, measured)
+    loss_on="all_assistant",  # or "last_assistant"
+    num_epochs=12.0,
+    max_steps=-1,  # -1: run num_epochs
+    learning_rate=3e-3,
+    lr_scheduler="cosine",
+    warmup=0.05,  # a fraction of all steps, or a step count
+    weight_decay=0.0,
+    max_grad_norm=1.0,
+    batch_size=32,  # per device
+    grad_accum=1,
+    dtype="auto",  # auto: bf16 on a GPU that has it, fp32 on CPU
+    activation_checkpointing=False,
+    seed=42,
+    logging_steps=10,
+    eval_steps=100,
+    save_steps=200,
+    save_total_limit=2,
+    resume=False,  # continue from the newest complete checkpoint in output_dir
+    overwrite=False,  # replace a finished run in output_dir
+    dry_run=False,  # write data_preview.jsonl and tokenizer/, print an example, train nothing
+    report_to="auto",  # auto: wandb when WANDB_PROJECT is set
+    progress_bar=True,
+    on_bad_rows="error",  # or "skip": drop and count them in data_report.json
+    trust_remote_code=False,
+    lora=dict(
+        enabled=False,
+        r=16,
+        alpha=32,
+        dropout=0.05,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        merge=True,  # final/ holds the merged model; false: the adapter (with the new token rows)
+    ),
+)
+
+
+def chat_row_problem(row: dict) -> str | None:
+    return "row has no 'messages' field" if "messages" not in row else validate_messages(row["messages"])
+
+
+@exit_on_user_error
+def main(params: dict, trainer_class=None) -> None:
+    out = params["output_dir"]
+    print(describe(), flush=True)
+    resume_from = prepare_output_dir(out, params["resume"], params["overwrite"])
+
+    # Data: read, check, split, tokenize with the chat template (loss masks come from its generation markers)
+    report = DataReport()
+    tokenizer = load_tokenizer(params["model"], params["trust_remote_code"])
+    new_token_ids = prepare_tokenizer(tokenizer, params["chat_format"])
+    train_rows = check_rows(load_sources(params["data"], report), chat_row_problem, params["on_bad_rows"], report)
+    eval_rows = []
+    if params["eval_data"]:
+        eval_rows = load_sources(params["eval_data"], report, "eval_data")
+        eval_rows = check_rows(eval_rows, chat_row_problem, params["on_bad_rows"], report)
+    else:
+        train_rows, eval_rows = split_eval(train_rows, params["eval_fraction"], params["seed"])
+    packing = choose_packing(params["packing"])
+
+    def dataset(rows, split):
+        examples = (tokenize_chat(tokenizer, row.data["messages"], params["loss_on"]) for row in rows)
+        return build_dataset(examples, params["max_length"], packing, params["seed"], report, split)
+
+    train_set = dataset(train_rows, "train")
+    eval_set = dataset(eval_rows, "eval") if eval_rows else None
+    if not len(train_set):
+        raise UserError("no training rows left after checks and truncation (see data_report.json)")
+    if is_main():
+        save_params(params, out)
+        report.write(out)
+    collate = collator(tokenizer, packing)
+    if params["dry_run"]:
+        if is_main():
+            preview = write_preview(train_set, collate, out)
+            tokenizer.save_pretrained(os.path.join(out, "tokenizer"))
+            print("first training example, trained tokens in [[ ]]:\n" + show_example(tokenizer, preview[0]))
+            print(json.dumps(report.as_dict(), indent=2))
+        return
+
+    # Model: new chat tokens get embedding rows at the mean of the old ones; LoRA trains those rows too
+    model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"])
+    resize_embeddings(model, tokenizer, new_token_ids)
+    if params["lora"]["enabled"]:
+        model = apply_lora(model, params["lora"], new_token_ids)
+
+    from trl import SFTTrainer
+
+    from common.training import sft_config
+
+    reporting = report_to(params["report_to"])
+    if reporting == "wandb" and is_main():
+        init_wandb(params, os.path.basename(os.path.normpath(out)))
+    trainer = (trainer_class or SFTTrainer)(
+        model=model,
+        args=sft_config(params, packing, eval_set is not None, reporting),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        data_collator=collate,
+        callbacks=[MetricsFile(out)],
+    )
+    trainer.train(resume_from_checkpoint=resume_from)
+
+    final = export_final(trainer, tokenizer, out, end_of_turn_ids(tokenizer, params["chat_format"]), params["lora"]["merge"])
+    if is_main():
+        plot_loss(out)
+        print(f"saved {final}")
+        if params["test_data"]:
+            from common.evaluate import exact_match
+
+            print(f"held-out exact match: {exact_match(final, params['test_data'], show=3):.1%} on {params['test_data']}")
+    shutdown()
+
+
+if __name__ == "__main__":
+    main(resolve(PARAMS))

@@ -1,0 +1,71 @@
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from common.batching import build_dataset, collator, show_example, write_preview
+from common.data import DataReport
+from tests.conftest import read_jsonl
+
+
+class Tok:
+    pad_token_id = 0
+
+    def decode(self, ids):
+        return "".join(f"<{i}>" for i in ids)
+
+
+def docs():
+    # Lengths 5, 9, 3, 7: BFD puts several documents in one row of 16.
+    return [
+        (list(range(10, 10 + n)), [-100] * (n // 2) + list(range(10 + n // 2, 10 + n)))
+        for n in (5, 9, 3, 7)
+    ]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_document_in_packed_row_has_same_logits_as_alone(attn):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=4, use_cache=False, attn_implementation=attn)
+    ).eval()
+    dataset = build_dataset(docs(), max_length=16, packing=True, seed=0, report=DataReport(), split="train")
+    collate = collator(Tok(), packing=True)
+    checked = 0
+    for row in dataset:
+        batch = collate([row])
+        assert "attention_mask" not in batch
+        with torch.no_grad():
+            packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        start = 0
+        for length in row["seq_lengths"]:
+            ids = batch["input_ids"][0, start : start + length]
+            assert batch["position_ids"][0, start : start + length].tolist() == list(range(length))
+            with torch.no_grad():
+                alone = model(input_ids=ids[None]).logits[0]
+            torch.testing.assert_close(packed[start : start + length], alone, atol=1e-5, rtol=1e-5)
+            start += length
+            checked += 1
+    assert checked == 4 and len(dataset) < 4  # every document checked, and some shared a row
+
+
+def test_truncation_and_rows_without_targets_are_counted():
+    report = DataReport()
+    examples = [
+        (list(range(20)), [-100] * 15 + list(range(15, 20))),  # truncated to 10: nothing trained is left
+        (list(range(12)), [-100] * 2 + list(range(2, 12))),  # truncated, keeps targets
+        (list(range(4)), list(range(4))),
+    ]
+    dataset = build_dataset(examples, max_length=10, packing=False, seed=0, report=report, split="train")
+    assert len(dataset) == 2
+    assert report.counts["train_truncated"] == 2
+    assert report.dropped == {"train: no trained token after truncation to max_length=10": 1}
+    assert report.counts["train_trained_tokens"] == 8 + 3
+
+
+def test_preview_is_what_the_collator_returns(tmp_path):
+    dataset = build_dataset(docs(), max_length=16, packing=True, seed=0, report=DataReport(), split="train")
+    preview = write_preview(dataset, collator(Tok(), packing=True), str(tmp_path))
+    assert read_jsonl(tmp_path / "data_preview.jsonl") == preview
+    assert set(preview[0]) == {"input_ids", "labels", "position_ids"}
+    assert show_example(Tok(), {"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}) == "<1>[[<2><3>]]"

@@ -1,0 +1,111 @@
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from common.chat_format import (
+    END_OF_TURN,
+    end_of_turn_ids,
+    prepare_tokenizer,
+    resize_embeddings,
+    tokenize_chat,
+    validate_messages,
+)
+from common.models import BUILTIN
+
+CALL = 'set_timer(minutes=5)'
+MULTI_TURN = [
+    {"role": "system", "content": "Answer with one call."},
+    {"role": "user", "content": "Set a timer for 5 minutes"},
+    {"role": "assistant", "content": CALL},
+    {"role": "user", "content": f"Now repeat {CALL} exactly"},  # the assistant text inside a user turn
+    {"role": "assistant", "content": "play_music(artist=\"Adele\")"},
+]
+
+
+@pytest.fixture()
+def tokenizer():
+    tok = AutoTokenizer.from_pretrained(BUILTIN["builtin:tiny"])
+    prepare_tokenizer(tok, "special_tokens")
+    return tok
+
+
+def trained_text(tokenizer, input_ids, labels):
+    """The trained spans, decoded one span at a time."""
+    spans, current = [], []
+    for token, label in zip(input_ids, labels):
+        if label != -100:
+            current.append(token)
+        elif current:
+            spans.append(tokenizer.decode(current))
+            current = []
+    return spans + ([tokenizer.decode(current)] if current else [])
+
+
+def test_special_tokens_and_pad(tokenizer):
+    for token in ("<system>", "<user>", "<assistant>", END_OF_TURN):
+        assert len(tokenizer.encode(token, add_special_tokens=False)) == 1, token
+    assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert tokenizer.pad_token_id not in end_of_turn_ids(tokenizer, "special_tokens")
+    assert tokenizer.convert_tokens_to_ids(END_OF_TURN) in end_of_turn_ids(tokenizer, "special_tokens")
+
+
+@pytest.mark.parametrize(
+    "loss_on, expected",
+    [
+        ("all_assistant", [CALL + END_OF_TURN, 'play_music(artist="Adele")' + END_OF_TURN]),
+        ("last_assistant", ['play_music(artist="Adele")' + END_OF_TURN]),
+    ],
+)
+def test_labels_cover_exactly_assistant_content_and_end_of_turn(tokenizer, loss_on, expected):
+    input_ids, labels = tokenize_chat(tokenizer, MULTI_TURN, loss_on)
+    assert trained_text(tokenizer, input_ids, labels) == expected
+    assert [t for t, lab in zip(input_ids, labels) if lab != -100] == [lab for lab in labels if lab != -100]
+
+
+def test_native_template_without_generation_markers(tokenizer):
+    # A template with no {% generation %} markers: the masks come from rendering growing prefixes.
+    tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<eot>{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    input_ids, labels = tokenize_chat(tokenizer, MULTI_TURN)
+    assert trained_text(tokenizer, input_ids, labels) == [
+        CALL + END_OF_TURN,
+        'play_music(artist="Adele")' + END_OF_TURN,
+    ]
+
+
+def test_resize_to_multiple_of_64_with_mean_rows(tokenizer):
+    torch.manual_seed(0)
+    base = AutoTokenizer.from_pretrained(BUILTIN["builtin:tiny"])
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(base), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+    old_in = model.get_input_embeddings().weight.detach().clone()
+    old_out = model.get_output_embeddings().weight.detach().clone()
+    new_ids = prepare_tokenizer(base, "special_tokens")
+    assert len(new_ids) == 5  # <system> <user> <assistant> <eot> <pad>
+    resize_embeddings(model, base, new_ids)
+    rows = model.get_input_embeddings().weight
+    assert rows.shape[0] % 64 == 0 and rows.shape[0] >= len(base)
+    assert torch.allclose(rows[new_ids], old_in.mean(0).expand(len(new_ids), -1))
+    assert torch.allclose(model.get_output_embeddings().weight[new_ids], old_out.mean(0).expand(len(new_ids), -1))
+    assert torch.equal(rows[: len(old_in)], old_in)
+
+
+@pytest.mark.parametrize(
+    "messages, problem",
+    [
+        ([], "non-empty list"),
+        ("hi", "non-empty list"),
+        ([{"role": "user", "content": "hi"}], "no assistant turn"),
+        ([{"role": "bot", "content": "hi"}], "unknown role 'bot'"),
+        ([{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}], "content must be a string"),
+        (["hi"], "must be an object"),
+    ],
+)
+def test_validate_messages(messages, problem):
+    assert problem in validate_messages(messages)
+
+
+def test_validate_messages_accepts_good_rows():
+    assert validate_messages(MULTI_TURN) is None

@@ -1,0 +1,83 @@
+import json
+
+import pytest
+
+from common.data import DataReport, check_rows, load_sources, split_eval
+from common.errors import UserError
+from tests.conftest import write_jsonl
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+
+
+def has_messages(row):
+    return None if "messages" in row else "row has no 'messages' field"
+
+
+def test_formats_load_the_same_rows(tmp_path):
+    import datasets
+
+    rows = [{"text": f"row {i}", "n": i} for i in range(3)]
+    write_jsonl(tmp_path / "a.jsonl", rows)
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    ds = datasets.Dataset.from_list(rows)
+    ds.to_parquet(str(tmp_path / "a.parquet"))
+    ds.to_csv(str(tmp_path / "a.csv"), index=False)
+    ds.save_to_disk(str(tmp_path / "saved"))
+    for name in ("a.jsonl", "a.json", "a.parquet", "a.csv", "saved"):
+        report = DataReport()
+        loaded = load_sources([str(tmp_path / name)], report)
+        assert [r.data for r in loaded] == rows, name
+        assert report.sources == {str(tmp_path / name): 3}
+    assert load_sources(str(tmp_path / "a.jsonl"), DataReport())[1].where == f"{tmp_path}/a.jsonl:2"
+
+
+def test_sharegpt_and_field_mapping(tmp_path):
+    path = write_jsonl(tmp_path / "s.jsonl", [
+        {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
+    ])
+    assert load_sources([path], DataReport())[0].data == CHAT
+    path = write_jsonl(tmp_path / "m.jsonl", [{"dialog": [{"speaker": "user", "text": "hi"},
+                                                          {"speaker": "assistant", "text": "hello"}]}])
+    spec = {"path": path, "fields": {"messages": "dialog", "role": "speaker", "content": "text"}}
+    assert load_sources([spec], DataReport())[0].data == CHAT
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"messages": []}', "{not json"], "bad.jsonl:2: malformed JSON"),
+        (['{"messages": []}', "", '{"text": "x"}'], "bad.jsonl:3: row has no 'messages' field"),
+        (["[1, 2]"], "bad.jsonl:1: row must be a JSON object"),
+    ],
+)
+def test_bad_rows_name_file_and_line(tmp_path, lines, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", lines)
+    with pytest.raises(UserError) as err:
+        check_rows(load_sources([path], DataReport()), has_messages, "error", DataReport())
+    assert message in str(err.value)
+
+
+def test_skip_counts_bad_rows(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [CHAT, {"text": "x"}, CHAT, {"text": "y"}])
+    report = DataReport()
+    assert len(check_rows(load_sources([path], report), has_messages, "skip", report)) == 2
+    assert report.dropped == {"bad row: row has no 'messages' field": 2}
+
+
+@pytest.mark.parametrize("source", ["missing.jsonl", "./nowhere/data.parquet", {"path": 3}, {"path": "a", "weight": 2}])
+def test_bad_sources(source):
+    with pytest.raises(UserError):
+        load_sources([source], DataReport())
+
+
+def test_hub_dataset_offline_is_one_clear_error():
+    with pytest.raises(UserError, match="cannot load dataset 'someone/some-data'"):
+        load_sources(["someone/some-data"], DataReport())
+
+
+def test_eval_split_is_seeded_and_disjoint():
+    rows = list(range(100))
+    train, held = split_eval(rows, 0.1, seed=1)
+    assert len(held) == 10 and sorted(train + held) == rows
+    assert split_eval(rows, 0.1, seed=1) == (train, held) and split_eval(rows, 0.1, seed=2)[1] != held
+    assert split_eval(rows, 0.0, seed=1) == (rows, [])
