@@ -14,7 +14,7 @@ Hugging Face folder whose generation_config stops at the end-of-turn token).
 import json
 import os
 
-from common.batching import build_dataset, choose_packing, collator, show_example, write_preview
+from common.batching import build_dataset, choose_packing, collator, group_by_length, show_example, write_preview
 from common.chat_format import end_of_turn_ids, prepare_tokenizer, resize_embeddings, tokenize_chat, validate_messages
 from common.checkpoint import export_final, prepare_output_dir
 from common.data import DataReport, check_rows, load_sources, split_eval
@@ -110,7 +110,7 @@ def main(params: dict, trainer_class=None) -> None:
             tokenizer.save_pretrained(os.path.join(out, "tokenizer"))
             print("first training example, trained tokens in [[ ]]:\n" + show_example(tokenizer, preview[0]))
             print(json.dumps(report.as_dict(), indent=2))
-        return
+        return shutdown()
 
     # Model: new chat tokens get embedding rows at the mean of the old ones; LoRA trains those rows too
     model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"])
@@ -134,6 +134,8 @@ def main(params: dict, trainer_class=None) -> None:
         data_collator=collate,
         callbacks=[MetricsFile(out)],
     )
+    if not packing:
+        group_by_length(trainer, params["seed"])
     trainer.train(resume_from_checkpoint=resume_from)
 
     final = export_final(trainer, tokenizer, out, end_of_turn_ids(tokenizer, params["chat_format"]), params["lora"]["merge"])

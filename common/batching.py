@@ -56,6 +56,28 @@ def collator(tokenizer, packing: bool):
     return DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=packing)
 
 
+def group_by_length(trainer, seed: int) -> None:
+    """Batch rows of similar length (little padding), in an order that depends only on seed and epoch.
+
+    transformers' own length grouping draws from the global RNG at each epoch start, which a resumed
+    run cannot reproduce; this sampler is re-seeded through set_epoch, which the Trainer calls on resume.
+    """
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class SeededLengthGroupedSampler(LengthGroupedSampler):
+        def set_epoch(self, epoch: int) -> None:
+            self.generator = torch.Generator().manual_seed(seed + epoch)
+
+    def sampler(train_dataset=None):
+        dataset = trainer.train_dataset if train_dataset is None else train_dataset
+        grouped = SeededLengthGroupedSampler(trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps,
+                                             dataset=dataset)
+        grouped.set_epoch(0)
+        return grouped
+
+    trainer._get_train_sampler = sampler
+
+
 def write_preview(dataset, collate, output_dir: str, n: int = 16) -> list[dict]:
     """data_preview.jsonl: the first n training examples exactly as the collator hands them to the model."""
     preview = []

@@ -45,8 +45,6 @@ def sft_config(params: dict, packing: bool, has_eval: bool, report_to: str):
         packing=packing,
         padding_free=packing,
         dataset_kwargs={"skip_prepare_dataset": True},
-        # padded batches of similar length waste little compute; packed rows are already full
-        train_sampling_strategy="random" if packing else "group_by_length",
         gradient_checkpointing=params["activation_checkpointing"],
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,

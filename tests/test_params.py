@@ -92,3 +92,17 @@ def test_secrets_are_redacted(tmp_path):
     save_params(params, str(tmp_path))
     text = (tmp_path / "params.yaml").read_text()
     assert "sk-123" not in text and "hf_abc" not in text and yaml.safe_load(text)["tokenizer"] == "keep"
+
+
+def test_shipped_recipes_are_valid_overrides():
+    import glob
+    import os
+
+    import sft_chat
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    recipes = sorted(glob.glob(os.path.join(root, "configs/recipes/*.yaml")))
+    assert recipes
+    for recipe in recipes:
+        params = apply_overrides(sft_chat.PARAMS, ["--config", recipe])
+        assert params["model"] != sft_chat.PARAMS["model"], recipe

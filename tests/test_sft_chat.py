@@ -1,0 +1,248 @@
+"""sft_chat.py end to end, as a user runs it: subprocesses, outputs on disk, exit codes."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ENV, FAST, ROOT, read_jsonl, run, run_script, write_jsonl
+
+SCRIPT = "sft_chat.py"
+CALL = "set_timer(minutes=5)"
+TRICKY = [
+    {"messages": [
+        {"role": "system", "content": "Answer with one call."},
+        {"role": "user", "content": "Set a timer for 5 minutes"},
+        {"role": "assistant", "content": CALL},
+        {"role": "user", "content": f"Say {CALL} again"},  # assistant text inside a user turn
+        {"role": "assistant", "content": CALL},
+    ]},
+    {"messages": [{"role": "user", "content": "Play Adele"}, {"role": "assistant", "content": 'play_music(artist="Adele")'}]},
+]
+
+# A program that knows nothing of this project: plain transformers, the saved chat template and
+# generation_config. It prints exact match on the held-out file and whether every answer ended on eos.
+PLAIN_EVAL = textwrap.dedent("""
+    import json, sys, torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    assert not any("common" == m or m.startswith("common.") for m in sys.modules)
+    final, data = sys.argv[1], sys.argv[2]
+    tok = AutoTokenizer.from_pretrained(final)
+    model = AutoModelForCausalLM.from_pretrained(final).eval()
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    rows = [json.loads(line) for line in open(data)]
+    tok.padding_side = "left"
+    hits = stopped = 0
+    for i in range(0, len(rows), 50):
+        batch = rows[i:i + 50]
+        enc = tok.apply_chat_template([r["messages"][:-1] for r in batch], add_generation_prompt=True,
+                                      padding=True, return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=60, do_sample=False)
+        for row, seq in zip(batch, out[:, enc["input_ids"].shape[1]:].tolist()):
+            stopped += any(t in eos for t in seq)
+            answer = tok.decode(seq, skip_special_tokens=True).strip()
+            hits += answer == row["messages"][-1]["content"].strip()
+    print(json.dumps({"exact_match": hits / len(rows), "stopped": stopped / len(rows), "eos": sorted(eos),
+                      "eot": tok.convert_tokens_to_ids("<eot>")}))
+""")
+
+
+def plain_eval(final, data):
+    """Run PLAIN_EVAL outside the repository, without the project on the path."""
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", PLAIN_EVAL, str(final), os.path.join(ROOT, data)], cwd="/",
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def trained_spans(tokenizer, row):
+    spans, current = [], []
+    for token, label in zip(row["input_ids"], row["labels"]):
+        if label != -100:
+            assert label == token
+            current.append(token)
+        elif current:
+            spans.append(tokenizer.decode(current))
+            current = []
+    return spans + ([tokenizer.decode(current)] if current else [])
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_dry_run_preview_labels_exactly_assistant_content_and_end_of_turn(tmp_path, packing):
+    from transformers import AutoTokenizer
+
+    data = write_jsonl(tmp_path / "tricky.jsonl", TRICKY)
+    out = tmp_path / "out"
+    result = run_script(SCRIPT, "dry_run=true", f"data={data}", f"output_dir={out}", "eval_fraction=0",
+                        f"packing={str(packing).lower()}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[[set_timer(minutes=5)<eot>]]" in result.stdout
+    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    preview = read_jsonl(out / "data_preview.jsonl")
+    spans = [span for row in preview for span in trained_spans(tokenizer, row)]
+    assert sorted(spans) == sorted([CALL + "<eot>", CALL + "<eot>", 'play_music(artist="Adele")<eot>'])
+    if packing:
+        assert len(preview) == 1 and preview[0]["position_ids"].count(0) == 2
+    else:
+        assert len(preview) == 2 and "position_ids" not in preview[0]
+    assert json.loads((out / "data_report.json").read_text())["train_rows"] == 2
+    assert not (out / "final").exists() and not list(out.glob("checkpoint-*"))
+
+
+def test_short_run_writes_every_output_and_logs_to_wandb_offline(tmp_path):
+    out = tmp_path / "out"
+    result = run_script(SCRIPT, *FAST, f"output_dir={out}", "report_to=wandb", "test_data=",
+                        env={"WANDB_PROJECT": "tests", "WANDB_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "distributed: NO world_size=1" in result.stdout
+    for name in ("params.yaml", "data_report.json", "metrics.jsonl", "loss.png", "checkpoint-3", "checkpoint-6",
+                 "final/model.safetensors", "final/tokenizer.json", "final/generation_config.json"):
+        assert (out / name).exists(), name
+    assert not (out / "final.tmp").exists()
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics if "loss" in m] == [2, 4, 6]
+    assert [m["step"] for m in metrics if "eval_loss" in m] == [3, 6]
+    assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    generation = json.loads((out / "final/generation_config.json").read_text())
+    tokenizer_config = json.loads((out / "final/tokenizer_config.json").read_text())
+    assert "{% generation %}" in tokenizer_config.get("chat_template", "") or (out / "final/chat_template.jinja").exists()
+    checked = plain_eval(out / "final", "data/examples/chat_test.jsonl")
+    assert checked["eot"] in generation["eos_token_id"] and checked["eot"] in checked["eos"]
+
+
+@pytest.mark.slow
+def test_default_run_reaches_90_percent_and_plain_transformers_agrees(tmp_path):
+    """The README's main command on the embedded default, then the model checked by plain transformers."""
+    out = tmp_path / "default"
+    start = time.time()
+    result = run(["accelerate", "launch", SCRIPT, f"output_dir={out}", "progress_bar=false"])
+    elapsed = time.time() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    accuracy = float(re.search(r"held-out exact match: ([\d.]+)%", result.stdout).group(1)) / 100
+    assert accuracy >= 0.90, result.stdout[-2000:]
+    checked = plain_eval(out / "final", "data/examples/chat_test.jsonl")
+    assert checked["exact_match"] >= 0.90 and abs(checked["exact_match"] - accuracy) < 1e-9
+    assert checked["stopped"] == 1.0  # every answer ended on an end-of-turn token by itself
+    assert elapsed < 240, f"default run took {elapsed:.0f}s"
+
+
+def _good(tmp_path):
+    return write_jsonl(tmp_path / "good.jsonl", TRICKY)
+
+
+BAD_INPUT = [
+    # (id, extra args or callable(tmp_path) -> args, expected message)
+    ("unknown key", ["learnig_rate=1e-3"], "unknown PARAMS key 'learnig_rate'; did you mean learning_rate"),
+    ("wrong type", ["batch_size=many"], "batch_size must be int"),
+    ("bad choice", ["chat_format=chatml"], "chat_format='chatml' is not one of"),
+    ("missing data file", ["data=/nonexistent/train.jsonl"], "data file not found"),
+    ("malformed json", lambda p: [f"data={write_jsonl(p / 'm.jsonl', [TRICKY[1], '{oops'])}"], "m.jsonl:2: malformed JSON"),
+    ("no messages", lambda p: [f"data={write_jsonl(p / 'n.jsonl', [TRICKY[1], {'text': 'x'}])}"],
+     "n.jsonl:2: row has no 'messages' field"),
+    ("unknown role", lambda p: [f"data={write_jsonl(p / 'r.jsonl', [{'messages': [{'role': 'bot', 'content': 'x'}]}])}"],
+     "r.jsonl:1: messages[0] has unknown role 'bot'"),
+    ("non-string content", lambda p: [f"data={write_jsonl(p / 'c.jsonl', [{'messages': [{'role': 'user', 'content': ['x']}, {'role': 'assistant', 'content': 'y'}]}])}"],
+     "c.jsonl:1: messages[0] content must be a string"),
+    ("no assistant turn", lambda p: [f"data={write_jsonl(p / 'a.jsonl', [TRICKY[1], {'messages': [{'role': 'user', 'content': 'x'}]}])}"],
+     "a.jsonl:2: conversation has no assistant turn"),
+    ("missing model folder", lambda p: [f"data={_good(p)}", "model=./no/such/model"], "model folder not found: ./no/such/model"),
+    ("missing eval file", lambda p: [f"data={_good(p)}", "eval_data=/nonexistent/eval.jsonl"], "data file not found"),
+    ("everything truncated", lambda p: [f"data={_good(p)}", "max_length=8"], "no training rows left"),
+]
+
+
+@pytest.mark.parametrize("args, message", [case[1:] for case in BAD_INPUT], ids=[case[0] for case in BAD_INPUT])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    out = tmp_path / "out"
+    args = args(tmp_path) if callable(args) else args
+    result = run_script(SCRIPT, *args, f"output_dir={out}", *FAST)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert not (out / "final").exists()
+
+
+def test_finished_output_dir_is_not_overwritten_unless_asked(tmp_path):
+    out = tmp_path / "out"
+    (out / "final").mkdir(parents=True)
+    (out / "final" / "marker").write_text("keep")
+    result = run_script(SCRIPT, f"output_dir={out}", "dry_run=true")
+    assert result.returncode == 2 and "holds a finished run" in result.stderr
+    assert (out / "final" / "marker").read_text() == "keep"
+    result = run_script(SCRIPT, f"output_dir={out}", "dry_run=true", "overwrite=true")
+    assert result.returncode == 0 and not (out / "final").exists()
+
+
+def _weights(folder):
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    # 100 rows in batches of 8: 13 steps an epoch, so the kill and the resume fall in a later epoch.
+    with open(os.path.join(ROOT, "data/examples/chat_train.jsonl")) as f:
+        data = write_jsonl(tmp_path / "small.jsonl", [line.strip() for line in f][:100])
+    settings = [f"data={data}", "max_steps=40", "save_steps=10", "logging_steps=5", "eval_fraction=0",
+                "test_data=", "progress_bar=false", "batch_size=8"]
+    straight = tmp_path / "straight"
+    assert run_script(SCRIPT, *settings, f"output_dir={straight}").returncode == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, SCRIPT, *settings, f"output_dir={killed}"], cwd=ROOT, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint-20" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists()
+    again = run_script(SCRIPT, *settings, f"output_dir={killed}")
+    assert again.returncode == 2 and "resume=true" in again.stderr  # refuses to silently start over
+    resumed = run_script(SCRIPT, *settings, f"output_dir={killed}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _weights(straight / "final"), _weights(killed / "final")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0, msg=name)
+    steps = [m["step"] for m in read_jsonl(killed / "metrics.jsonl") if "loss" in m]
+    assert steps == [5, 10, 15, 20, 25, 30, 35, 40]  # no step logged twice
+
+
+def test_two_cpu_processes_with_the_shipped_preset(tmp_path):
+    out = tmp_path / "ddp"
+    result = run(["accelerate", "launch", "--config_file", "configs/accelerate/cpu_ddp.yaml", SCRIPT, *FAST,
+                  f"output_dir={out}", "test_data="])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world_size=2" in result.stdout and "world_size=1" not in result.stdout
+    assert (out / "final" / "model.safetensors").exists()
+
+
+def test_lora_trains_new_token_rows_and_saves_a_merged_model(tmp_path):
+    out = tmp_path / "lora"
+    result = run_script(SCRIPT, *FAST, f"output_dir={out}", "lora.enabled=true", "lora.r=4", "test_data=",
+                        "learning_rate=1e-2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = _weights(out / "final")
+    assert not any("lora" in name for name in weights)  # merged into plain weights
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out / "final")
+    eot = tokenizer.convert_tokens_to_ids("<eot>")
+    user = tokenizer.convert_tokens_to_ids("<user>")
+    embed = weights["model.embed_tokens.weight"]
+    # New rows start identical (the mean); trained rows moved apart, so the new tokens were trained.
+    assert not torch.allclose(embed[eot], embed[user])
+    assert not torch.allclose(weights["lm_head.weight"][eot], weights["lm_head.weight"][user])
+    assert plain_eval(out / "final", "data/examples/chat_test.jsonl")["eot"] == eot
