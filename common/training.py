@@ -28,6 +28,7 @@ def sft_config(params: dict, packing: bool, has_eval: bool, report_to: str):
         lr_scheduler_type=params["lr_scheduler"],
         warmup_steps=params["warmup"] if params["warmup"] < 1 else int(params["warmup"]),
         weight_decay=params["weight_decay"],
+        adam_beta2=params["adam_beta2"],
         max_grad_norm=params["max_grad_norm"],
         seed=params["seed"],
         data_seed=params["seed"],
