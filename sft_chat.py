@@ -77,7 +77,9 @@ def chat_row_problem(row: dict) -> str | None:
 @exit_on_user_error
 def main(params: dict, trainer_class=None) -> None:
     out = params["output_dir"]
-    print(describe(), flush=True)
+    launch = describe()  # every rank joins the process group here
+    if is_main():
+        print(launch, flush=True)
     resume_from = prepare_output_dir(out, params["resume"], params["overwrite"])
 
     # Data: read, check, split, tokenize with the chat template (loss masks come from its generation markers)

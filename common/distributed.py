@@ -11,9 +11,12 @@ def is_main() -> bool:
 
 def describe() -> str:
     """One line on what the launch really does, printed at start (a launch that silently ran 1 process shows it)."""
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # The state is shared by the whole process: created here without cpu=True on a CPU-only machine it
+    # would pin the run to one process, so ask for what the Trainer will ask for (use_cpu without a GPU).
+    state = PartialState(cpu=not torch.cuda.is_available())
     return f"distributed: {state.distributed_type.value} world_size={state.num_processes} device={state.device}"
 
 

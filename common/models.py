@@ -49,22 +49,28 @@ def load_model(name: str, dtype: str = "auto", seed: int = 0, trust_remote_code:
 
 
 def apply_lora(model, lora: dict, new_token_ids: list[int]):
-    """Wrap the model with a LoRA adapter; rows of newly added tokens are trained too (and saved with it)."""
+    """Wrap the model with a LoRA adapter. When tokens were added, the embedding (and an untied output
+    layer) train in full and are saved with the adapter, so the new rows learn.
+
+    peft's row-wise trainable tokens would be cheaper, but TRL's fused LM head reads `lm_head.weight`
+    directly and fails on (or bypasses) a trainable-tokens wrapper; a modules_to_save copy it reads right.
+    """
     from peft import LoraConfig, get_peft_model
 
     names = {module: name for name, module in model.named_modules()}
-    embedding_rows = {}
+    full = []
     if new_token_ids:
-        embedding_rows[names[model.get_input_embeddings()]] = new_token_ids
-        output = model.get_output_embeddings()
-        if output is not None and output.weight is not model.get_input_embeddings().weight:
-            embedding_rows[names[output]] = new_token_ids
+        embedding, output = model.get_input_embeddings(), model.get_output_embeddings()
+        full.append(names[embedding].rsplit(".", 1)[-1])
+        if output is not None and output.weight is not embedding.weight:
+            full.append(names[output].rsplit(".", 1)[-1])
     config = LoraConfig(
         r=lora["r"],
         lora_alpha=lora["alpha"],
         lora_dropout=lora["dropout"],
         target_modules="all-linear" if lora["target_modules"] == ["all-linear"] else lora["target_modules"],
-        trainable_token_indices=embedding_rows or None,
+        modules_to_save=full or None,
+        ensure_weight_tying=bool(full),
         task_type="CAUSAL_LM",
     )
     try:

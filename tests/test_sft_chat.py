@@ -244,5 +244,6 @@ def test_lora_with_packing_trains_new_token_rows_and_saves_a_merged_model(tmp_pa
     embed = weights["model.embed_tokens.weight"]
     # New rows start identical (the mean); trained rows moved apart, so the new tokens were trained.
     assert not torch.allclose(embed[eot], embed[user])
-    assert not torch.allclose(weights["lm_head.weight"][eot], weights["lm_head.weight"][user])
+    if "lm_head.weight" in weights:  # the built-in model ties its output layer to the embedding
+        assert not torch.allclose(weights["lm_head.weight"][eot], weights["lm_head.weight"][user])
     assert plain_eval(out / "final", "data/examples/chat_test.jsonl")["eot"] == eot
