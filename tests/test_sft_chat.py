@@ -232,7 +232,7 @@ def test_two_cpu_processes_with_the_shipped_preset(tmp_path):
 def test_lora_with_packing_trains_new_token_rows_and_saves_a_merged_model(tmp_path):
     out = tmp_path / "lora"
     result = run_script(SCRIPT, *FAST, f"output_dir={out}", "lora.enabled=true", "lora.r=4", "test_data=",
-                        "learning_rate=1e-2", "packing=true")
+                        "learning_rate=1e-2", "packing=true", "max_length=128")
     assert result.returncode == 0, result.stderr[-3000:]
     weights = _weights(out / "final")
     assert not any("lora" in name for name in weights)  # merged into plain weights
