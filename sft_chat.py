@@ -23,6 +23,7 @@ from common.errors import UserError, exit_on_user_error
 from common.models import apply_lora, load_model, load_tokenizer
 from common.params import resolve, save_params
 from common.tracking import MetricsFile, init_wandb, plot_loss, report_to
+from common.training import sft_config
 
 PARAMS = dict(
     model="builtin:tiny",  # a hub id, a local folder, or builtin:tiny (random init, tokenizer in common/)
@@ -80,6 +81,8 @@ def main(params: dict, trainer_class=None) -> None:
     launch = describe()  # every rank joins the process group here
     if is_main():
         print(launch, flush=True)
+    if params["test_data"] and not os.path.isfile(params["test_data"]):
+        raise UserError(f"test_data file not found: {params['test_data']} (test_data= skips the check)")
     resume_from = prepare_output_dir(out, params["resume"], params["overwrite"])
 
     # Data: read, check, split, tokenize with the chat template (loss masks come from its generation markers)
@@ -121,8 +124,6 @@ def main(params: dict, trainer_class=None) -> None:
         model = apply_lora(model, params["lora"], new_token_ids)
 
     from trl import SFTTrainer
-
-    from common.training import sft_config
 
     reporting = report_to(params["report_to"])
     if reporting == "wandb" and is_main():

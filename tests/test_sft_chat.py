@@ -158,6 +158,7 @@ BAD_INPUT = [
      "a.jsonl:2: conversation has no assistant turn"),
     ("missing model folder", lambda p: [f"data={_good(p)}", "model=./no/such/model"], "model folder not found: ./no/such/model"),
     ("missing eval file", lambda p: [f"data={_good(p)}", "eval_data=/nonexistent/eval.jsonl"], "data file not found"),
+    ("missing test file", ["test_data=/nonexistent/test.jsonl"], "test_data file not found"),
     ("everything truncated", lambda p: [f"data={_good(p)}", "max_length=8"], "no training rows left"),
 ]
 
