@@ -66,6 +66,12 @@ def training_texts():
                     yield row["completion"]
 
 
+def write_json(path: Path, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vocab-size", type=int, default=1024)
@@ -92,9 +98,7 @@ def main():
         "eos_token": EOS,
         "model_max_length": MODEL_MAX_LENGTH,
     }
-    with open(args.out_dir / "tokenizer_config.json", "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-        f.write("\n")
+    write_json(args.out_dir / "tokenizer_config.json", config)
     eos_id = tokenizer.token_to_id(EOS)
     model_config = {
         "architectures": ["LlamaForCausalLM"],
@@ -113,9 +117,7 @@ def main():
         "bos_token_id": eos_id,
         "eos_token_id": eos_id,
     }
-    with open(args.out_dir / "config.json", "w", encoding="utf-8") as f:
-        json.dump(model_config, f, indent=2)
-        f.write("\n")
+    write_json(args.out_dir / "config.json", model_config)
     print(f"vocab size {tokenizer.get_vocab_size()} -> {args.out_dir}")
 
 
