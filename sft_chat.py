@@ -125,12 +125,12 @@ def main(params: dict, trainer_class=None) -> None:
 
     from trl import SFTTrainer
 
-    reporting = report_to(params["report_to"])
-    if reporting == "wandb" and is_main():
-        init_wandb(params, os.path.basename(os.path.normpath(out)))
+    args = sft_config(params, packing, eval_set is not None, report_to(params["report_to"]))
+    if "wandb" in args.report_to and is_main():
+        init_wandb(params, args.run_name)
     trainer = (trainer_class or SFTTrainer)(
         model=model,
-        args=sft_config(params, packing, eval_set is not None, reporting),
+        args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from common.batching import build_dataset  # noqa: E402
 from common.chat_format import prepare_tokenizer, resize_embeddings, tokenize_chat  # noqa: E402
 from common.data import DataReport  # noqa: E402
-from common.evaluate import generate_answers, read_examples  # noqa: E402
+from common.evaluate import generate_answers, is_exact_match, read_examples  # noqa: E402
 from common.models import load_model, load_tokenizer  # noqa: E402
 
 
@@ -67,7 +67,7 @@ def run(strategy: str, chats, max_length: int, batch_size: int, epochs: float, e
         examples = read_examples("data/examples/chat_test.jsonl")
         model.config.use_cache = True
         answers = generate_answers(model, tokenizer, [p for p, _ in examples])
-        result["exact_match"] = sum(a.strip() == ref for a, (_, ref) in zip(answers, examples)) / len(examples)
+        result["exact_match"] = sum(is_exact_match(a, ref) for a, (_, ref) in zip(answers, examples)) / len(examples)
     return result
 
 

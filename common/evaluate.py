@@ -24,6 +24,10 @@ def read_examples(path: str) -> list[tuple[list[dict], str]]:
     return examples
 
 
+def is_exact_match(answer: str, reference: str) -> bool:
+    return answer.strip() == reference.strip()
+
+
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: list[list[dict]], batch_size: int = 64, max_new_tokens: int = 64):
     tokenizer.padding_side = "left"
@@ -50,7 +54,7 @@ def exact_match(model_dir: str, data_path: str, show: int = 0) -> float:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     examples = read_examples(data_path)
     answers = generate_answers(model, tokenizer, [p for p, _ in examples])
-    hits = [a.strip() == ref.strip() for a, (_, ref) in zip(answers, examples)]
+    hits = [is_exact_match(a, ref) for a, (_, ref) in zip(answers, examples)]
     for answer, (prompt, ref), hit in list(zip(answers, examples, hits))[:show]:
         print(f"{'ok  ' if hit else 'MISS'} {prompt[-1]['content']!r} -> {answer.strip()!r} (expected {ref!r})")
     return sum(hits) / max(1, len(hits))

@@ -46,7 +46,7 @@ def sft_config(params: dict, packing: bool, has_eval: bool, report_to: str):
         packing=packing,
         padding_free=packing,
         dataset_kwargs={"skip_prepare_dataset": True},
-        gradient_checkpointing=params["activation_checkpointing"],
+        activation_checkpointing=params["activation_checkpointing"],
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
         disable_tqdm=not params["progress_bar"],
