@@ -11,19 +11,19 @@ params.yaml, data_report.json, metrics.jsonl, loss.png, checkpoint-N/, and final
 Hugging Face folder whose generation_config stops at the end-of-turn token).
 """
 
-import json
 import os
 
-from common.batching import build_dataset, choose_packing, collator, show_example, write_preview
-from common.chat_format import end_of_turn_ids, prepare_tokenizer, resize_embeddings, tokenize_chat, validate_messages
+from common.batching import build_dataset, choose_packing, dry_run
+from common.chat_format import end_of_turn_ids, prepare_tokenizer, tokenize_chat, validate_messages
 from common.checkpoint import export_final, prepare_output_dir
-from common.data import DataReport, check_rows, load_sources, split_eval
+from common.data import DataReport, train_and_eval_rows
 from common.distributed import describe, is_main, shutdown
 from common.errors import UserError, exit_on_user_error
-from common.models import apply_lora, load_model, load_tokenizer
+from common.models import apply_lora, load_model, load_tokenizer, resize_embeddings
 from common.params import resolve, save_params
-from common.tracking import MetricsFile, init_wandb, plot_loss, report_to
-from common.training import sft_config
+from common.tracking import plot_loss
+from common.training import sft_trainer
+
 
 PARAMS = dict(
     model="builtin:tiny",  # a hub id, a local folder, or builtin:tiny (random init, tokenizer in common/)
@@ -89,13 +89,7 @@ def main(params: dict, trainer_class=None) -> None:
     report = DataReport()
     tokenizer = load_tokenizer(params["model"], params["trust_remote_code"])
     new_token_ids = prepare_tokenizer(tokenizer, params["chat_format"])
-    train_rows = check_rows(load_sources(params["data"], report), chat_row_problem, params["on_bad_rows"], report)
-    eval_rows = []
-    if params["eval_data"]:
-        eval_rows = load_sources(params["eval_data"], report, "eval_data")
-        eval_rows = check_rows(eval_rows, chat_row_problem, params["on_bad_rows"], report)
-    else:
-        train_rows, eval_rows = split_eval(train_rows, params["eval_fraction"], params["seed"])
+    train_rows, eval_rows = train_and_eval_rows(params, chat_row_problem, report)
     packing = choose_packing(params["packing"])
 
     def dataset(rows, split):
@@ -111,10 +105,7 @@ def main(params: dict, trainer_class=None) -> None:
         report.write(out)
     if params["dry_run"]:
         if is_main():
-            preview = write_preview(train_set, collator(tokenizer, packing), out)
-            tokenizer.save_pretrained(os.path.join(out, "tokenizer"))
-            print("first training example, trained tokens in [[ ]]:\n" + show_example(tokenizer, preview[0]))
-            print(json.dumps(report.as_dict(), indent=2))
+            dry_run(train_set, tokenizer, packing, out, report)
         return shutdown()
 
     # Model: new chat tokens get embedding rows at the mean of the old ones; LoRA trains those rows too
@@ -123,19 +114,7 @@ def main(params: dict, trainer_class=None) -> None:
     if params["lora"]["enabled"]:
         model = apply_lora(model, params["lora"], new_token_ids)
 
-    from trl import SFTTrainer
-
-    args = sft_config(params, packing, eval_set is not None, report_to(params["report_to"]))
-    if "wandb" in args.report_to and is_main():
-        init_wandb(params, args.run_name)
-    trainer = (trainer_class or SFTTrainer)(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer,
-        callbacks=[MetricsFile(out)],
-    )
+    trainer = sft_trainer(params, model, tokenizer, train_set, eval_set, packing, trainer_class)
     trainer.train(resume_from_checkpoint=resume_from)
 
     final = export_final(trainer, tokenizer, out, end_of_turn_ids(tokenizer, params["chat_format"]), params["lora"]["merge"])

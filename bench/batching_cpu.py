@@ -22,10 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from common.batching import build_dataset  # noqa: E402
-from common.chat_format import prepare_tokenizer, resize_embeddings, tokenize_chat  # noqa: E402
+from common.chat_format import prepare_tokenizer, tokenize_chat  # noqa: E402
 from common.data import DataReport  # noqa: E402
 from common.evaluate import generate_answers, is_exact_match, read_examples  # noqa: E402
-from common.models import load_model, load_tokenizer  # noqa: E402
+from common.models import load_model, load_tokenizer, resize_embeddings  # noqa: E402
 
 
 def long_tail_chats(n: int, seed: int = 0) -> list[list[dict]]:

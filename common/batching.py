@@ -81,3 +81,11 @@ def show_example(tokenizer, example: dict) -> str:
             inside = trained
         pieces.append(tokenizer.decode([token]))
     return "".join(pieces) + ("]]" if inside else "")
+
+
+def dry_run(train_set, tokenizer, packing: bool, output_dir: str, report: DataReport) -> None:
+    """What dry_run=true leaves behind: data_preview.jsonl, the prepared tokenizer/, and a printed example."""
+    preview = write_preview(train_set, collator(tokenizer, packing), output_dir)
+    tokenizer.save_pretrained(os.path.join(output_dir, "tokenizer"))
+    print("first training example, trained tokens in [[ ]]:\n" + show_example(tokenizer, preview[0]))
+    print(json.dumps(report.as_dict(), indent=2))

@@ -1,12 +1,10 @@
 """Chat format: the special tokens, the chat template, embedding resize, and loss masks for chat rows."""
 
-import torch
-
 from common.errors import UserError
+from common.models import add_pad_token
 
 ROLE_TOKENS = {"system": "<system>", "user": "<user>", "assistant": "<assistant>"}
 END_OF_TURN = "<eot>"
-PAD = "<pad>"
 # End-of-turn tokens of common instruct models, for chat_format="native".
 NATIVE_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 
@@ -36,8 +34,7 @@ def prepare_tokenizer(tokenizer, chat_format: str) -> list[int]:
         tokenizer.chat_template = TEMPLATE
     elif not tokenizer.chat_template:
         raise UserError("chat_format=native needs a model whose tokenizer has a chat template; use special_tokens")
-    if tokenizer.pad_token is None or tokenizer.pad_token_id in end_of_turn_ids(tokenizer, chat_format):
-        tokenizer.add_special_tokens({"pad_token": PAD})
+    add_pad_token(tokenizer, end_of_turn_ids(tokenizer, chat_format))
     return list(range(before, len(tokenizer)))
 
 
@@ -49,23 +46,6 @@ def end_of_turn_ids(tokenizer, chat_format: str) -> list[int]:
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
-
-
-def resize_embeddings(model, tokenizer, new_ids: list[int]) -> None:
-    """Cover the tokenizer (growing to a multiple of 64); the new tokens' rows start at the old rows' mean.
-
-    Models often carry spare rows past their vocabulary, so new tokens may fit without growing; their rows
-    are set all the same, since spare rows hold nothing learned.
-    """
-    if not new_ids:
-        return
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=False)
-    learned = min(new_ids)
-    with torch.no_grad():
-        for layer in (model.get_input_embeddings(), model.get_output_embeddings()):
-            if layer is not None:
-                layer.weight[new_ids] = layer.weight[:learned].mean(dim=0)
 
 
 def validate_messages(messages) -> str | None:

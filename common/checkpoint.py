@@ -58,8 +58,11 @@ def _truncate_metrics(output_dir: str, step: int) -> None:
             f.writelines(kept)
 
 
-def export_final(trainer, tokenizer, output_dir: str, eos_ids: list[int], merge_lora: bool = True) -> str:
-    """Write output_dir/final: a plain Hugging Face folder (merged when LoRA), written whole then renamed."""
+def export_final(trainer, tokenizer, output_dir: str, eos_ids: list[int], merge_lora: bool = True, extra_files=None) -> str:
+    """Write output_dir/final: a plain Hugging Face folder (merged when LoRA), written whole then renamed.
+
+    extra_files maps a file name to the JSON-able object it holds (written inside final/ too).
+    """
     final, tmp = os.path.join(output_dir, "final"), os.path.join(output_dir, "final.tmp")
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload") and merge_lora:
@@ -72,6 +75,9 @@ def export_final(trainer, tokenizer, output_dir: str, eos_ids: list[int], merge_
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        for name, content in (extra_files or {}).items():
+            with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+                json.dump(content, f, indent=2)
         os.replace(tmp, final)
     wait_for_everyone()
     return final

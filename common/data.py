@@ -147,6 +147,15 @@ def check_rows(rows: list[Row], validate, on_bad_rows: str, report: DataReport) 
     return good
 
 
+def train_and_eval_rows(params: dict, problem, report: DataReport) -> tuple[list[Row], list[Row]]:
+    """Checked training rows, and eval rows from eval_data or, when that is empty, eval_fraction of data."""
+    train = check_rows(load_sources(params["data"], report), problem, params["on_bad_rows"], report)
+    if not params["eval_data"]:
+        return split_eval(train, params["eval_fraction"], params["seed"])
+    held = load_sources(params["eval_data"], report, "eval_data")
+    return train, check_rows(held, problem, params["on_bad_rows"], report)
+
+
 def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
     """A seeded random eval split of `fraction` of the rows (at least one row when fraction > 0)."""
     if fraction <= 0 or len(rows) < 2:

@@ -6,6 +6,7 @@ import torch
 
 from common.errors import UserError
 
+PAD = "<pad>"
 BUILTIN = {"builtin:tiny": os.path.join(os.path.dirname(os.path.abspath(__file__)), "builtin_tiny")}
 
 
@@ -46,6 +47,30 @@ def load_model(name: str, dtype: str = "auto", seed: int = 0, trust_remote_code:
             raise UserError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from None
     model.config.use_cache = False
     return model
+
+
+def add_pad_token(tokenizer, stop_ids: list[int]) -> None:
+    """A dedicated pad token when there is none or it is a stop token: a collator that masks padding would
+    then mask every EOS too, and the model would never learn to stop."""
+    if tokenizer.pad_token is None or tokenizer.pad_token_id in stop_ids:
+        tokenizer.add_special_tokens({"pad_token": PAD})
+
+
+def resize_embeddings(model, tokenizer, new_ids: list[int]) -> None:
+    """Cover the tokenizer (growing to a multiple of 64); the new tokens' rows start at the old rows' mean.
+
+    Models often carry spare rows past their vocabulary, so new tokens may fit without growing; their rows
+    are set all the same, since spare rows hold nothing learned.
+    """
+    if not new_ids:
+        return
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=False)
+    learned = min(new_ids)
+    with torch.no_grad():
+        for layer in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if layer is not None:
+                layer.weight[new_ids] = layer.weight[:learned].mean(dim=0)
 
 
 def apply_lora(model, lora: dict, new_token_ids: list[int]):

@@ -8,7 +8,9 @@ import os
 
 import torch
 
+from common.distributed import is_main
 from common.models import resolve_dtype
+from common.tracking import MetricsFile, init_wandb, report_to
 
 
 def sft_config(params: dict, packing: bool, has_eval: bool, report_to: str):
@@ -50,4 +52,21 @@ def sft_config(params: dict, packing: bool, has_eval: bool, report_to: str):
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
         disable_tqdm=not params["progress_bar"],
+    )
+
+
+def sft_trainer(params: dict, model, tokenizer, train_set, eval_set, packing: bool, trainer_class=None):
+    """TRL's SFTTrainer (or a subclass) on our tokenized datasets, logging to metrics.jsonl and wandb."""
+    from trl import SFTTrainer
+
+    args = sft_config(params, packing, eval_set is not None, report_to(params["report_to"]))
+    if "wandb" in args.report_to and is_main():
+        init_wandb(params, args.run_name)
+    return (trainer_class or SFTTrainer)(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        callbacks=[MetricsFile(params["output_dir"])],
     )

@@ -1,12 +1,10 @@
 import pytest
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 from common.chat_format import (
     END_OF_TURN,
     end_of_turn_ids,
     prepare_tokenizer,
-    resize_embeddings,
     tokenize_chat,
     validate_messages,
 )
@@ -73,23 +71,6 @@ def test_native_template_without_generation_markers(tokenizer):
         CALL + END_OF_TURN,
         'play_music(artist="Adele")' + END_OF_TURN,
     ]
-
-
-def test_resize_to_multiple_of_64_with_mean_rows(tokenizer):
-    torch.manual_seed(0)
-    base = AutoTokenizer.from_pretrained(BUILTIN["builtin:tiny"])
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(base), hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
-    old_in = model.get_input_embeddings().weight.detach().clone()
-    old_out = model.get_output_embeddings().weight.detach().clone()
-    new_ids = prepare_tokenizer(base, "special_tokens")
-    assert len(new_ids) == 5  # <system> <user> <assistant> <eot> <pad>
-    resize_embeddings(model, base, new_ids)
-    rows = model.get_input_embeddings().weight
-    assert rows.shape[0] % 64 == 0 and rows.shape[0] >= len(base)
-    assert torch.allclose(rows[new_ids], old_in.mean(0).expand(len(new_ids), -1))
-    assert torch.allclose(model.get_output_embeddings().weight[new_ids], old_out.mean(0).expand(len(new_ids), -1))
-    assert torch.equal(rows[: len(old_in)], old_in)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,131 @@
+"""Completion-model fine-tuning on plain text and on prompt/completion pairs, on TRL's SFTTrainer.
+
+    accelerate launch sft_completion.py                            # built-in tiny model, example task
+    accelerate launch sft_completion.py model=Qwen/Qwen2.5-0.5B data=my_pairs.jsonl template="Q: {prompt}\\nA:"
+    accelerate launch sft_completion.py --config configs/recipes/qwen2.5-0.5b-completion.yaml
+    accelerate launch --config_file configs/accelerate/cpu_ddp.yaml sft_completion.py   # two CPU processes
+    python sft_completion.py dry_run=true                          # preview the data, train nothing
+
+Rows are {"text"} (continued pre-training: loss on every token and the EOS that ends each document) or
+{"prompt", "completion"} (loss on the completion and its EOS only; `template` formats the prompt); one
+file may mix both. Outputs land in output_dir: params.yaml, data_report.json, metrics.jsonl, loss.png,
+checkpoint-N/, and final/ (a plain Hugging Face folder that stops at EOS, with prompt_template.json).
+"""
+
+import os
+
+from common.batching import build_dataset, choose_packing, dry_run
+from common.checkpoint import export_final, prepare_output_dir
+from common.completion_format import check_template, completion_row_problem, tokenize_completion_row
+from common.data import DataReport, train_and_eval_rows
+from common.distributed import describe, is_main, shutdown
+from common.errors import UserError, exit_on_user_error
+from common.evaluate import TEMPLATE_FILE
+from common.models import apply_lora, load_model, load_tokenizer
+from common.params import resolve, save_params
+from common.tracking import plot_loss
+from common.training import sft_trainer
+
+PARAMS = dict(
+    model="builtin:tiny",  # a hub id, a local folder, or builtin:tiny (random init, tokenizer in common/)
+    data=["data/examples/completion_train.jsonl"],  # {"text"} and/or {"prompt", "completion"} rows
+    template="Request: {prompt}\nCall: ",  # str.format pattern for prompts; "{prompt}" uses them as they are
+    eval_data=[],  # held-out rows for eval loss; when empty, eval_fraction of data is held out
+    eval_fraction=0.05,
+    test_data="data/examples/completion_test.jsonl",  # exact-match check of final/ after training ("" to skip)
+    output_dir="outputs/sft_completion",
+    max_length=512,  # longer prompt/completion rows are truncated; longer text rows are cut into pieces
+    packing="auto",  # auto: packed on GPU, padded batches on CPU (faster there, measured)
+    num_epochs=10.0,
+    max_steps=-1,  # -1: run num_epochs
+    learning_rate=6e-3,  # for the 1M-parameter built-in model; real models want ~1e-5 (full) or ~2e-4 (LoRA)
+    lr_scheduler="cosine",
+    warmup=0.05,  # a fraction of all steps, or a step count
+    weight_decay=0.0,
+    adam_beta2=0.95,
+    max_grad_norm=1.0,
+    batch_size=32,  # per device
+    grad_accum=1,
+    dtype="auto",  # auto: bf16 on a GPU that has it, fp32 on CPU
+    activation_checkpointing=False,
+    seed=42,
+    logging_steps=10,
+    eval_steps=100,
+    save_steps=200,
+    save_total_limit=2,
+    resume=False,  # continue from the newest complete checkpoint in output_dir
+    overwrite=False,  # replace a finished run in output_dir
+    dry_run=False,  # write data_preview.jsonl and tokenizer/, print an example, train nothing
+    report_to="auto",  # auto: wandb when WANDB_PROJECT is set
+    progress_bar=True,
+    on_bad_rows="error",  # or "skip": drop and count them in data_report.json
+    trust_remote_code=False,
+    lora=dict(
+        enabled=False,
+        r=16,
+        alpha=32,
+        dropout=0.05,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        merge=True,  # final/ holds the merged model; false: the adapter
+    ),
+)
+
+
+@exit_on_user_error
+def main(params: dict, trainer_class=None) -> None:
+    out = params["output_dir"]
+    launch = describe()  # every rank joins the process group here
+    if is_main():
+        print(launch, flush=True)
+    if params["test_data"] and not os.path.isfile(params["test_data"]):
+        raise UserError(f"test_data file not found: {params['test_data']} (test_data= skips the check)")
+    resume_from = prepare_output_dir(out, params["resume"], params["overwrite"])
+
+    # Data: read, check, split; prompt and completion are tokenized apart, so the mask is exact
+    report = DataReport()
+    tokenizer = load_tokenizer(params["model"], params["trust_remote_code"])
+    template = check_template(params["template"], tokenizer)
+    if tokenizer.pad_token is None:  # harmless here: labels are set before padding, so EOS keeps its loss
+        tokenizer.pad_token = tokenizer.eos_token
+    train_rows, eval_rows = train_and_eval_rows(params, completion_row_problem, report)
+    packing = choose_packing(params["packing"])
+
+    def dataset(rows, split):
+        examples = [ex for row in rows for ex in tokenize_completion_row(tokenizer, row.data, template, params["max_length"])]
+        report.counts[f"{split}_text_pieces"] = len(examples) - len(rows)  # extra pieces from text cut at max_length
+        return build_dataset(examples, params["max_length"], packing, params["seed"], report, split)
+
+    train_set = dataset(train_rows, "train")
+    eval_set = dataset(eval_rows, "eval") if eval_rows else None
+    if not len(train_set):
+        raise UserError("no training rows left after checks and truncation (see data_report.json)")
+    if is_main():
+        save_params(params, out)
+        report.write(out)
+    if params["dry_run"]:
+        if is_main():
+            dry_run(train_set, tokenizer, packing, out, report)
+        return shutdown()
+
+    # Model: the vocabulary stays as it is, so final/ and a LoRA adapter match the base model
+    model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"])
+    if params["lora"]["enabled"]:
+        model = apply_lora(model, params["lora"], [])
+
+    trainer = sft_trainer(params, model, tokenizer, train_set, eval_set, packing, trainer_class)
+    trainer.train(resume_from_checkpoint=resume_from)
+
+    saved = {TEMPLATE_FILE: {"template": template}}
+    final = export_final(trainer, tokenizer, out, [tokenizer.eos_token_id], params["lora"]["merge"], saved)
+    if is_main():
+        plot_loss(out)
+        print(f"saved {final}")
+        if params["test_data"]:
+            from common.evaluate import exact_match
+
+            print(f"held-out exact match: {exact_match(final, params['test_data'], show=3):.1%} on {params['test_data']}")
+    shutdown()
+
+
+if __name__ == "__main__":
+    main(resolve(PARAMS))
