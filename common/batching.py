@@ -24,9 +24,8 @@ def choose_packing(packing) -> bool:
 
 
 def build_dataset(examples, max_length: int, packing: bool, seed: int, report: DataReport, split: str):
-    """A datasets.Dataset of input_ids/labels (packed with BFD when asked); counts go into the report."""
+    """A datasets.Dataset of input_ids/labels (packed in random order when asked); counts go into the report."""
     from datasets import Dataset
-    from trl.data_utils import pack_dataset
 
     rows, truncated, no_target = [], 0, 0
     for input_ids, labels in examples:
@@ -43,12 +42,42 @@ def build_dataset(examples, max_length: int, packing: bool, seed: int, report: D
     report.counts[f"{split}_truncated"] = truncated
     report.counts[f"{split}_tokens"] = sum(len(r["input_ids"]) for r in rows)
     report.counts[f"{split}_trained_tokens"] = sum(sum(lab != -100 for lab in r["labels"][1:]) for r in rows)
+    if packing and rows:
+        rows = pack_in_random_order(rows, max_length, seed)
     dataset = Dataset.from_list(rows)
     if packing and len(dataset):
-        dataset = pack_dataset(dataset.shuffle(seed=seed), max_length, "bfd")
         report.counts[f"{split}_packed_rows"] = len(dataset)
         report.counts[f"{split}_packing_fill"] = round(report.counts[f"{split}_tokens"] / (len(dataset) * max_length), 4)
     return dataset
+
+
+def pack_in_random_order(rows: list[dict], max_length: int, seed: int, open_rows: int = 8) -> list[dict]:
+    """Examples packed into rows of at most max_length tokens, each row a random mix of examples.
+
+    TRL's best-fit-decreasing packing sorts by length, so a row holds examples of one length, and on the
+    example task one kind of request: a GPU run reached 42% exact match with it against 99.5% with padded
+    batches, the same failure as length-grouped batches. Here examples are shuffled and each goes to the
+    first of a few open rows with room (the fullest is closed when too many are open); fill stays near
+    BFD's for short examples. `seq_lengths` gives TRL's collator the document boundaries.
+    """
+    import random
+
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    packed, pending = [], []
+    for i in order:
+        row, size = rows[i], len(rows[i]["input_ids"])
+        target = next((p for p in pending if len(p["input_ids"]) + size <= max_length), None)
+        if target is None:
+            if len(pending) == open_rows:
+                pending.sort(key=lambda p: len(p["input_ids"]))
+                packed.append(pending.pop())
+            target = {"input_ids": [], "labels": [], "seq_lengths": []}
+            pending.append(target)
+        target["input_ids"] += row["input_ids"]
+        target["labels"] += row["labels"]
+        target["seq_lengths"].append(size)
+    return packed + pending
 
 
 def collator(tokenizer, packing: bool):

@@ -62,12 +62,22 @@ def apply_overrides(defaults: dict, argv: list[str]) -> dict:
             _set(params, defaults, key, value, f"{path}: ")
     for pair in pairs:
         key, text = pair.split("=", 1)
+        key = key.strip()
         try:
             value = yaml.safe_load(text) if text else ""
         except yaml.YAMLError:
             value = text
-        _set(params, defaults, key.strip(), value, "")
+        if isinstance(_default(defaults, key), str) and isinstance(value, (dict, list)):
+            value = text  # YAML reads "Q: {prompt}" as a mapping; a string key means the text itself
+        _set(params, defaults, key, value, "")
     return params
+
+
+def _default(defaults: dict, key: str):
+    node = defaults
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def _fail_usage(message):

@@ -13,7 +13,19 @@ from common.models import resolve_dtype
 from common.tracking import MetricsFile, init_wandb, report_to
 
 
-def sft_config(params: dict, packing: bool, has_eval: bool, report_to: str):
+def packed_batch_size(batch_size: int, dataset) -> int:
+    """Packed rows per device step that hold about batch_size examples, as unpacked batches do.
+
+    Packing is a speed-up and should not change what is learned. Counted in packed rows, the example task's
+    1,425 rows packed into 109 rows of 512 tokens, batch_size=32 made 40 steps in 10 epochs instead of 450,
+    and an H100 run ended at 0% exact match where padded batches reach 98%.
+    """
+    examples = sum(len(lengths) for lengths in dataset["seq_lengths"])
+    return max(1, round(batch_size * len(dataset) / examples))
+
+
+def sft_config(params: dict, packing: bool, has_eval: bool, report_to: str, batch_size: int | None = None):
+    """SFTConfig from PARAMS; batch_size overrides params["batch_size"] (packed rows per device step)."""
     from trl import SFTConfig
 
     dtype = resolve_dtype(params["dtype"])
@@ -23,8 +35,8 @@ def sft_config(params: dict, packing: bool, has_eval: bool, report_to: str):
         run_name=os.path.basename(os.path.normpath(params["output_dir"])),
         num_train_epochs=params["num_epochs"],
         max_steps=params["max_steps"],
-        per_device_train_batch_size=params["batch_size"],
-        per_device_eval_batch_size=params["batch_size"],
+        per_device_train_batch_size=batch_size or params["batch_size"],
+        per_device_eval_batch_size=batch_size or params["batch_size"],
         gradient_accumulation_steps=params["grad_accum"],
         learning_rate=params["learning_rate"],
         lr_scheduler_type=params["lr_scheduler"],
@@ -59,7 +71,11 @@ def sft_trainer(params: dict, model, tokenizer, train_set, eval_set, packing: bo
     """TRL's SFTTrainer (or a subclass) on our tokenized datasets, logging to metrics.jsonl and wandb."""
     from trl import SFTTrainer
 
-    args = sft_config(params, packing, eval_set is not None, report_to(params["report_to"]))
+    batch_size = packed_batch_size(params["batch_size"], train_set) if packing else params["batch_size"]
+    if is_main() and packing:
+        print(f"packing: {batch_size} rows of up to {params['max_length']} tokens per device step, "
+              f"about batch_size={params['batch_size']} examples", flush=True)
+    args = sft_config(params, packing, eval_set is not None, report_to(params["report_to"]), batch_size)
     if "wandb" in args.report_to and is_main():
         init_wandb(params, args.run_name)
     return (trainer_class or SFTTrainer)(

@@ -1,7 +1,9 @@
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -40,6 +42,61 @@ def write_jsonl(path, rows):
 def read_jsonl(path):
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def trained_spans(tokenizer, row):
+    """The decoded runs of tokens that carry a loss in a data_preview.jsonl row."""
+    spans, current = [], []
+    for token, label in zip(row["input_ids"], row["labels"]):
+        if label != -100:
+            assert label == token
+            current.append(token)
+        elif current:
+            spans.append(tokenizer.decode(current))
+            current = []
+    return spans + ([tokenizer.decode(current)] if current else [])
+
+
+def weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
+def kill_and_resume(tmp_path, script, data_file):
+    """SIGKILL a run after its second checkpoint, resume it, and compare with a run that was never stopped.
+
+    100 rows in batches of 8: 13 steps an epoch, so the kill and the resume fall in a later epoch.
+    """
+    import torch
+
+    with open(os.path.join(ROOT, data_file)) as f:
+        data = write_jsonl(tmp_path / "small.jsonl", [line.strip() for line in f][:100])
+    settings = [f"data={data}", "max_steps=40", "save_steps=10", "logging_steps=5", "eval_fraction=0",
+                "test_data=", "progress_bar=false", "batch_size=8"]
+    straight = tmp_path / "straight"
+    assert run_script(script, *settings, f"output_dir={straight}").returncode == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, script, *settings, f"output_dir={killed}"], cwd=ROOT, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint-20" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists()
+    again = run_script(script, *settings, f"output_dir={killed}")
+    assert again.returncode == 2 and "resume=true" in again.stderr  # refuses to silently start over
+    resumed = run_script(script, *settings, f"output_dir={killed}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = weights(straight / "final"), weights(killed / "final")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0, msg=name)
+    steps = [m["step"] for m in read_jsonl(killed / "metrics.jsonl") if "loss" in m]
+    assert steps == [5, 10, 15, 20, 25, 30, 35, 40]  # no step logged twice
 
 
 @pytest.fixture(autouse=True)

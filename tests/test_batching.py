@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from common.batching import build_dataset, collator, show_example, write_preview
+from common.batching import build_dataset, collator, pack_in_random_order, show_example, write_preview
 from common.data import DataReport
 from tests.conftest import read_jsonl
 
@@ -15,7 +15,7 @@ class Tok:
 
 
 def docs():
-    # Lengths 5, 9, 3, 7: BFD puts several documents in one row of 16.
+    # Lengths 5, 9, 3, 7: some share a row of 16.
     return [
         (list(range(10, 10 + n)), [-100] * (n // 2) + list(range(10 + n // 2, 10 + n)))
         for n in (5, 9, 3, 7)
@@ -69,3 +69,15 @@ def test_preview_is_what_the_collator_returns(tmp_path):
     assert read_jsonl(tmp_path / "data_preview.jsonl") == preview
     assert set(preview[0]) == {"input_ids", "labels", "position_ids"}
     assert show_example(Tok(), {"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}) == "<1>[[<2><3>]]"
+
+
+def test_packing_keeps_every_example_once_and_mixes_lengths():
+    # Two kinds of example that differ in length: packing by length would put each kind in rows of its own.
+    short = [{"input_ids": [1] * 3, "labels": [1] * 3} for _ in range(50)]
+    long = [{"input_ids": [2] * 10, "labels": [2] * 10} for _ in range(50)]
+    rows = pack_in_random_order(short + long, max_length=64, seed=0)
+    assert all(len(r["input_ids"]) <= 64 and sum(r["seq_lengths"]) == len(r["input_ids"]) for r in rows)
+    assert sorted(n for r in rows for n in r["seq_lengths"]) == [3] * 50 + [10] * 50
+    assert sum(len(r["input_ids"]) for r in rows) / (64 * len(rows)) > 0.9  # rows stay nearly full
+    mixed = [r for r in rows if {1, 2} <= set(r["input_ids"])]
+    assert len(mixed) >= 0.8 * len(rows)

@@ -32,6 +32,8 @@ DEFAULTS = {
         (["lora.enabled=true"], "lora", {"enabled": True, "r": 16, "target_modules": ["q_proj"]}),
         (["lora.target_modules=all-linear"], "lora", {"enabled": False, "r": 16, "target_modules": ["all-linear"]}),
         (["model=org/name", "model=other"], "model", "other"),  # the last pair wins
+        (["model=Q: {prompt} [x]"], "model", "Q: {prompt} [x]"),  # a string key takes text YAML calls a mapping
+        (["model=\"Q: {prompt}\\nA:\""], "model", "Q: {prompt}\nA:"),  # quoted YAML for escapes
     ],
 )
 def test_overrides(argv, key, expected):

@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -11,9 +10,8 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from tests.conftest import ENV, FAST, ROOT, read_jsonl, run, run_script, write_jsonl
+from tests.conftest import ENV, FAST, ROOT, kill_and_resume, read_jsonl, run, run_script, trained_spans, weights, write_jsonl
 
 SCRIPT = "sft_chat.py"
 CALL = "set_timer(minutes=5)"
@@ -64,18 +62,6 @@ def plain_eval(final, data):
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def trained_spans(tokenizer, row):
-    spans, current = [], []
-    for token, label in zip(row["input_ids"], row["labels"]):
-        if label != -100:
-            assert label == token
-            current.append(token)
-        elif current:
-            spans.append(tokenizer.decode(current))
-            current = []
-    return spans + ([tokenizer.decode(current)] if current else [])
 
 
 @pytest.mark.parametrize("packing", [False, True])
@@ -186,39 +172,8 @@ def test_finished_output_dir_is_not_overwritten_unless_asked(tmp_path):
     assert result.returncode == 0 and not (out / "final").exists()
 
 
-def _weights(folder):
-    return load_file(os.path.join(folder, "model.safetensors"))
-
-
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    # 100 rows in batches of 8: 13 steps an epoch, so the kill and the resume fall in a later epoch.
-    with open(os.path.join(ROOT, "data/examples/chat_train.jsonl")) as f:
-        data = write_jsonl(tmp_path / "small.jsonl", [line.strip() for line in f][:100])
-    settings = [f"data={data}", "max_steps=40", "save_steps=10", "logging_steps=5", "eval_fraction=0",
-                "test_data=", "progress_bar=false", "batch_size=8"]
-    straight = tmp_path / "straight"
-    assert run_script(SCRIPT, *settings, f"output_dir={straight}").returncode == 0
-
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, SCRIPT, *settings, f"output_dir={killed}"], cwd=ROOT, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoint-20" / "trainer_state.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "final").exists()
-    again = run_script(SCRIPT, *settings, f"output_dir={killed}")
-    assert again.returncode == 2 and "resume=true" in again.stderr  # refuses to silently start over
-    resumed = run_script(SCRIPT, *settings, f"output_dir={killed}", "resume=true")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, b = _weights(straight / "final"), _weights(killed / "final")
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0, msg=name)
-    steps = [m["step"] for m in read_jsonl(killed / "metrics.jsonl") if "loss" in m]
-    assert steps == [5, 10, 15, 20, 25, 30, 35, 40]  # no step logged twice
+    kill_and_resume(tmp_path, SCRIPT, "data/examples/chat_train.jsonl")
 
 
 def test_two_cpu_processes_with_the_shipped_preset(tmp_path):
@@ -235,16 +190,16 @@ def test_lora_with_packing_trains_new_token_rows_and_saves_a_merged_model(tmp_pa
     result = run_script(SCRIPT, *FAST, f"output_dir={out}", "lora.enabled=true", "lora.r=4", "test_data=",
                         "learning_rate=1e-2", "packing=true", "max_length=128")
     assert result.returncode == 0, result.stderr[-3000:]
-    weights = _weights(out / "final")
-    assert not any("lora" in name for name in weights)  # merged into plain weights
+    saved = weights(out / "final")
+    assert not any("lora" in name for name in saved)  # merged into plain weights
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(out / "final")
     eot = tokenizer.convert_tokens_to_ids("<eot>")
     user = tokenizer.convert_tokens_to_ids("<user>")
-    embed = weights["model.embed_tokens.weight"]
+    embed = saved["model.embed_tokens.weight"]
     # New rows start identical (the mean); trained rows moved apart, so the new tokens were trained.
     assert not torch.allclose(embed[eot], embed[user])
-    if "lm_head.weight" in weights:  # the built-in model ties its output layer to the embedding
-        assert not torch.allclose(weights["lm_head.weight"][eot], weights["lm_head.weight"][user])
+    if "lm_head.weight" in saved:  # the built-in model ties its output layer to the embedding
+        assert not torch.allclose(saved["lm_head.weight"][eot], saved["lm_head.weight"][user])
     assert plain_eval(out / "final", "data/examples/chat_test.jsonl")["eot"] == eot
