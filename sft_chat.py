@@ -94,7 +94,7 @@ def main(params: dict, trainer_class=None) -> None:
 
     def dataset(rows, split):
         examples = (tokenize_chat(tokenizer, row.data["messages"], params["loss_on"]) for row in rows)
-        return build_dataset(examples, params["max_length"], packing, params["seed"], report, split)
+        return build_dataset(examples, params["max_length"], packing, params["seed"], report, split, params["batch_size"])
 
     train_set = dataset(train_rows, "train")
     eval_set = dataset(eval_rows, "eval") if eval_rows else None
@@ -109,9 +109,10 @@ def main(params: dict, trainer_class=None) -> None:
         return shutdown()
 
     # Model: new chat tokens get embedding rows at the mean of the old ones; LoRA trains those rows too
-    model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"])
+    lora = params["lora"]["enabled"]  # LoRA keeps the frozen base in bf16; trained weights stay fp32
+    model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"], frozen=lora)
     resize_embeddings(model, tokenizer, new_token_ids)
-    if params["lora"]["enabled"]:
+    if lora:
         model = apply_lora(model, params["lora"], new_token_ids)
 
     trainer = sft_trainer(params, model, tokenizer, train_set, eval_set, packing, trainer_class)

@@ -93,7 +93,7 @@ def main(params: dict, trainer_class=None) -> None:
     def dataset(rows, split):
         examples = [ex for row in rows for ex in tokenize_completion_row(tokenizer, row.data, template, params["max_length"])]
         report.counts[f"{split}_text_pieces"] = len(examples) - len(rows)  # extra pieces from text cut at max_length
-        return build_dataset(examples, params["max_length"], packing, params["seed"], report, split)
+        return build_dataset(examples, params["max_length"], packing, params["seed"], report, split, params["batch_size"])
 
     train_set = dataset(train_rows, "train")
     eval_set = dataset(eval_rows, "eval") if eval_rows else None
@@ -108,8 +108,9 @@ def main(params: dict, trainer_class=None) -> None:
         return shutdown()
 
     # Model: the vocabulary stays as it is, so final/ and a LoRA adapter match the base model
-    model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"])
-    if params["lora"]["enabled"]:
+    lora = params["lora"]["enabled"]  # LoRA keeps the frozen base in bf16; trained weights stay fp32
+    model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"], frozen=lora)
+    if lora:
         model = apply_lora(model, params["lora"], [])
 
     trainer = sft_trainer(params, model, tokenizer, train_set, eval_set, packing, trainer_class)

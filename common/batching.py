@@ -23,8 +23,13 @@ def choose_packing(packing) -> bool:
     return torch.cuda.is_available() if packing == "auto" else bool(packing)
 
 
-def build_dataset(examples, max_length: int, packing: bool, seed: int, report: DataReport, split: str):
-    """A datasets.Dataset of input_ids/labels (packed in random order when asked); counts go into the report."""
+def build_dataset(examples, max_length: int, packing: bool, seed: int, report: DataReport, split: str,
+                  batch_size: int | None = None):
+    """A datasets.Dataset of input_ids/labels (packed in random order when asked); counts go into the report.
+
+    Packed rows are max_length long, or shorter when batch_size examples would not fill one: a step of
+    one row then still holds about batch_size examples (see training.packed_batch_size).
+    """
     from datasets import Dataset
 
     rows, truncated, no_target = [], 0, 0
@@ -42,12 +47,17 @@ def build_dataset(examples, max_length: int, packing: bool, seed: int, report: D
     report.counts[f"{split}_truncated"] = truncated
     report.counts[f"{split}_tokens"] = sum(len(r["input_ids"]) for r in rows)
     report.counts[f"{split}_trained_tokens"] = sum(sum(lab != -100 for lab in r["labels"][1:]) for r in rows)
+    row_length = max_length
     if packing and rows:
-        rows = pack_in_random_order(rows, max_length, seed)
+        lengths = [len(r["input_ids"]) for r in rows]
+        if batch_size:
+            row_length = min(max_length, max(max(lengths), batch_size * sum(lengths) // len(lengths)))
+        rows = pack_in_random_order(rows, row_length, seed)
     dataset = Dataset.from_list(rows)
     if packing and len(dataset):
         report.counts[f"{split}_packed_rows"] = len(dataset)
-        report.counts[f"{split}_packing_fill"] = round(report.counts[f"{split}_tokens"] / (len(dataset) * max_length), 4)
+        report.counts[f"{split}_packed_row_length"] = row_length
+        report.counts[f"{split}_packing_fill"] = round(report.counts[f"{split}_tokens"] / (len(dataset) * row_length), 4)
     return dataset
 
 

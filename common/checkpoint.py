@@ -6,6 +6,8 @@ import os
 import re
 import shutil
 
+import torch
+
 from common.distributed import is_main, wait_for_everyone
 from common.errors import UserError
 
@@ -67,6 +69,8 @@ def export_final(trainer, tokenizer, output_dir: str, eos_ids: list[int], merge_
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload") and merge_lora:
         model = model.merge_and_unload()
+    if trainer.args.bf16 or trainer.args.fp16:  # trained with fp32 master weights; saved as it computed
+        model = model.to(torch.bfloat16 if trainer.args.bf16 else torch.float16)
     model.config.use_cache = True
     generation = model.generation_config
     generation.eos_token_id = eos_ids

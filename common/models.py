@@ -32,11 +32,16 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-def load_model(name: str, dtype: str = "auto", seed: int = 0, trust_remote_code: bool = False):
-    """The model in training mode with the KV cache off: with the cache on, packed documents see each other."""
+def load_model(name: str, dtype: str = "auto", seed: int = 0, trust_remote_code: bool = False, frozen: bool = False):
+    """The model for training, with the KV cache off: with the cache on, packed documents see each other.
+
+    Weights that train are kept in fp32 and bf16/fp16 is the autocast compute dtype (the Trainer's bf16
+    flag): AdamW steps of lr ~1e-5 applied to bf16 weights mostly round away. Frozen weights (under
+    LoRA) are stored in the compute dtype; peft keeps the adapters in fp32.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    torch_dtype = resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype) if frozen else torch.float32
     if name in BUILTIN:
         torch.manual_seed(seed)  # random initialisation, reproducible
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(BUILTIN[name]), dtype=torch_dtype)

@@ -73,8 +73,8 @@ def sft_trainer(params: dict, model, tokenizer, train_set, eval_set, packing: bo
 
     batch_size = packed_batch_size(params["batch_size"], train_set) if packing else params["batch_size"]
     if is_main() and packing:
-        print(f"packing: {batch_size} rows of up to {params['max_length']} tokens per device step, "
-              f"about batch_size={params['batch_size']} examples", flush=True)
+        print(f"packing: {batch_size} packed rows per device step, about batch_size={params['batch_size']} examples",
+              flush=True)
     args = sft_config(params, packing, eval_set is not None, report_to(params["report_to"]), batch_size)
     if "wandb" in args.report_to and is_main():
         init_wandb(params, args.run_name)

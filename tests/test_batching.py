@@ -81,3 +81,15 @@ def test_packing_keeps_every_example_once_and_mixes_lengths():
     assert sum(len(r["input_ids"]) for r in rows) / (64 * len(rows)) > 0.9  # rows stay nearly full
     mixed = [r for r in rows if {1, 2} <= set(r["input_ids"])]
     assert len(mixed) >= 0.8 * len(rows)
+
+
+@pytest.mark.parametrize(
+    "batch_size, expected_row_length",
+    [(None, 64), (100, 64), (4, 4 * 6), (1, 10)],  # never shorter than the longest example (10)
+)
+def test_packed_rows_hold_about_batch_size_examples(batch_size, expected_row_length):
+    examples = [(list(range(n)), list(range(n))) for n in [2, 6, 10] * 10]  # mean length 6
+    report = DataReport()
+    dataset = build_dataset(examples, 64, True, 0, report, "train", batch_size)
+    assert report.counts["train_packed_row_length"] == expected_row_length
+    assert max(len(ids) for ids in dataset["input_ids"]) <= expected_row_length

@@ -97,14 +97,19 @@ def test_secrets_are_redacted(tmp_path):
 
 
 def test_shipped_recipes_are_valid_overrides():
+    """Each recipe names its script in its launch line and parses against that script's PARAMS."""
     import glob
+    import importlib
     import os
-
-    import sft_chat
+    import re
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     recipes = sorted(glob.glob(os.path.join(root, "configs/recipes/*.yaml")))
     assert recipes
     for recipe in recipes:
-        params = apply_overrides(sft_chat.PARAMS, ["--config", recipe])
-        assert params["model"] != sft_chat.PARAMS["model"], recipe
+        with open(recipe, encoding="utf-8") as f:
+            launch = re.search(r"accelerate launch (\w+)\.py --config (\S+)", f.read())
+        assert launch and launch.group(2) == os.path.relpath(recipe, root), recipe
+        script = importlib.import_module(launch.group(1))
+        params = apply_overrides(script.PARAMS, ["--config", recipe])
+        assert params["model"] != script.PARAMS["model"], recipe
