@@ -71,8 +71,12 @@ def exact_match(model_dir: str, data_path: str, show: int = 0, template: str | N
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    examples = read_examples(data_path)
     template = saved_template(model_dir) if template is None else template
+    return exact_match_of(model, tokenizer, read_examples(data_path), show, template)
+
+
+def exact_match_of(model, tokenizer, examples: list, show: int = 0, template: str = "{prompt}") -> float:
+    """exact_match for a model already in memory; examples as read_examples returns them."""
     prompts = [p if isinstance(p, list) else template.format(prompt=p) for p, _ in examples]
     answers = generate_answers(model, tokenizer, prompts)
     hits = [is_exact_match(a, ref) for a, (_, ref) in zip(answers, examples)]

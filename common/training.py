@@ -1,4 +1,4 @@
-"""Trainer settings: PARAMS to TRL's SFTConfig, with precision and device choices made explicit.
+"""Trainer settings: PARAMS to TRL's SFTConfig and DPOConfig, with precision and device choices made explicit.
 
 TRL's own defaults (bf16 on, gradient checkpointing on) are wrong for CPU runs, so every one that
 matters is set here from PARAMS.
@@ -24,13 +24,10 @@ def packed_batch_size(batch_size: int, dataset) -> int:
     return max(1, round(batch_size * len(dataset) / examples))
 
 
-def sft_config(params: dict, packing: bool, has_eval: bool, report_to: str, batch_size: int | None = None):
-    """SFTConfig from PARAMS; batch_size overrides params["batch_size"] (packed rows per device step)."""
-    from trl import SFTConfig
-
+def trainer_args(params: dict, has_eval: bool, batch_size: int | None = None) -> dict:
+    """The arguments SFTConfig and DPOConfig share, from PARAMS (batch_size: packed rows per device step)."""
     dtype = resolve_dtype(params["dtype"])
-    on_gpu = torch.cuda.is_available()
-    return SFTConfig(
+    return dict(
         output_dir=params["output_dir"],
         run_name=os.path.basename(os.path.normpath(params["output_dir"])),
         num_train_epochs=params["num_epochs"],
@@ -52,14 +49,11 @@ def sft_config(params: dict, packing: bool, has_eval: bool, report_to: str, batc
         save_total_limit=params["save_total_limit"],
         eval_strategy="steps" if has_eval else "no",
         eval_steps=params["eval_steps"],
-        report_to=report_to,
-        use_cpu=not on_gpu,
+        report_to=report_to(params["report_to"]),
+        use_cpu=not torch.cuda.is_available(),
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         max_length=params["max_length"],
-        packing=packing,
-        padding_free=packing,
-        dataset_kwargs={"skip_prepare_dataset": True},
         activation_checkpointing=params["activation_checkpointing"],
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
@@ -67,22 +61,57 @@ def sft_config(params: dict, packing: bool, has_eval: bool, report_to: str, batc
     )
 
 
+def _start_wandb(params: dict, args) -> None:
+    if "wandb" in args.report_to and is_main():
+        init_wandb(params, args.run_name)
+
+
 def sft_trainer(params: dict, model, tokenizer, train_set, eval_set, packing: bool, trainer_class=None):
     """TRL's SFTTrainer (or a subclass) on our tokenized datasets, logging to metrics.jsonl and wandb."""
-    from trl import SFTTrainer
+    from trl import SFTConfig, SFTTrainer
 
     batch_size = packed_batch_size(params["batch_size"], train_set) if packing else params["batch_size"]
     if is_main() and packing:
         print(f"packing: {batch_size} packed rows per device step, about batch_size={params['batch_size']} examples",
               flush=True)
-    args = sft_config(params, packing, eval_set is not None, report_to(params["report_to"]), batch_size)
-    if "wandb" in args.report_to and is_main():
-        init_wandb(params, args.run_name)
+    args = SFTConfig(**trainer_args(params, eval_set is not None, batch_size), packing=packing, padding_free=packing,
+                     dataset_kwargs={"skip_prepare_dataset": True})
+    _start_wandb(params, args)
     return (trainer_class or SFTTrainer)(
         model=model,
         args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
+        processing_class=tokenizer,
+        callbacks=[MetricsFile(params["output_dir"])],
+    )
+
+
+def dpo_trainer(params: dict, model, tokenizer, train_rows: list[dict], eval_rows: list[dict], trainer_class=None):
+    """TRL's DPOTrainer (or a subclass). Under LoRA the reference is the adapter-disabled model; otherwise the
+    reference log-probs are computed once before training and cached on disk (common.preference)."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from common.errors import UserError
+    from common.preference import cached_reference
+
+    lora = params["lora"]["enabled"]
+    try:
+        args = DPOConfig(**trainer_args(params, bool(eval_rows)), beta=params["beta"], loss_type=params["loss_type"],
+                         loss_weights=params["loss_weights"] or None, label_smoothing=params["label_smoothing"],
+                         precompute_ref_log_probs=not lora, disable_dropout=True)
+    except ValueError as e:
+        raise UserError(f"DPO settings: {str(e).splitlines()[0]}") from None
+    _start_wandb(params, args)
+    trainer_class = trainer_class or DPOTrainer
+    if not lora:
+        trainer_class = cached_reference(trainer_class, params["ref_cache_dir"], tokenizer)
+    return trainer_class(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
         callbacks=[MetricsFile(params["output_dir"])],
     )

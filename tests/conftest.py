@@ -63,7 +63,7 @@ def weights(folder):
     return load_file(os.path.join(folder, "model.safetensors"))
 
 
-def kill_and_resume(tmp_path, script, data_file):
+def kill_and_resume(tmp_path, script, data_file, *extra):
     """SIGKILL a run after its second checkpoint, resume it, and compare with a run that was never stopped.
 
     100 rows in batches of 8: 13 steps an epoch, so the kill and the resume fall in a later epoch.
@@ -73,7 +73,7 @@ def kill_and_resume(tmp_path, script, data_file):
     with open(os.path.join(ROOT, data_file)) as f:
         data = write_jsonl(tmp_path / "small.jsonl", [line.strip() for line in f][:100])
     settings = [f"data={data}", "max_steps=40", "save_steps=10", "logging_steps=5", "eval_fraction=0",
-                "test_data=", "progress_bar=false", "batch_size=8"]
+                "test_data=", "progress_bar=false", "batch_size=8", *extra]
     straight = tmp_path / "straight"
     assert run_script(script, *settings, f"output_dir={straight}").returncode == 0
 
@@ -97,6 +97,23 @@ def kill_and_resume(tmp_path, script, data_file):
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0, msg=name)
     steps = [m["step"] for m in read_jsonl(killed / "metrics.jsonl") if "loss" in m]
     assert steps == [5, 10, 15, 20, 25, 30, 35, 40]  # no step logged twice
+
+
+@pytest.fixture(scope="session")
+def default_sft_chat_run(tmp_path_factory):
+    """`accelerate launch sft_chat.py` on the embedded default, run once for every test that needs it:
+    (final/ path, the CompletedProcess, seconds)."""
+    out = tmp_path_factory.mktemp("default_sft_chat") / "out"
+    start = time.time()
+    result = run(["accelerate", "launch", "sft_chat.py", f"output_dir={out}", "progress_bar=false"])
+    return out / "final", result, time.time() - start
+
+
+@pytest.fixture(scope="session")
+def default_sft_chat(default_sft_chat_run):
+    final, result, _ = default_sft_chat_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    return str(final)
 
 
 @pytest.fixture(autouse=True)

@@ -108,8 +108,8 @@ def test_shipped_recipes_are_valid_overrides():
     assert recipes
     for recipe in recipes:
         with open(recipe, encoding="utf-8") as f:
-            launch = re.search(r"accelerate launch (\w+)\.py --config (\S+)", f.read())
-        assert launch and launch.group(2) == os.path.relpath(recipe, root), recipe
-        script = importlib.import_module(launch.group(1))
+            launches = dict((config, name) for name, config in re.findall(r"accelerate launch (\w+)\.py --config (\S+)", f.read()))
+        assert os.path.relpath(recipe, root) in launches, recipe
+        script = importlib.import_module(launches[os.path.relpath(recipe, root)])
         params = apply_overrides(script.PARAMS, ["--config", recipe])
         assert params["model"] != script.PARAMS["model"], recipe

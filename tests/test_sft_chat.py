@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
@@ -108,16 +107,13 @@ def test_short_run_writes_every_output_and_logs_to_wandb_offline(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_run_reaches_90_percent_and_plain_transformers_agrees(tmp_path):
+def test_default_run_reaches_90_percent_and_plain_transformers_agrees(default_sft_chat_run):
     """The README's main command on the embedded default, then the model checked by plain transformers."""
-    out = tmp_path / "default"
-    start = time.time()
-    result = run(["accelerate", "launch", SCRIPT, f"output_dir={out}", "progress_bar=false"])
-    elapsed = time.time() - start
+    final, result, elapsed = default_sft_chat_run
     assert result.returncode == 0, result.stderr[-3000:]
     accuracy = float(re.search(r"held-out exact match: ([\d.]+)%", result.stdout).group(1)) / 100
     assert accuracy >= 0.90, result.stdout[-2000:]
-    checked = plain_eval(out / "final", "data/examples/chat_test.jsonl")
+    checked = plain_eval(final, "data/examples/chat_test.jsonl")
     assert checked["exact_match"] >= 0.90 and abs(checked["exact_match"] - accuracy) < 1e-9
     assert checked["stopped"] == 1.0  # every answer ended on an end-of-turn token by itself
     assert elapsed < 240, f"default run took {elapsed:.0f}s"

@@ -16,6 +16,8 @@ Deterministic (fixed seed, standard library only). Run from anywhere:
 Writes, next to this file:
     chat_train.jsonl / chat_test.jsonl              {"messages": [...]}
     completion_train.jsonl / completion_test.jsonl  {"prompt": ..., "completion": ...}
+    preference_train.jsonl / preference_test.jsonl  {"prompt": [...], "chosen": [...], "rejected": [...]}
+                                                    (chosen: the right call; rejected: one slot wrong)
 
 The test split is held out: its 200 requests are distinct, and no test request
 string appears anywhere in the training data (including second turns of
@@ -29,6 +31,7 @@ from pathlib import Path
 SEED = 1234
 N_TRAIN = 1500
 N_TEST = 200
+N_PREFERENCE_TRAIN = 600
 SYSTEM_FRACTION = 0.2
 MULTI_TURN_FRACTION = 0.05
 SYSTEM_PROMPTS = [
@@ -229,6 +232,32 @@ def maybe_system(rng, messages):
     return messages
 
 
+SLOT_VALUES = [CITIES, DAYS, CONTACTS, TEXTS, ARTISTS, CURRENCIES, TITLES, TIMES,
+               [str(m) for m in MINUTES], [str(a) for a in AMOUNTS]]
+
+
+def wrong_call(rng, call):
+    """The call with one slot value swapped for another of its kind: a plausible mistake."""
+    values = [v for values in SLOT_VALUES for v in values if f'"{v}"' in call or f"={v})" in call or f"={v}," in call]
+    value = rng.choice(values)
+    kind = next(values for values in SLOT_VALUES if value in values)
+    other = rng.choice([v for v in kind if v != value])
+    quoted = f'"{value}"' in call
+    old, new = (f'"{value}"', f'"{other}"') if quoted else (f"={value}", f"={other}")
+    return call.replace(old, new, 1)
+
+
+def preference_rows(rng, chat_rows):
+    """Prompt: the turns before the last assistant turn; chosen: that turn; rejected: it with a wrong slot."""
+    rows = []
+    for row in chat_rows:
+        *prompt, answer = row["messages"]
+        rejected = wrong_call(rng, answer["content"])
+        assert rejected != answer["content"]
+        rows.append({"prompt": prompt, "chosen": [answer], "rejected": [{"role": "assistant", "content": rejected}]})
+    return rows
+
+
 def write_jsonl(path, rows):
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
@@ -278,6 +307,9 @@ def main():
     write_jsonl(OUT_DIR / "chat_test.jsonl", chat_test)
     write_jsonl(OUT_DIR / "completion_train.jsonl", completion_train)
     write_jsonl(OUT_DIR / "completion_test.jsonl", completion_test)
+    preference_rng = random.Random(SEED + 1)  # its own stream, so the files above do not change
+    write_jsonl(OUT_DIR / "preference_train.jsonl", preference_rows(preference_rng, chat_train[:N_PREFERENCE_TRAIN]))
+    write_jsonl(OUT_DIR / "preference_test.jsonl", preference_rows(preference_rng, chat_test))
     print(
         f"wrote {len(chat_train)} train rows ({n_multi} multi-turn) and "
         f"{len(chat_test)} test rows to {OUT_DIR}"
