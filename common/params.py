@@ -22,6 +22,9 @@ CHOICES = {
     "report_to": ("auto", "wandb", "none"),
     "on_bad_rows": ("error", "skip"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
+    # TRL 1.16's DPO losses (it checks them only inside the first training step)
+    "loss_type": ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"),
 }
 # (check, reason) for numeric keys shared across scripts.
 BOUNDS = {
@@ -35,6 +38,8 @@ BOUNDS = {
     "save_steps": (lambda v: v >= 1, "must be >= 1"),
     "r": (lambda v: v >= 1, "must be >= 1"),
     "dropout": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "beta": (lambda v: v > 0, "must be > 0"),
+    "label_smoothing": (lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
 }
 SECRET_KEY = re.compile(r"(^|[._])(api_?key|key|token|secret|password)s?($|_)", re.IGNORECASE)
 
@@ -137,8 +142,9 @@ def _check(key: str, leaf: str, default, value, where: str):
     if default is not None:
         value = _coerce(key, default, value, where)
     choices = CHOICES.get(leaf)
-    if choices is not None and value not in choices:
-        raise UserError(f"{where}{key}={value!r} is not one of {', '.join(map(repr, choices))}")
+    for item in value if isinstance(value, list) else [value]:  # a list key checks each of its items
+        if choices is not None and item not in choices:
+            raise UserError(f"{where}{key}={item!r} is not one of {', '.join(map(repr, choices))}")
     bound = BOUNDS.get(leaf)
     if bound is not None and isinstance(value, (int, float)) and not bound[0](value):
         raise UserError(f"{where}{key}={value!r} {bound[1]}")

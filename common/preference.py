@@ -1,0 +1,183 @@
+"""Preference data and the DPO reference: row checks, chat formatting, and reference log-probs cached on disk.
+
+Rows are {"prompt", "chosen", "rejected"}, each a string or a list of messages. With a model whose
+tokenizer has a chat template (an sft_chat.py output has ours), string rows become messages, so TRL
+renders them with that template and the end-of-turn token closes chosen and rejected.
+"""
+
+import hashlib
+import json
+import os
+
+import torch
+
+from common.distributed import is_main, wait_for_everyone
+
+
+def preference_row_problem(row: dict) -> str | None:
+    """Why a preference row is unusable, or None when it is fine."""
+    for name in ("prompt", "chosen", "rejected"):
+        if name not in row:
+            return f"row has no '{name}' field"
+        value = row[name]
+        if isinstance(value, str):
+            if name != "prompt" and not value.strip():
+                return f"'{name}' is empty"
+        elif isinstance(value, list):
+            problem = _messages_problem(value, name)
+            if problem:
+                return problem
+        else:
+            return f"'{name}' must be a string or a list of messages, got {type(value).__name__}"
+    if isinstance(row["chosen"], str) != isinstance(row["rejected"], str):
+        return "'chosen' and 'rejected' must both be strings or both be message lists"
+    if _text(row["chosen"]).strip() == _text(row["rejected"]).strip():
+        return "'chosen' and 'rejected' are identical, so there is no preference to learn"
+    return None
+
+
+def _messages_problem(messages: list, name: str) -> str | None:
+    if not messages:
+        return f"'{name}' is an empty list"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
+            return f"{name}[{i}] must be a message with role system, user or assistant"
+        if not isinstance(message.get("content"), str):
+            return f"{name}[{i}] content must be a string"
+    if name == "prompt":
+        return None if messages[-1]["role"] == "user" else "the prompt's last message must be from the user"
+    if any(m["role"] != "assistant" for m in messages):
+        return f"'{name}' must hold assistant messages only"
+    return None if any(m["content"].strip() for m in messages) else f"'{name}' is empty"
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else "\n".join(m["content"] for m in value)
+
+
+def as_chat(row: dict, has_chat_template: bool) -> dict:
+    """The row as TRL's conversational format when the model has a chat template, else as it is."""
+    if not has_chat_template:
+        return {k: row[k] for k in ("prompt", "chosen", "rejected")}
+
+    def messages(value, role):
+        return [{"role": role, "content": value}] if isinstance(value, str) else value
+
+    return {"prompt": messages(row["prompt"], "user"), "chosen": messages(row["chosen"], "assistant"),
+            "rejected": messages(row["rejected"], "assistant")}
+
+
+def check_plain_rows(rows, has_chat_template: bool) -> None:
+    """Message lists need a chat template to be rendered; say so once instead of failing deep in TRL."""
+    from common.errors import UserError
+
+    if not has_chat_template:
+        for row in rows:
+            if any(isinstance(row.data[k], list) for k in ("prompt", "chosen", "rejected")):
+                raise UserError(f"{row.where}: message lists need a model with a chat template; this one has none")
+
+
+def cached_reference(trainer_class, cache_dir: str, tokenizer):
+    """trainer_class with reference log-probs kept on disk under a key of reference weights, data and tokenizer.
+
+    TRL computes them once per run (precompute_ref_log_probs) and forgets them at exit. Here the first run
+    stores them in cache_dir/<key>.pt and a rerun, a resumed run or another epoch reads them back without
+    a reference forward pass. The key hashes TRL's hash of the reference weights, the tokenized prompt,
+    chosen and rejected ids (so the data, tokenizer and chat template), the tokenizer itself, and the
+    settings that change the numbers (precision, max_length, truncation).
+    """
+
+    class CachedReference(trainer_class):
+        reference_cache = {"hits": 0, "misses": 0}
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            path = os.path.join(cache_dir, f"{self._reference_key(dataset)}.pt")
+            if os.path.isfile(path):
+                cached = torch.load(path)
+                type(self).reference_cache["hits"] += 1
+                if is_main():
+                    print(f"reference log-probs for {name}: read from {path}", flush=True)
+                return dataset.add_column("ref_chosen_logps", cached["chosen"].tolist()).add_column(
+                    "ref_rejected_logps", cached["rejected"].tolist())
+            type(self).reference_cache["misses"] += 1
+            dataset = super()._precompute_ref_logps(dataset, name, batch_size)
+            if is_main():
+                os.makedirs(cache_dir, exist_ok=True)
+                tmp = f"{path}.tmp{os.getpid()}"
+                torch.save({"chosen": torch.tensor(dataset["ref_chosen_logps"]),
+                            "rejected": torch.tensor(dataset["ref_rejected_logps"])}, tmp)
+                os.replace(tmp, path)
+                print(f"reference log-probs for {name}: computed, cached in {path}", flush=True)
+            wait_for_everyone()
+            return dataset
+
+        def _reference_key(self, dataset) -> str:
+            digest = hashlib.sha256()
+            args = self.args
+            settings = [str(self._precompute_model_hash), args.bf16, args.fp16, args.max_length, args.truncation_mode]
+            digest.update(json.dumps(settings).encode())
+            digest.update(tokenizer.backend_tokenizer.to_str().encode() if tokenizer.is_fast else repr(tokenizer).encode())
+            digest.update((tokenizer.chat_template or "").encode())
+            for column in ("prompt_ids", "chosen_ids", "rejected_ids"):
+                digest.update(json.dumps(list(dataset[column])).encode())
+            return digest.hexdigest()[:32]
+
+    CachedReference.__name__ = f"CachedReference{trainer_class.__name__}"
+    return CachedReference
+
+
+@torch.no_grad()
+def preference_margins(model, tokenizer, rows: list[dict], batch_size: int = 32) -> list[float]:
+    """log p(chosen) - log p(rejected) per row, summed over the answer tokens (with the end-of-turn token);
+    the model prefers the chosen answer where it is positive."""
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    model.eval()
+    examples = [tokenize_preference(tokenizer, row) for row in rows]
+    collate = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id or 0)
+    margins = []
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start : start + batch_size])
+        logits = model(input_ids=batch["input_ids"].to(model.device),
+                       attention_mask=batch["attention_mask"].to(model.device)).logits.float()
+        logps = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch["input_ids"][:, 1:, None].to(model.device))[..., 0]
+        scores = (logps * batch["completion_mask"][:, 1:].to(model.device)).sum(-1)
+        chosen, rejected = scores.chunk(2)
+        margins += (chosen - rejected).tolist()
+    return margins
+
+
+def tokenize_preference(tokenizer, row: dict) -> dict:
+    """prompt_ids, chosen_ids, rejected_ids as TRL renders a conversational row (prompt with the generation prompt)."""
+    def render(messages, generation_prompt=False):
+        return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                                  add_generation_prompt=generation_prompt)["input_ids"])
+
+    if isinstance(row["prompt"], str):
+        prompt = tokenizer(row["prompt"])["input_ids"]
+        return {"prompt_ids": prompt, **{f"{k}_ids": tokenizer(row[k] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+                                         for k in ("chosen", "rejected")}}
+    prompt = render(row["prompt"], True)
+    return {"prompt_ids": prompt, **{f"{k}_ids": render(row["prompt"] + row[k])[len(prompt):] for k in ("chosen", "rejected")}}
+
+
+def write_preference_preview(tokenizer, rows: list[dict], output_dir: str, max_length: int, n: int = 16) -> None:
+    """data_preview.jsonl: the first n pairs as the DPO collator hands them to the model (chosen row, then
+    rejected row; completion_mask marks the tokens whose log-probs count); prints the first with [[ ]]."""
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    from common.batching import show_example
+
+    collate = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id or 0, max_length=max_length)
+    previews = []
+    for row in rows[:n]:
+        example = tokenize_preference(tokenizer, row)
+        batch = collate([example])
+        previews.append({**example, "input_ids": batch["input_ids"].tolist(), "completion_mask": batch["completion_mask"].tolist()})
+    with open(os.path.join(output_dir, "data_preview.jsonl"), "w", encoding="utf-8") as f:
+        for preview in previews:
+            f.write(json.dumps(preview) + "\n")
+    for side, i in (("chosen", 0), ("rejected", 1)):
+        ids, mask = previews[0]["input_ids"][i], previews[0]["completion_mask"][i]
+        shown = show_example(tokenizer, {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]})
+        print(f"first pair, {side}, scored tokens in [[ ]]:\n{shown}")

@@ -1,0 +1,160 @@
+"""Preference optimisation (DPO and TRL's other pairwise losses) on TRL's DPOTrainer, from an SFT model.
+
+    accelerate launch sft_chat.py && accelerate launch dpo.py      # the example task: SFT, then DPO
+    accelerate launch dpo.py model=outputs/my_sft/final data=my_pairs.jsonl test_data= exact_match_data=
+    accelerate launch dpo.py --config configs/recipes/qwen2.5-0.5b-dpo-lora.yaml
+    python dpo.py dry_run=true                                     # preview the data, train nothing
+
+Rows are {"prompt", "chosen", "rejected"}, strings or message lists, rendered with the model's own chat
+template (an sft_chat.py output keeps its special tokens, so <eot> closes chosen and rejected). Under
+LoRA the reference is the adapter-disabled model; for full fine-tuning, reference log-probs are computed
+once and cached in ref_cache_dir, so reruns and resumed runs skip them. Held-out preference accuracy and
+exact match are printed before and after. Outputs: params.yaml, data_report.json, metrics.jsonl (loss,
+rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins), loss.png, checkpoint-N/, final/.
+"""
+
+import json
+import os
+
+from common.checkpoint import export_final, prepare_output_dir
+from common.data import DataReport, train_and_eval_rows
+from common.distributed import describe, is_main, shutdown
+from common.errors import UserError, exit_on_user_error
+from common.models import apply_lora, load_model, load_tokenizer
+from common.params import resolve, save_params
+from common.preference import as_chat, check_plain_rows, preference_row_problem, write_preference_preview
+from common.tracking import plot_loss
+from common.training import dpo_trainer
+
+PARAMS = dict(
+    model="outputs/sft_chat/final",  # the default sft_chat.py run's output; or any hub id or local folder
+    data=["data/examples/preference_train.jsonl"],  # {"prompt", "chosen", "rejected"} rows
+    eval_data=[],  # held-out rows for eval loss and rewards; when empty, eval_fraction of data is held out
+    eval_fraction=0.05,
+    test_data="data/examples/preference_test.jsonl",  # preference accuracy before and after ("" to skip)
+    exact_match_data="data/examples/chat_test.jsonl",  # exact match before and after ("" to skip)
+    output_dir="outputs/dpo",
+    loss_type=["sigmoid"],  # any of TRL's: sigmoid, ipo, hinge, robust, sppo_hard, apo_zero, sft, ...
+    loss_weights=[],  # one weight per loss_type when combining several; empty: all 1.0
+    beta=0.1,
+    label_smoothing=0.0,  # robust DPO's flip probability (in [0, 0.5)), or EXO's epsilon
+    ref_cache_dir="outputs/ref_logps_cache",  # reference log-probs, keyed by reference weights, data and tokenizer
+    max_length=512,
+    num_epochs=2.0,
+    max_steps=-1,  # -1: run num_epochs
+    learning_rate=5e-5,  # for the 1M-parameter built-in model; real models want ~5e-7 (full) or ~5e-6 (LoRA)
+    lr_scheduler="cosine",
+    warmup=0.1,  # a fraction of all steps, or a step count
+    weight_decay=0.0,
+    adam_beta2=0.999,
+    max_grad_norm=1.0,
+    batch_size=16,  # pairs per device step
+    grad_accum=1,
+    dtype="auto",  # auto: bf16 on a GPU that has it, fp32 on CPU
+    activation_checkpointing=False,
+    seed=42,
+    logging_steps=5,
+    eval_steps=20,
+    save_steps=50,
+    save_total_limit=2,
+    resume=False,  # continue from the newest complete checkpoint in output_dir
+    overwrite=False,  # replace a finished run in output_dir
+    dry_run=False,  # write data_preview.jsonl and tokenizer/, print an example, train nothing
+    report_to="auto",  # auto: wandb when WANDB_PROJECT is set
+    progress_bar=True,
+    on_bad_rows="error",  # or "skip": drop and count them in data_report.json
+    trust_remote_code=False,
+    lora=dict(
+        enabled=False,
+        r=16,
+        alpha=32,
+        dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        merge=True,  # final/ holds the merged model; false: the adapter
+    ),
+)
+
+
+def held_out(model, tokenizer, params: dict, stage: str, margins_before=None) -> list[float]:
+    """Print held-out preference accuracy (the model gives chosen a higher log-probability than rejected),
+    reward accuracy after training (that margin grew), and exact match; returns the margins."""
+    import torch
+
+    from common.evaluate import exact_match_of, read_examples
+    from common.preference import preference_margins
+
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    margins = []
+    if params["test_data"]:
+        with open(params["test_data"], encoding="utf-8") as f:
+            rows = [as_chat(json.loads(line), bool(tokenizer.chat_template)) for line in f if line.strip()]
+        margins = preference_margins(model, tokenizer, rows)
+        line = f"{stage}: held-out preference accuracy {sum(m > 0 for m in margins) / len(margins):.1%}"
+        if margins_before:
+            grew = sum(a > b for a, b in zip(margins, margins_before)) / len(margins)
+            line += f", reward accuracy {grew:.1%} (margin grew)"
+        print(f"{line} on {params['test_data']}", flush=True)
+    if params["exact_match_data"]:
+        accuracy = exact_match_of(model, tokenizer, read_examples(params["exact_match_data"]))
+        print(f"{stage}: held-out exact match {accuracy:.1%} on {params['exact_match_data']}", flush=True)
+    return margins
+
+
+@exit_on_user_error
+def main(params: dict, trainer_class=None) -> None:
+    out = params["output_dir"]
+    launch = describe()  # every rank joins the process group here
+    if is_main():
+        print(launch, flush=True)
+    for key in ("test_data", "exact_match_data"):
+        if params[key] and not os.path.isfile(params[key]):
+            raise UserError(f"{key} file not found: {params[key]} ({key}= skips the check)")
+    if params["model"] == PARAMS["model"] and not os.path.isdir(params["model"]):
+        raise UserError(f"model folder not found: {params['model']} (run `accelerate launch sft_chat.py` first, "
+                        "or set model=)")
+    resume_from = prepare_output_dir(out, params["resume"], params["overwrite"])
+
+    # Data: read and check the pairs; the chat template and special tokens come from the model's saved tokenizer
+    report = DataReport()
+    tokenizer = load_tokenizer(params["model"], params["trust_remote_code"])
+    chat = bool(tokenizer.chat_template)
+    train_rows, eval_rows = train_and_eval_rows(params, preference_row_problem, report)
+    check_plain_rows(train_rows + eval_rows, chat)
+    train = [as_chat(row.data, chat) for row in train_rows]
+    evals = [as_chat(row.data, chat) for row in eval_rows]
+    report.counts.update(train_pairs=len(train), eval_pairs=len(evals))
+    if is_main():
+        save_params(params, out)
+        report.write(out)
+    if params["dry_run"]:
+        if is_main():
+            write_preference_preview(tokenizer, train, out, params["max_length"])
+            tokenizer.save_pretrained(os.path.join(out, "tokenizer"))
+            print(json.dumps(report.as_dict(), indent=2))
+        return shutdown()
+
+    # Model: full fine-tuning, or LoRA whose disabled adapter is the reference
+    lora = params["lora"]["enabled"]
+    model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"], frozen=lora)
+    eos_ids = model.generation_config.eos_token_id
+    before = held_out(model, tokenizer, params, "before") if is_main() and not resume_from else None
+    if lora:
+        model = apply_lora(model, params["lora"], [])
+
+    trainer = dpo_trainer(params, model, tokenizer, train, evals, trainer_class)
+    trainer.train(resume_from_checkpoint=resume_from)
+
+    eos_ids = eos_ids if isinstance(eos_ids, list) else [eos_ids if eos_ids is not None else tokenizer.eos_token_id]
+    final = export_final(trainer, tokenizer, out, eos_ids, params["lora"]["merge"])
+    if is_main():
+        plot_loss(out)
+        print(f"saved {final}")
+        from transformers import AutoModelForCausalLM
+
+        held_out(AutoModelForCausalLM.from_pretrained(final), tokenizer, params, "after", before)
+    shutdown()
+
+
+if __name__ == "__main__":
+    main(resolve(PARAMS))

@@ -1,0 +1,205 @@
+"""dpo.py end to end: first-step loss, the reference cache, previews, bad input, resume, the default chain."""
+
+import json
+import math
+import os
+import re
+import sys
+
+import pytest
+
+from tests.conftest import FAST, ROOT, kill_and_resume, read_jsonl, run, run_script, trained_spans, write_jsonl
+
+SCRIPT = "dpo.py"
+NO_EVAL = ["test_data=", "exact_match_data="]
+PAIR = {"prompt": "Play Adele", "chosen": 'play_music(artist="Adele")', "rejected": 'play_music(artist="Sade")'}
+
+
+@pytest.fixture(scope="module")
+def sft_model(tmp_path_factory):
+    """A briefly trained sft_chat.py output: its tokenizer carries the chat tokens and template."""
+    out = tmp_path_factory.mktemp("sft") / "out"
+    result = run_script("sft_chat.py", *FAST, f"output_dir={out}", "test_data=", "max_steps=20")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return str(out / "final")
+
+
+@pytest.fixture()
+def pairs(tmp_path):
+    with open(f"{ROOT}/data/examples/preference_train.jsonl") as f:
+        return write_jsonl(tmp_path / "pairs.jsonl", [line.strip() for line in f][:48])
+
+
+def first_loss(out):
+    return next(m["loss"] for m in read_jsonl(out / "metrics.jsonl") if "loss" in m)
+
+
+@pytest.mark.parametrize("reference", ["lora", "cached"])
+def test_first_step_loss_is_ln2_and_rewards_are_logged(tmp_path, sft_model, pairs, reference):
+    out = tmp_path / "out"
+    extra = ["lora.enabled=true", "lora.r=4"] if reference == "lora" else [f"ref_cache_dir={tmp_path / 'cache'}"]
+    result = run_script(SCRIPT, f"model={sft_model}", f"data={pairs}", f"output_dir={out}", *NO_EVAL, *extra,
+                        "max_steps=4", "logging_steps=1", "eval_steps=2", "batch_size=8", "progress_bar=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert first_loss(out) == pytest.approx(math.log(2), abs=1e-4)  # policy and reference are the same weights
+    metrics = read_jsonl(out / "metrics.jsonl")
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"):
+        assert any(key in m for m in metrics), key
+        assert any(f"eval_{key}" in m for m in metrics), f"eval_{key}"
+    assert ("computed, cached in" in result.stdout) == (reference == "cached")
+    generation = json.loads((out / "final/generation_config.json").read_text())
+    tokenizer_config = json.loads((out / "final/tokenizer_config.json").read_text())
+    assert generation["eos_token_id"] and "<eot>" in json.dumps(tokenizer_config)
+
+
+def test_rerun_reads_the_cache_and_never_builds_a_reference(tmp_path, sft_model, pairs, monkeypatch):
+    import trl.trainer.dpo_trainer as dpo_trainer_module
+
+    import dpo
+    from common.params import apply_overrides
+
+    cache = tmp_path / "cache"
+    settings = [f"model={sft_model}", f"data={pairs}", *NO_EVAL, f"ref_cache_dir={cache}", "max_steps=2",
+                "logging_steps=1", "eval_fraction=0", "batch_size=8", "progress_bar=false"]
+    first = run_script(SCRIPT, *settings, f"output_dir={tmp_path / 'first'}")
+    assert first.returncode == 0 and "computed, cached in" in first.stdout, first.stderr[-3000:]
+    assert len(list(cache.glob("*.pt"))) == 1
+
+    class Counting(dpo_trainer_module.DPOTrainer):
+        reference_forwards = 0
+
+        def compute_ref_log_probs(self, model, inputs):
+            Counting.reference_forwards += 1
+            return super().compute_ref_log_probs(model, inputs)
+
+    def no_reference_model(*args, **kwargs):
+        raise AssertionError("a reference model was loaded")
+
+    monkeypatch.setattr(dpo_trainer_module, "create_model_from_path", no_reference_model)
+    monkeypatch.chdir(ROOT)
+    dpo.main(apply_overrides(dpo.PARAMS, [*settings, f"output_dir={tmp_path / 'again'}"]), trainer_class=Counting)
+    assert Counting.reference_forwards == 0
+    assert first_loss(tmp_path / "again") == pytest.approx(first_loss(tmp_path / "first"), abs=1e-6)
+
+    # Other data (one pair fewer) is another key: computed again, and cached beside the first.
+    fewer = write_jsonl(tmp_path / "fewer.jsonl", read_jsonl(pairs)[:-1])
+    dpo.main(apply_overrides(dpo.PARAMS, [*settings, f"data={fewer}", f"output_dir={tmp_path / 'fewer'}"]),
+             trainer_class=Counting)
+    assert Counting.reference_forwards > 0 and len(list(cache.glob("*.pt"))) == 2
+
+
+def test_a_changed_model_does_not_reuse_the_cache(tmp_path, sft_model, pairs):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    changed = tmp_path / "changed"
+    shutil.copytree(sft_model, changed)
+    weights = load_file(changed / "model.safetensors")
+    weights["model.norm.weight"] = weights["model.norm.weight"] * 1.01
+    save_file(weights, changed / "model.safetensors", metadata={"format": "pt"})
+    settings = [f"data={pairs}", *NO_EVAL, f"ref_cache_dir={tmp_path / 'cache'}", "max_steps=1", "eval_fraction=0",
+                "progress_bar=false"]
+    for model, name in ((sft_model, "a"), (changed, "b")):
+        result = run_script(SCRIPT, f"model={model}", *settings, f"output_dir={tmp_path / name}")
+        assert result.returncode == 0 and "computed, cached in" in result.stdout, result.stderr[-3000:]
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+
+
+def test_dry_run_preview_scores_exactly_the_answers_and_end_of_turn(tmp_path, sft_model):
+    from transformers import AutoTokenizer
+
+    data = write_jsonl(tmp_path / "p.jsonl", [PAIR, {
+        "prompt": [{"role": "system", "content": "One call."}, {"role": "user", "content": "Timer 5 min"}],
+        "chosen": [{"role": "assistant", "content": "set_timer(minutes=5)"}],
+        "rejected": [{"role": "assistant", "content": "set_timer(minutes=50)"}]}])
+    out = tmp_path / "out"
+    result = run_script(SCRIPT, f"model={sft_model}", f"data={data}", f"output_dir={out}", "dry_run=true",
+                        "eval_fraction=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '[[play_music(artist="Adele")<eot>]]' in result.stdout
+    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    scored = []
+    for row in read_jsonl(out / "data_preview.jsonl"):
+        for ids, mask in zip(row["input_ids"], row["completion_mask"]):
+            scored += trained_spans(tokenizer, {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]})
+    assert sorted(scored) == sorted(['play_music(artist="Adele")<eot>', 'play_music(artist="Sade")<eot>',
+                                     "set_timer(minutes=5)<eot>", "set_timer(minutes=50)<eot>"])
+    assert not (out / "final").exists()
+
+
+def test_preview_tokens_are_what_the_trainer_prepares(sft_model):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import DPOConfig
+    from trl.trainer.dpo_trainer import DPOTrainer
+
+    from common.preference import as_chat, tokenize_preference
+
+    tokenizer = AutoTokenizer.from_pretrained(sft_model)
+    rows = [as_chat(PAIR, True), *[json.loads(line) for line in open(f"{ROOT}/data/examples/preference_test.jsonl")][:5]]
+    prepared = DPOTrainer._prepare_dataset(type("T", (), {"_tokenizer": tokenizer})(), Dataset.from_list(rows),
+                                           tokenizer, DPOConfig(output_dir="/tmp/unused", use_cpu=True, bf16=False), "x")
+    for row, ours in zip(prepared, (tokenize_preference(tokenizer, r) for r in rows)):
+        assert {k: row[k] for k in ours} == ours
+
+
+def _rows(name, *rows):
+    return lambda p: [f"data={write_jsonl(p / name, [PAIR, *rows])}"]
+
+
+BAD_INPUT = [
+    ("missing chosen", _rows("c.jsonl", {"prompt": "p", "rejected": "r"}), "c.jsonl:2: row has no 'chosen' field"),
+    ("missing rejected", _rows("r.jsonl", {"prompt": "p", "chosen": "c"}), "r.jsonl:2: row has no 'rejected' field"),
+    ("identical", _rows("i.jsonl", {"prompt": "p", "chosen": "same", "rejected": " same"}), "i.jsonl:2: 'chosen' and 'rejected' are identical"),
+    ("empty chosen", _rows("e.jsonl", {"prompt": "p", "chosen": "", "rejected": "r"}), "e.jsonl:2: 'chosen' is empty"),
+    ("empty rejected message", _rows("m.jsonl", {"prompt": "p", "chosen": "c", "rejected": [{"role": "assistant", "content": " "}]}),
+     "m.jsonl:2: 'rejected' is empty"),
+    ("mixed forms", _rows("x.jsonl", {"prompt": "p", "chosen": "c", "rejected": [{"role": "assistant", "content": "r"}]}),
+     "x.jsonl:2: 'chosen' and 'rejected' must both be strings or both be message lists"),
+    ("non-string", _rows("n.jsonl", {"prompt": "p", "chosen": 3, "rejected": "r"}), "n.jsonl:2: 'chosen' must be a string or a list of messages"),
+    ("prompt ends with assistant", _rows("a.jsonl", {"prompt": [{"role": "assistant", "content": "x"}], "chosen": "c", "rejected": "r"}),
+     "a.jsonl:2: the prompt's last message must be from the user"),
+    ("malformed line", _rows("l.jsonl", '{"prompt": "p", "chosen": "c"'), "l.jsonl:2: malformed JSON"),
+    ("unknown loss", ["loss_type=[sigmoid,sigmoidd]"], "loss_type='sigmoidd' is not one of 'sigmoid'"),
+    ("smoothing out of range", ["label_smoothing=0.5"], "label_smoothing=0.5 must be in [0, 0.5)"),
+]
+
+
+@pytest.mark.parametrize("args, message", [case[1:] for case in BAD_INPUT], ids=[case[0] for case in BAD_INPUT])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, sft_model, args, message):
+    out = tmp_path / "out"
+    args = args(tmp_path) if callable(args) else args
+    result = run_script(SCRIPT, f"model={sft_model}", *args, f"output_dir={out}", *NO_EVAL, "max_steps=1",
+                        f"ref_cache_dir={tmp_path / 'cache'}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert not (out / "final").exists()
+
+
+def test_missing_sft_output_says_what_to_run(tmp_path):
+    # From a folder with no outputs/sft_chat/final, the default model is missing.
+    result = run([sys.executable, os.path.join(ROOT, SCRIPT), *NO_EVAL], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "error: model folder not found: outputs/sft_chat/final (run `accelerate launch sft_chat.py` first" in result.stderr
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, sft_model):
+    kill_and_resume(tmp_path, SCRIPT, "data/examples/preference_train.jsonl", f"model={sft_model}",
+                    "exact_match_data=", f"ref_cache_dir={tmp_path / 'cache'}")
+
+
+@pytest.mark.slow
+def test_default_chain_improves_preferences_and_keeps_exact_match(default_sft_chat, tmp_path):
+    """`accelerate launch dpo.py` on the default sft_chat.py output: preference accuracy > 0.9 after,
+    exact match at most 2 points below the SFT model's."""
+    out = tmp_path / "dpo"
+    result = run(["accelerate", "launch", SCRIPT, f"model={default_sft_chat}", f"output_dir={out}",
+                  f"ref_cache_dir={tmp_path / 'cache'}", "progress_bar=false"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = dict(re.findall(r"(before|after): held-out preference accuracy ([\d.]+)%", result.stdout))
+    exact = dict(re.findall(r"(before|after): held-out exact match ([\d.]+)%", result.stdout))
+    assert float(found["after"]) > 90.0, result.stdout[-2000:]
+    assert float(exact["after"]) >= float(exact["before"]) - 2.0, result.stdout[-2000:]
