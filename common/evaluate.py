@@ -60,7 +60,7 @@ def generate_answers(model, tokenizer, prompts: list, batch_size: int = 64, max_
                 chunk, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
             )
         batch = batch.to(model.device)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True)  # training turns it off
         answers += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     return answers
 

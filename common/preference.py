@@ -127,7 +127,7 @@ def cached_reference(trainer_class, cache_dir: str, tokenizer):
 
 
 @torch.no_grad()
-def preference_margins(model, tokenizer, rows: list[dict], batch_size: int = 32) -> list[float]:
+def preference_margins(model, tokenizer, rows: list[dict], batch_size: int = 8) -> list[float]:
     """log p(chosen) - log p(rejected) per row, summed over the answer tokens (with the end-of-turn token);
     the model prefers the chosen answer where it is positive."""
     from trl.trainer.dpo_trainer import DataCollatorForPreference
