@@ -32,23 +32,25 @@ PLAIN_EVAL = textwrap.dedent("""
     model = AutoModelForCausalLM.from_pretrained(final).eval()
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
-    rows = [json.loads(line) for line in open(data)]
+    rows = [json.loads(line) for line in open(data)][:int(sys.argv[4])]
+    tok.padding_side = "left"
     hits = stopped = 0
-    for row in rows:
-        enc = tok(template.format(prompt=row["prompt"]), return_tensors="pt")
+    for i in range(0, len(rows), 50):
+        batch = rows[i:i + 50]
+        enc = tok([template.format(prompt=r["prompt"]) for r in batch], return_tensors="pt", padding=True)
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=60, do_sample=False)
-        seq = out[0, enc["input_ids"].shape[1]:].tolist()
-        stopped += any(t in eos for t in seq)
-        hits += tok.decode(seq, skip_special_tokens=True).strip() == row["completion"].strip()
+        for row, seq in zip(batch, out[:, enc["input_ids"].shape[1]:].tolist()):
+            stopped += any(t in eos for t in seq)
+            hits += tok.decode(seq, skip_special_tokens=True).strip() == row["completion"].strip()
     print(json.dumps({"exact_match": hits / len(rows), "stopped": stopped / len(rows), "eos": sorted(eos),
                       "tokenizer_eos": tok.eos_token_id}))
 """)
 
 
-def plain_eval(final, data, template=TEMPLATE):
+def plain_eval(final, data, template=TEMPLATE, rows=200):
     env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", PLAIN_EVAL, str(final), os.path.join(ROOT, data), template],
+    result = subprocess.run([sys.executable, "-c", PLAIN_EVAL, str(final), os.path.join(ROOT, data), template, str(rows)],
                             cwd="/", env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -120,7 +122,7 @@ def test_short_lora_run_writes_every_output_and_logs_to_wandb_offline(tmp_path):
     saved = weights(out / "final")
     assert not any("lora" in name for name in saved)  # merged
     assert saved["model.embed_tokens.weight"].shape[0] == 954  # the vocabulary is the base model's
-    checked = plain_eval(out / "final", "data/examples/completion_test.jsonl")
+    checked = plain_eval(out / "final", "data/examples/completion_test.jsonl", rows=8)
     assert checked["eos"] == [checked["tokenizer_eos"]]
 
 
