@@ -39,8 +39,10 @@ def test_first_step_loss_is_ln2_and_rewards_are_logged(tmp_path, sft_model, pair
     out = tmp_path / "out"
     extra = ["lora.enabled=true", "lora.r=4"] if reference == "lora" else [f"ref_cache_dir={tmp_path / 'cache'}"]
     result = run_script(SCRIPT, f"model={sft_model}", f"data={pairs}", f"output_dir={out}", *NO_EVAL, *extra,
-                        "max_steps=4", "logging_steps=1", "eval_steps=2", "batch_size=8", "progress_bar=false")
+                        "max_steps=4", "logging_steps=1", "eval_steps=2", "batch_size=8", "progress_bar=false",
+                        env={"WANDB_PROJECT": "tests", "WANDB_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
+    assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
     assert first_loss(out) == pytest.approx(math.log(2), abs=1e-4)  # policy and reference are the same weights
     metrics = read_jsonl(out / "metrics.jsonl")
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"):
