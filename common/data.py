@@ -40,22 +40,85 @@ class DataReport:
             json.dump(self.as_dict(), f, indent=2)
 
 
-def load_sources(sources, report: DataReport, key: str = "data") -> list[Row]:
-    """Rows of every source in order. An entry is a path, a hub dataset id, or {path, split, fields}."""
+def load_sources(sources, report: DataReport, key: str = "data", seed: int = 0) -> list[Row]:
+    """Rows of every source in order. An entry is a path, a hub dataset id, or {path, split, fields, weight};
+    with weights, the sources are mixed (see mix)."""
     if isinstance(sources, (str, dict)):
         sources = [sources]
     if not sources:
         raise UserError(f"{key} is empty: name at least one data file")
-    rows = []
+    loaded, weights = [], []
     for source in sources:
         spec = {"path": source} if isinstance(source, str) else dict(source)
-        unknown = set(spec) - {"path", "split", "fields"}
+        unknown = set(spec) - {"path", "split", "fields", "weight"}
         if unknown or not isinstance(spec.get("path"), str):
-            raise UserError(f"{key}: a source must be a path or a dict with path, split, fields; got {source!r}")
-        loaded = [Row(_rename(r.data, spec.get("fields")), r.where) for r in _read(spec["path"], spec.get("split"))]
-        report.sources[spec["path"]] = len(loaded)
-        rows.extend(loaded)
-    return rows
+            raise UserError(f"{key}: a source must be a path or a dict with path, split, fields, weight; got {source!r}")
+        rows = [Row(_rename(r.data, spec.get("fields")), r.where) for r in _read(spec["path"], spec.get("split"))]
+        report.sources[spec["path"]] = len(rows)
+        loaded.append((spec["path"], rows))
+        weights.append(_weight(spec.get("weight"), key, spec["path"]))
+    if all(w is None for w in weights):
+        return [row for _, rows in loaded for row in rows]
+    return mix(loaded, weights, seed, report)
+
+
+def _weight(weight, key: str, path: str):
+    """None (all rows), ("rows", n), ("repeat", factor) or ("fraction", f), from 1000, "2x" or 0.7."""
+    if weight is None:
+        return None
+    if isinstance(weight, str) and weight.endswith("x"):
+        try:
+            factor = float(weight[:-1])
+        except ValueError:
+            factor = -1.0
+        if factor > 0:
+            return ("repeat", factor)
+    elif isinstance(weight, int) and not isinstance(weight, bool) and weight >= 1:
+        return ("rows", weight)
+    elif isinstance(weight, float) and 0 < weight <= 1:
+        return ("fraction", weight)
+    raise UserError(f"{key}: weight of {path} must be a fraction in (0, 1], a row count >= 1, or an oversampling "
+                    f"factor like '2x'; got {weight!r}")
+
+
+def mix(loaded: list[tuple[str, list[Row]]], weights: list, seed: int, report: DataReport) -> list[Row]:
+    """Sources mixed by weight, deterministic under seed; the realised mix goes into the report.
+
+    Counts and factors are taken as given. Fractions are shares of the whole mix: with only fractions, the
+    mix is as large as it can be without repeating a row; beside fixed sources, fractions scale to them.
+    """
+    rng = random.Random(seed)
+    def fixed_count(rows, w):
+        return len(rows) if w is None else w[1] if w[0] == "rows" else round(w[1] * len(rows))
+
+    fixed = {i: fixed_count(rows, w) for i, ((_, rows), w) in enumerate(zip(loaded, weights))
+             if w is None or w[0] != "fraction"}
+    shares = {i: w[1] for i, w in enumerate(weights) if w and w[0] == "fraction"}
+    total_share = sum(shares.values())
+    if total_share > 1 + 1e-9 or (fixed and total_share >= 1):
+        raise UserError(f"data: fraction weights add up to {total_share:g}; they must leave room for the other sources")
+    if fixed:
+        total = sum(fixed.values()) / (1 - total_share)
+    else:
+        total = min(len(loaded[i][1]) / share for i, share in shares.items()) / total_share
+    counts = {**fixed, **{i: round(share * total) for i, share in shares.items()}}
+    mixed, realised = [], {}
+    for i, (path, rows) in enumerate(loaded):
+        taken = _take(rows, counts[i], rng)
+        mixed.extend(taken)
+        realised[path] = {"available": len(rows), "taken": len(taken)}
+    for entry in realised.values():
+        entry["share"] = round(entry["taken"] / max(1, len(mixed)), 4)
+    report.counts["mix"] = realised
+    return mixed
+
+
+def _take(rows: list[Row], n: int, rng: random.Random) -> list[Row]:
+    """n rows: whole repeats of the source, then a seeded sample without replacement for the rest."""
+    if not rows:
+        return []
+    repeats, rest = divmod(n, len(rows))
+    return rows * repeats + [rows[i] for i in sorted(rng.sample(range(len(rows)), rest))]
 
 
 def _read(path: str, split: str | None) -> list[Row]:
@@ -149,7 +212,7 @@ def check_rows(rows: list[Row], validate, on_bad_rows: str, report: DataReport) 
 
 def train_and_eval_rows(params: dict, problem, report: DataReport) -> tuple[list[Row], list[Row]]:
     """Checked training rows, and eval rows from eval_data or, when that is empty, eval_fraction of data."""
-    train = check_rows(load_sources(params["data"], report), problem, params["on_bad_rows"], report)
+    train = check_rows(load_sources(params["data"], report, seed=params["seed"]), problem, params["on_bad_rows"], report)
     if not params["eval_data"]:
         return split_eval(train, params["eval_fraction"], params["seed"])
     held = load_sources(params["eval_data"], report, "eval_data")

@@ -64,7 +64,7 @@ def test_skip_counts_bad_rows(tmp_path):
     assert report.dropped == {"bad row: row has no 'messages' field": 2}
 
 
-@pytest.mark.parametrize("source", ["missing.jsonl", "./nowhere/data.parquet", {"path": 3}, {"path": "a", "weight": 2}])
+@pytest.mark.parametrize("source", ["missing.jsonl", "./nowhere/data.parquet", {"path": 3}, {"path": "a.jsonl", "seed": 2}])
 def test_bad_sources(source):
     with pytest.raises(UserError):
         load_sources([source], DataReport())
@@ -81,3 +81,41 @@ def test_eval_split_is_seeded_and_disjoint():
     assert len(held) == 10 and sorted(train + held) == rows
     assert split_eval(rows, 0.1, seed=1) == (train, held) and split_eval(rows, 0.1, seed=2)[1] != held
     assert split_eval(rows, 0.0, seed=1) == (rows, [])
+
+
+def _sources(tmp_path, sizes=(1000, 1000)):
+    return [write_jsonl(tmp_path / f"s{i}.jsonl", [{"text": f"s{i} row {j}"} for j in range(n)]) for i, n in enumerate(sizes)]
+
+
+@pytest.mark.parametrize("sizes", [(1000, 1000), (5000, 800)])
+def test_fractions_mix_in_ratio_and_repeat_under_a_seed(tmp_path, sizes):
+    a, b = _sources(tmp_path, sizes)
+    spec = [{"path": a, "weight": 0.7}, {"path": b, "weight": 0.3}]
+    report = DataReport()
+    rows = load_sources(spec, report, seed=1)
+    share = sum(r.data["text"].startswith("s0") for r in rows) / len(rows)
+    assert abs(share - 0.7) < 0.01 and report.counts["mix"][a]["share"] == pytest.approx(0.7, abs=0.01)
+    assert len({r.where for r in rows}) == len(rows)  # the largest mix that repeats no row
+    assert [r.where for r in load_sources(spec, DataReport(), seed=1)] == [r.where for r in rows]
+    assert [r.where for r in load_sources(spec, DataReport(), seed=2)] != [r.where for r in rows]
+
+
+def test_counts_and_oversampling(tmp_path):
+    a, b, c = _sources(tmp_path, (100, 50, 30))
+    report = DataReport()
+    rows = load_sources([{"path": a, "weight": 40}, {"path": b, "weight": "2.5x"}, c], report, seed=0)
+    assert {k: v["taken"] for k, v in report.counts["mix"].items()} == {a: 40, b: 125, c: 30}
+    assert len(rows) == 195
+
+
+@pytest.mark.parametrize("weight", [0, -1, 1.5, "x", "0x", True, "lots"])
+def test_bad_weights(tmp_path, weight):
+    a, _ = _sources(tmp_path, (10, 10))
+    with pytest.raises(UserError, match="weight of .* must be a fraction"):
+        load_sources([{"path": a, "weight": weight}], DataReport())
+
+
+def test_fractions_must_leave_room(tmp_path):
+    a, b = _sources(tmp_path, (10, 10))
+    with pytest.raises(UserError, match="fraction weights add up to 1.2"):
+        load_sources([{"path": a, "weight": 0.6}, {"path": b, "weight": 0.6}], DataReport())
