@@ -57,6 +57,15 @@ def trained_spans(tokenizer, row):
     return spans + ([tokenizer.decode(current)] if current else [])
 
 
+def assert_one_line_exit_2(result, message, out):
+    """The bad-input contract: exit status 2, one `error:` line holding message, no traceback, no final/."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert not (out / "final").exists()
+
+
 def weights(folder):
     from safetensors.torch import load_file
 

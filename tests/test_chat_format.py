@@ -9,6 +9,7 @@ from common.chat_format import (
     validate_messages,
 )
 from common.models import BUILTIN
+from tests.conftest import trained_spans
 
 CALL = 'set_timer(minutes=5)'
 MULTI_TURN = [
@@ -25,18 +26,6 @@ def tokenizer():
     tok = AutoTokenizer.from_pretrained(BUILTIN["builtin:tiny"])
     prepare_tokenizer(tok, "special_tokens")
     return tok
-
-
-def trained_text(tokenizer, input_ids, labels):
-    """The trained spans, decoded one span at a time."""
-    spans, current = [], []
-    for token, label in zip(input_ids, labels):
-        if label != -100:
-            current.append(token)
-        elif current:
-            spans.append(tokenizer.decode(current))
-            current = []
-    return spans + ([tokenizer.decode(current)] if current else [])
 
 
 def test_special_tokens_and_pad(tokenizer):
@@ -56,7 +45,7 @@ def test_special_tokens_and_pad(tokenizer):
 )
 def test_labels_cover_exactly_assistant_content_and_end_of_turn(tokenizer, loss_on, expected):
     input_ids, labels = tokenize_chat(tokenizer, MULTI_TURN, loss_on)
-    assert trained_text(tokenizer, input_ids, labels) == expected
+    assert trained_spans(tokenizer, {"input_ids": input_ids, "labels": labels}) == expected
     assert [t for t, lab in zip(input_ids, labels) if lab != -100] == [lab for lab in labels if lab != -100]
 
 
@@ -67,7 +56,7 @@ def test_native_template_without_generation_markers(tokenizer):
         "{% if add_generation_prompt %}<assistant>{% endif %}"
     )
     input_ids, labels = tokenize_chat(tokenizer, MULTI_TURN)
-    assert trained_text(tokenizer, input_ids, labels) == [
+    assert trained_spans(tokenizer, {"input_ids": input_ids, "labels": labels}) == [
         CALL + END_OF_TURN,
         'play_music(artist="Adele")' + END_OF_TURN,
     ]

@@ -11,7 +11,10 @@ import time
 import pytest
 import torch
 
-from tests.conftest import ENV, FAST, ROOT, kill_and_resume, read_jsonl, run, run_script, trained_spans, weights, write_jsonl
+from tests.conftest import (
+    ENV, FAST, ROOT, assert_one_line_exit_2, kill_and_resume, read_jsonl, run, run_script, trained_spans,
+    weights, write_jsonl,
+)
 
 SCRIPT = "sft_completion.py"
 TEMPLATE = "Request: {prompt}\nCall: "
@@ -169,11 +172,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     out = tmp_path / "out"
     args = args(tmp_path) if callable(args) else args
     result = run_script(SCRIPT, *args, f"output_dir={out}", *FAST)
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    assert not (out / "final").exists()
+    assert_one_line_exit_2(result, message, out)
 
 
 def test_bad_rows_can_be_skipped_and_counted(tmp_path):
