@@ -16,9 +16,9 @@ rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins), loss.png
 import json
 import os
 
-from common.checkpoint import export_final, prepare_output_dir
+from common.checkpoint import export_final, start_run
 from common.data import DataReport, train_and_eval_rows
-from common.distributed import describe, is_main, shutdown
+from common.distributed import is_main, shutdown
 from common.errors import UserError, exit_on_user_error
 from common.models import apply_lora, load_model, load_tokenizer
 from common.params import resolve, save_params
@@ -104,16 +104,10 @@ def held_out(model, tokenizer, params: dict, stage: str, margins_before=None) ->
 @exit_on_user_error
 def main(params: dict, trainer_class=None) -> None:
     out = params["output_dir"]
-    launch = describe()  # every rank joins the process group here
-    if is_main():
-        print(launch, flush=True)
-    for key in ("test_data", "exact_match_data"):
-        if params[key] and not os.path.isfile(params[key]):
-            raise UserError(f"{key} file not found: {params[key]} ({key}= skips the check)")
     if params["model"] == PARAMS["model"] and not os.path.isdir(params["model"]):
         raise UserError(f"model folder not found: {params['model']} (run `accelerate launch sft_chat.py` first, "
                         "or set model=)")
-    resume_from = prepare_output_dir(out, params["resume"], params["overwrite"])
+    resume_from = start_run(params, ("test_data", "exact_match_data"))
 
     # Data: read and check the pairs; the chat template and special tokens come from the model's saved tokenizer
     report = DataReport()

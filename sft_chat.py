@@ -11,13 +11,11 @@ params.yaml, data_report.json, metrics.jsonl, loss.png, checkpoint-N/, and final
 Hugging Face folder whose generation_config stops at the end-of-turn token).
 """
 
-import os
-
 from common.batching import build_dataset, choose_packing, dry_run
 from common.chat_format import end_of_turn_ids, prepare_tokenizer, tokenize_chat, validate_messages
-from common.checkpoint import export_final, prepare_output_dir
+from common.checkpoint import export_final, start_run
 from common.data import DataReport, train_and_eval_rows
-from common.distributed import describe, is_main, shutdown
+from common.distributed import is_main, shutdown
 from common.errors import UserError, exit_on_user_error
 from common.models import apply_lora, load_model, load_tokenizer, resize_embeddings
 from common.params import resolve, save_params
@@ -78,12 +76,7 @@ def chat_row_problem(row: dict) -> str | None:
 @exit_on_user_error
 def main(params: dict, trainer_class=None) -> None:
     out = params["output_dir"]
-    launch = describe()  # every rank joins the process group here
-    if is_main():
-        print(launch, flush=True)
-    if params["test_data"] and not os.path.isfile(params["test_data"]):
-        raise UserError(f"test_data file not found: {params['test_data']} (test_data= skips the check)")
-    resume_from = prepare_output_dir(out, params["resume"], params["overwrite"])
+    resume_from = start_run(params)
 
     # Data: read, check, split, tokenize with the chat template (loss masks come from its generation markers)
     report = DataReport()

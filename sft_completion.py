@@ -12,13 +12,11 @@ file may mix both. Outputs land in output_dir: params.yaml, data_report.json, me
 checkpoint-N/, and final/ (a plain Hugging Face folder that stops at EOS, with prompt_template.json).
 """
 
-import os
-
 from common.batching import build_dataset, choose_packing, dry_run
-from common.checkpoint import export_final, prepare_output_dir
+from common.checkpoint import export_final, start_run
 from common.completion_format import check_template, completion_row_problem, tokenize_completion_row
 from common.data import DataReport, train_and_eval_rows
-from common.distributed import describe, is_main, shutdown
+from common.distributed import is_main, shutdown
 from common.errors import UserError, exit_on_user_error
 from common.evaluate import TEMPLATE_FILE
 from common.models import apply_lora, load_model, load_tokenizer
@@ -74,12 +72,7 @@ PARAMS = dict(
 @exit_on_user_error
 def main(params: dict, trainer_class=None) -> None:
     out = params["output_dir"]
-    launch = describe()  # every rank joins the process group here
-    if is_main():
-        print(launch, flush=True)
-    if params["test_data"] and not os.path.isfile(params["test_data"]):
-        raise UserError(f"test_data file not found: {params['test_data']} (test_data= skips the check)")
-    resume_from = prepare_output_dir(out, params["resume"], params["overwrite"])
+    resume_from = start_run(params)
 
     # Data: read, check, split; prompt and completion are tokenized apart, so the mask is exact
     report = DataReport()

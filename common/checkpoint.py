@@ -21,6 +21,20 @@ def checkpoints(output_dir: str) -> list[str]:
     return sorted(complete, key=lambda p: int(p.rsplit("-", 1)[1]))
 
 
+def start_run(params: dict, files: tuple[str, ...] = ("test_data",)) -> str | None:
+    """A script's prologue: join the process group and print the real launch, check that the files named by
+    `files` (PARAMS keys; "" skips one) exist, then prepare output_dir. Returns the checkpoint to resume from."""
+    from common.distributed import describe
+
+    launch = describe()  # every rank joins the process group here
+    if is_main():
+        print(launch, flush=True)
+    for key in files:
+        if params[key] and not os.path.isfile(params[key]):
+            raise UserError(f"{key} file not found: {params[key]} ({key}= skips the check)")
+    return prepare_output_dir(params["output_dir"], params["resume"], params["overwrite"])
+
+
 def prepare_output_dir(output_dir: str, resume: bool, overwrite: bool) -> str | None:
     """Check output_dir against resume/overwrite; returns the checkpoint to resume from, if any."""
     final = os.path.join(output_dir, "final")
