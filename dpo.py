@@ -17,6 +17,7 @@ import json
 import os
 
 from common.checkpoint import export_final, start_run
+from common.cleaning import CLEAN_DEFAULTS
 from common.data import DataReport, train_and_eval_rows
 from common.distributed import is_main, shutdown
 from common.errors import UserError, exit_on_user_error
@@ -63,6 +64,7 @@ PARAMS = dict(
     report_to="auto",  # auto: wandb when WANDB_PROJECT is set
     progress_bar=True,
     on_bad_rows="error",  # or "skip": drop and count them in data_report.json
+    clean=dict(CLEAN_DEFAULTS),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning"; clean.enabled=false)
     trust_remote_code=False,
     lora=dict(
         enabled=False,

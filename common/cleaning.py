@@ -6,10 +6,13 @@ what it removed and why into the DataReport. Rows keep their order; of duplicate
 
 import hashlib
 import json
+import os
 import re
 import unicodedata
 
 from common.data import DataReport, Row
+from common.distributed import is_main, wait_for_everyone
+from common.errors import UserError
 
 # Defaults, and why:
 CLEAN_DEFAULTS = dict(
@@ -28,8 +31,12 @@ CLEAN_DEFAULTS = dict(
     num_perm=128,  # MinHash permutations: Jaccard estimate error about 1/sqrt(128) = 0.09
     threshold=0.8,  # Jaccard above which two rows are near-duplicates (small edits of one text)
     eval_sets=[],  # local files or hub datasets whose inputs must not appear in training rows
+    decontaminate_held_out=True,  # the script's own test_data, eval_data and exact_match_data count as eval_sets
     ngram=13,  # words shared with an eval input that mark contamination (GPT-3's choice)
+    cache_dir="outputs/clean_cache",  # cleaned rows keyed by data and settings: reruns and other ranks reuse them
 )
+HELD_OUT_KEYS = ("test_data", "exact_match_data", "eval_data")
+CACHE_VERSION = 1  # part of the cache key: raise it when a step changes what it keeps
 REFUSALS = (
     "as an ai language model", "as an ai assistant", "i'm sorry, but i can't", "i am sorry, but i cannot",
     "i cannot fulfill", "i can't assist with", "i'm unable to help", "i cannot help with that",
@@ -104,6 +111,51 @@ def quality_problem(text: str, settings: dict) -> str | None:
     return None
 
 
+def clean_once(rows: list[Row], params: dict, report: DataReport) -> list[Row]:
+    """clean_rows with params["clean"], run by the main process only and cached in clean.cache_dir under a key of
+    the rows, the settings and the eval sets' inputs: other ranks, and reruns on the same data, read the cache."""
+    settings = params["clean"]
+    if not settings["enabled"]:
+        return rows
+    eval_sets = list(settings["eval_sets"])
+    if settings["decontaminate_held_out"]:
+        for key in HELD_OUT_KEYS:
+            value = params.get(key)
+            eval_sets += [value] if isinstance(value, str) and value else value if isinstance(value, list) else []
+    eval_inputs = eval_set_inputs(eval_sets)  # every rank reads them, so a missing file stops every rank alike
+    steps = {k: v for k, v in settings.items() if k != "cache_dir"}
+    content = json.dumps([CACHE_VERSION, steps, eval_inputs, [[r.data, r.where] for r in rows]], sort_keys=True)
+    path = os.path.join(settings["cache_dir"], hashlib.sha256(content.encode()).hexdigest()[:32] + ".json")
+    cached = os.path.isfile(path)
+    if is_main() and not cached:
+        fresh = DataReport()
+        kept = clean_rows(rows, settings, fresh, eval_inputs)
+        result = {"dropped": fresh.dropped, "cleaning": fresh.counts["cleaning"], "rows": [[r.data, r.where] for r in kept]}
+        os.makedirs(settings["cache_dir"], exist_ok=True)
+        with open(f"{path}.tmp{os.getpid()}", "w", encoding="utf-8") as f:
+            json.dump(result, f)
+        os.replace(f"{path}.tmp{os.getpid()}", path)  # a killed run leaves no half-written cache entry
+    wait_for_everyone()
+    with open(path, encoding="utf-8") as f:
+        result = json.load(f)
+    for reason, n in result["dropped"].items():
+        report.drop(reason, n)
+    report.counts["cleaning"] = {**result["cleaning"], "cache": path}
+    if is_main():
+        print(cleaning_table(result["cleaning"], result["dropped"], path if cached else None), flush=True)
+    return [Row(data, where) for data, where in result["rows"]]
+
+
+def cleaning_table(counts: dict, dropped: dict, reused: str | None) -> str:
+    """The short table a script prints: rows in and out, then each reason with its count."""
+    lines = [f"cleaning: {counts['rows_in']} rows in, {counts['rows_out']} kept" + (f" (reused {reused})" if reused else "")]
+    removed = [(reason.removeprefix("cleaning: "), n) for reason, n in dropped.items() if reason.startswith("cleaning: ")]
+    removed += [(f"contaminated by {name}", 0) for name, n in counts.get("contaminated", {}).items() if not n]
+    for reason, n in [*removed, ("texts with PII scrubbed (kept)", counts.get("pii_texts_scrubbed", 0))]:
+        lines.append(f"  {reason:<48} {n:>7}")
+    return "\n".join(lines)
+
+
 def clean_rows(rows: list[Row], settings: dict, report: DataReport, eval_inputs: dict | None = None) -> list[Row]:
     """The rows that survive every enabled step, rewritten (normalised, scrubbed); counts go into the report.
 
@@ -120,7 +172,8 @@ def clean_rows(rows: list[Row], settings: dict, report: DataReport, eval_inputs:
             changed = sum(a[1] != b[1] for a, b in zip(fields(data), fields(scrubbed)))
             counts["pii_texts_scrubbed"] = counts.get("pii_texts_scrubbed", 0) + changed
             data = scrubbed
-        reason = _row_problem(data, settings)
+        prompt_only = "messages" in row.data and not any(m["role"] == "assistant" for m in row.data["messages"])
+        reason = _row_problem(data, settings, prompt_only)
         if reason:
             report.drop(f"cleaning: {reason}")
             continue
@@ -135,10 +188,11 @@ def clean_rows(rows: list[Row], settings: dict, report: DataReport, eval_inputs:
     return kept
 
 
-def _row_problem(data: dict, settings: dict) -> str | None:
+def _row_problem(data: dict, settings: dict, prompt_only: bool) -> str | None:
+    """prompt_only: a row of requests (user turns only, as synth_data.py writes them), judged on its requests."""
     texts = fields(data)
-    trained = "\n".join(text for _, text, is_trained in texts if is_trained)
-    if not trained.strip() or ("messages" in data and not any(m["role"] == "assistant" for m in data["messages"])):
+    trained = "\n".join(text for _, text, is_trained in texts if is_trained or prompt_only)
+    if not trained.strip():
         return "empty after normalisation"
     if len(trained) < settings["min_chars"]:
         return f"shorter than min_chars={settings['min_chars']}"
@@ -180,23 +234,40 @@ def _near_dedup(rows: list[Row], settings: dict, report: DataReport) -> list[Row
 
 
 def input_texts(row: dict) -> list[str]:
-    """The inputs of an eval row (user and system turns, prompts, plain text): what a model must not have seen."""
-    return [text for _, text, trained in fields(row) if not trained or "text" in row]
+    """The inputs of an eval row (user turns, prompts, plain text): what a model must not have seen. System
+    turns are left out: a system prompt shared by the whole set is instructions, not a test item."""
+    texts = [row[key] for key in ("text", "prompt") if isinstance(row.get(key), str)]
+    for key in ("messages", "prompt"):
+        if isinstance(row.get(key), list):
+            texts += [m["content"] for m in row[key] if isinstance(m, dict) and m.get("role") == "user"]
+    return texts
 
 
-def _grams(text: str, n: int) -> set[str]:
-    """Word n-grams; a text shorter than n words is one gram, so short eval prompts are matched whole."""
-    words = _words(normalize(text))
-    if len(words) < n:
-        return {" ".join(words)} if words else set()
+SHORT_INPUT_WORDS = 4  # an eval input shorter than ngram but this long is looked for inside training texts
+
+
+def _grams(words: list[str], n: int) -> set[str]:
     return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 def _decontaminate(rows: list[Row], eval_inputs: dict, n: int, report: DataReport) -> list[Row]:
-    grams = {name: set().union(*(_grams(t, n) for t in texts)) for name, texts in eval_inputs.items()}
+    """Drop rows sharing an n-gram with an eval input. An input shorter than n words counts whole: found as a
+    word sequence inside a training text when it has SHORT_INPUT_WORDS or more, else only as an equal text."""
+    grams, lengths = {}, {n}
+    for name, texts in eval_inputs.items():
+        grams[name] = set()
+        for words in filter(None, (_words(normalize(t)) for t in texts)):
+            grams[name] |= _grams(words, min(n, len(words)))
+            if len(words) >= SHORT_INPUT_WORDS:
+                lengths.add(min(n, len(words)))
     kept, per_set = [], {name: 0 for name in eval_inputs}
     for row in rows:
-        row_grams = set().union(*(_grams(t, n) for _, t, _ in fields(row.data)))
+        row_grams = set()
+        for words in (_words(normalize(t)) for _, t, _ in fields(row.data)):
+            if len(words) < n:
+                row_grams.add(" ".join(words))
+            for length in lengths:
+                row_grams |= _grams(words, length)
         hit = next((name for name, g in grams.items() if row_grams & g), None)
         if hit:
             per_set[hit] += 1
@@ -207,9 +278,16 @@ def _decontaminate(rows: list[Row], eval_inputs: dict, n: int, report: DataRepor
     return kept
 
 
-def eval_set_inputs(eval_sets: list, report: DataReport) -> dict:
-    """{name: input texts} of each named evaluation set (a local file or a hub dataset id)."""
+def eval_set_inputs(eval_sets: list) -> dict:
+    """{name: input texts} of each named evaluation set (a local file, a hub dataset id, or a source dict)."""
     from common.data import load_sources
 
-    return {str(source): [t for row in load_sources([source], DataReport(), "clean.eval_sets") for t in input_texts(row.data)]
-            for source in eval_sets}
+    inputs = {}
+    for source in eval_sets:
+        name = str(source.get("path")) if isinstance(source, dict) else str(source)
+        try:
+            rows = load_sources([source], DataReport(), "clean.eval_sets")
+        except UserError as e:
+            raise UserError(f"clean.eval_sets: {e}") from None
+        inputs[name] = [text for row in rows if isinstance(row.data, dict) for text in input_texts(row.data)]
+    return inputs

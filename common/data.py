@@ -40,9 +40,10 @@ class DataReport:
             json.dump(self.as_dict(), f, indent=2)
 
 
-def load_sources(sources, report: DataReport, key: str = "data", seed: int = 0) -> list[Row]:
+def load_sources(sources, report: DataReport, key: str = "data", seed: int = 0, prepare=None) -> list[Row]:
     """Rows of every source in order. An entry is a path, a hub dataset id, or {path, split, fields, weight};
-    with weights, the sources are mixed (see mix)."""
+    with weights, the sources are mixed (see mix). prepare(rows) -> rows (checks, cleaning) sees the rows of
+    every source together before the mix, so deduplication spans sources and never undoes an oversampling."""
     if isinstance(sources, (str, dict)):
         sources = [sources]
     if not sources:
@@ -57,6 +58,10 @@ def load_sources(sources, report: DataReport, key: str = "data", seed: int = 0) 
         report.sources[spec["path"]] = len(rows)
         loaded.append((spec["path"], rows))
         weights.append(_weight(spec.get("weight"), key, spec["path"]))
+    if prepare is not None:
+        source_of = {row.where: i for i, (_, rows) in enumerate(loaded) for row in rows}
+        kept = prepare([row for _, rows in loaded for row in rows])
+        loaded = [(path, [row for row in kept if source_of[row.where] == i]) for i, (path, _) in enumerate(loaded)]
     if all(w is None for w in weights):
         return [row for _, rows in loaded for row in rows]
     return mix(loaded, weights, seed, report)
@@ -211,8 +216,14 @@ def check_rows(rows: list[Row], validate, on_bad_rows: str, report: DataReport) 
 
 
 def train_and_eval_rows(params: dict, problem, report: DataReport) -> tuple[list[Row], list[Row]]:
-    """Checked training rows, and eval rows from eval_data or, when that is empty, eval_fraction of data."""
-    train = check_rows(load_sources(params["data"], report, seed=params["seed"]), problem, params["on_bad_rows"], report)
+    """Checked and cleaned training rows, and eval rows from eval_data or, when that is empty, eval_fraction of
+    data (split after cleaning, so no eval row duplicates a training row)."""
+    from common.cleaning import clean_once
+
+    def prepare(rows):
+        return clean_once(check_rows(rows, problem, params["on_bad_rows"], report), params, report)
+
+    train = load_sources(params["data"], report, seed=params["seed"], prepare=prepare)
     if not params["eval_data"]:
         return split_eval(train, params["eval_fraction"], params["seed"])
     held = load_sources(params["eval_data"], report, "eval_data")
@@ -228,3 +239,12 @@ def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
     n_eval = max(1, int(round(len(rows) * fraction)))
     held = set(order[:n_eval])
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def write_rows(path: str, rows: list[dict]) -> None:
+    """Write JSONL rows whole or not at all: to a temporary name, then renamed, so a kill leaves no torn row."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)

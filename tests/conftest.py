@@ -125,6 +125,15 @@ def default_sft_chat(default_sft_chat_run):
     return str(final)
 
 
+@pytest.fixture(scope="session")
+def sft_model(tmp_path_factory):
+    """A briefly trained sft_chat.py output: its tokenizer carries the chat tokens and template."""
+    out = tmp_path_factory.mktemp("sft") / "out"
+    result = run_script("sft_chat.py", *FAST, f"output_dir={out}", "test_data=", "max_steps=20")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return str(out / "final")
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

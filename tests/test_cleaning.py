@@ -1,8 +1,11 @@
 import json
+import os
+import re
 
 import pytest
 
-from common.cleaning import CLEAN_DEFAULTS, clean_rows, eval_set_inputs, normalize, scrub
+import common.cleaning
+from common.cleaning import CLEAN_DEFAULTS, clean_once, clean_rows, eval_set_inputs, normalize, scrub
 from common.data import DataReport, load_sources
 from tests.conftest import ROOT
 
@@ -13,7 +16,7 @@ EVAL = f"{ROOT}/tests/data/clean_eval.jsonl"
 def test_planted_corpus_counts_exactly_and_keeps_every_clean_row():
     report = DataReport()
     rows = load_sources([CORPUS], report)
-    kept = clean_rows(rows, dict(CLEAN_DEFAULTS), report, eval_set_inputs([EVAL], report))
+    kept = clean_rows(rows, dict(CLEAN_DEFAULTS), report, eval_set_inputs([EVAL]))
     assert report.dropped == {
         "cleaning: exact duplicate": 5,
         "cleaning: near duplicate": 4,
@@ -63,6 +66,45 @@ def test_disabled_cleaning_returns_rows_untouched():
     report = DataReport()
     rows = load_sources([CORPUS], report)
     assert clean_rows(rows, {**CLEAN_DEFAULTS, "enabled": False}, report) == rows and not report.dropped
+
+
+def _params(tmp_path, **clean):
+    return {"clean": {**CLEAN_DEFAULTS, "cache_dir": str(tmp_path / "cache"), **clean}, "test_data": EVAL, "eval_data": []}
+
+
+def test_clean_once_prints_the_table_and_decontaminates_against_held_out_files(tmp_path, capsys):
+    report = DataReport()
+    kept = clean_once(load_sources([CORPUS], report), _params(tmp_path), report)
+    table = capsys.readouterr().out
+    assert len(kept) == 64 and report.counts["cleaning"]["contaminated"] == {EVAL: 3}
+    assert table.splitlines()[0] == "cleaning: 81 rows in, 64 kept"
+    for reason, n in (("exact duplicate", 5), ("near duplicate", 4), (f"contaminated by {EVAL}", 3),
+                      ("texts with PII scrubbed (kept)", 4)):
+        assert re.search(rf"^  {re.escape(reason)} +{n}$", table, re.M), table
+    report = DataReport()
+    clean_once(load_sources([CORPUS], report), _params(tmp_path, decontaminate_held_out=False), report)
+    assert "contaminated" not in report.counts["cleaning"] and report.counts["cleaning"]["rows_out"] == 67
+
+
+def test_clean_once_caches_for_reruns_and_other_ranks(tmp_path, monkeypatch, capsys):
+    rows = load_sources([CORPUS], DataReport())
+    first = DataReport()
+    kept = clean_once(rows, _params(tmp_path), first)
+
+    def must_not_run(*args):
+        raise AssertionError("cleaning ran again instead of reading the cache")
+
+    monkeypatch.setattr(common.cleaning, "clean_rows", must_not_run)
+    for rank in ("0", "1"):  # a rerun on the main process, and another rank of the same launch
+        monkeypatch.setenv("RANK", rank)
+        again = DataReport()
+        assert clean_once(rows, _params(tmp_path), again) == kept
+        assert again.dropped == first.dropped and again.counts == first.counts
+    assert "reused" in capsys.readouterr().out
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(AssertionError, match="ran again"):  # other settings are another key
+        clean_once(rows, _params(tmp_path, threshold=0.9), DataReport())
+    assert not [p for p in os.listdir(tmp_path / "cache") if ".tmp" in p]
 
 
 def test_report_is_json():

@@ -108,6 +108,20 @@ def test_counts_and_oversampling(tmp_path):
     assert len(rows) == 195
 
 
+def test_cleaning_sees_every_source_before_the_mix(tmp_path):
+    from common.cleaning import CLEAN_DEFAULTS, clean_once
+
+    a = write_jsonl(tmp_path / "a.jsonl", [{"text": f"alpha document number {i} about topic {i * 7}"} for i in range(20)])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"text": f"alpha document number {i} about topic {i * 7}"} for i in range(10)]
+                    + [{"text": f"beta note {i} on subject {i * 3}"} for i in range(10)])
+    params = {"clean": {**CLEAN_DEFAULTS, "cache_dir": str(tmp_path / "cache")}}
+    report = DataReport()
+    rows = load_sources([a, {"path": b, "weight": "2x"}], report, prepare=lambda r: clean_once(r, params, report))
+    # b's 10 copies of a's rows go (dedup spans sources); its other 10 rows are then doubled, not deduplicated
+    assert report.dropped == {"cleaning: exact duplicate": 10}
+    assert report.counts["mix"][b]["taken"] == 20 and len(rows) == 40
+
+
 @pytest.mark.parametrize("weight", [0, -1, 1.5, "x", "0x", True, "lots"])
 def test_bad_weights(tmp_path, weight):
     a, _ = _sources(tmp_path, (10, 10))

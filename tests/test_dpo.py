@@ -9,22 +9,12 @@ import sys
 import pytest
 
 from tests.conftest import (
-    FAST, ROOT, assert_one_line_exit_2, kill_and_resume, read_jsonl, run, run_script, trained_spans,
-    write_jsonl,
+    ROOT, assert_one_line_exit_2, kill_and_resume, read_jsonl, run, run_script, trained_spans, write_jsonl,
 )
 
 SCRIPT = "dpo.py"
 NO_EVAL = ["test_data=", "exact_match_data="]
 PAIR = {"prompt": "Play Adele", "chosen": 'play_music(artist="Adele")', "rejected": 'play_music(artist="Sade")'}
-
-
-@pytest.fixture(scope="module")
-def sft_model(tmp_path_factory):
-    """A briefly trained sft_chat.py output: its tokenizer carries the chat tokens and template."""
-    out = tmp_path_factory.mktemp("sft") / "out"
-    result = run_script("sft_chat.py", *FAST, f"output_dir={out}", "test_data=", "max_steps=20")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return str(out / "final")
 
 
 @pytest.fixture()
@@ -173,6 +163,8 @@ BAD_INPUT = [
     ("malformed line", _rows("l.jsonl", '{"prompt": "p", "chosen": "c"'), "l.jsonl:2: malformed JSON"),
     ("unknown loss", ["loss_type=[sigmoid,sigmoidd]"], "loss_type='sigmoidd' is not one of 'sigmoid'"),
     ("smoothing out of range", ["label_smoothing=0.5"], "label_smoothing=0.5 must be in [0, 0.5)"),
+    ("repeated-line share above 1", ["clean.max_repeated_lines=2"], "clean.max_repeated_lines=2.0 must be in [0, 1]"),
+    ("missing eval set", ["clean.eval_sets=[/nonexistent/bench.jsonl]"], "clean.eval_sets: data file not found"),
 ]
 
 

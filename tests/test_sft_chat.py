@@ -145,6 +145,9 @@ BAD_INPUT = [
     ("missing eval file", lambda p: [f"data={_good(p)}", "eval_data=/nonexistent/eval.jsonl"], "data file not found"),
     ("missing test file", ["test_data=/nonexistent/test.jsonl"], "test_data file not found"),
     ("everything truncated", lambda p: [f"data={_good(p)}", "max_length=8"], "no training rows left"),
+    ("unknown cleaning step", ["clean.dedup=true"], "unknown PARAMS key 'clean.dedup'; did you mean clean."),
+    ("threshold above 1", ["clean.threshold=1.5"], "clean.threshold=1.5 must be in [0, 1]"),
+    ("missing eval set", ["clean.eval_sets=[/nonexistent/bench.jsonl]"], "clean.eval_sets: data file not found"),
 ]
 
 

@@ -164,6 +164,8 @@ BAD_INPUT = [
     ("bad template", ["template=Q: {question}"], "template: not a str.format pattern with only {prompt}"),
     ("template without prompt", ["template=Answer:"], "template: must contain {prompt}"),
     ("unknown key", ["chat_format=native"], "unknown PARAMS key 'chat_format'"),
+    ("threshold below 0", ["clean.threshold=-0.1"], "clean.threshold=-0.1 must be in [0, 1]"),
+    ("missing eval set", ["clean.eval_sets=nope/bench.jsonl"], "clean.eval_sets: data file not found"),
 ]
 
 

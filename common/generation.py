@@ -1,0 +1,237 @@
+"""Generation backends for synth_data.py behind one interface, with the request cache in front of them.
+
+    hf      local transformers: batched, left-padded, on GPU when there is one
+    vllm    offline vllm.LLM (GPU); imported only when chosen
+    openai  any OpenAI-compatible endpoint (vLLM or SGLang servers, transformers serve, hosted APIs)
+            through the openai package's async client: a concurrency limit, timeouts, and retries with
+            exponential backoff on 429, 5xx and connection errors (the client's own); the API key comes
+            from an environment variable only
+
+A request's prompt is a list of messages (the model's chat template applies) or a string, sent as it is
+(a rendered template prefix, as Magpie uses). Every backend's `run(requests, done)` calls `done(request,
+result)` as each request finishes; `generate` puts the cache in front and keeps the tallies.
+"""
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import torch
+
+from common.errors import UserError
+from common.request_cache import RequestCache, request_key
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1")
+
+
+@dataclass
+class Request:
+    prompt: list | str
+    sample: int
+    key: str = ""
+
+
+@dataclass
+class Tally:
+    """What the summary line reports."""
+
+    requests: int = 0
+    cache_hits: int = 0
+    sent: int = 0
+    unfinished: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        return (f"requests {self.requests}, cache hits {self.cache_hits}, answered {self.sent}, failed or unfinished {self.unfinished}, "
+                f"tokens {self.prompt_tokens} in / {self.completion_tokens} out, {self.seconds:.0f} s")
+
+
+def sampling_of(params: dict) -> dict:
+    return {k: params[k] for k in ("temperature", "top_p", "max_new_tokens")}
+
+
+def make_backend(params: dict):
+    kind = params["backend"]
+    if kind == "hf":
+        return HFBackend(params)
+    if kind == "vllm":
+        return VLLMBackend(params)
+    return OpenAIBackend(params)
+
+
+def generate(backend, requests: list[Request], sampling: dict, cache: RequestCache, tally: Tally, label: str,
+             progress: bool = True) -> dict:
+    """{key: result} for every request; finished ones come from the cache, the rest from the backend, each
+    written to the cache as it arrives. A result is {"text", "prompt_tokens", "completion_tokens"}."""
+    from tqdm.auto import tqdm
+
+    for r in requests:
+        r.key = request_key(backend.name, backend.model, r.prompt, sampling, r.sample)
+    results = cache.get_many([r.key for r in requests])
+    pending = [r for r in requests if r.key not in results]
+    tally.requests += len(requests)
+    tally.cache_hits += len(requests) - len(pending)
+    bar = tqdm(total=len(pending), desc=label, unit="req", disable=not progress or not pending)
+    start, before = time.time(), tally.sent
+
+    def done(request: Request, result: dict) -> None:
+        cache.put(request.key, result)
+        results[request.key] = result
+        tally.sent += 1
+        tally.prompt_tokens += result["prompt_tokens"]
+        tally.completion_tokens += result["completion_tokens"]
+        bar.update(1)
+
+    try:
+        if pending:
+            backend.run(pending, sampling, done)
+    finally:
+        bar.close()
+        tally.seconds += time.time() - start
+        tally.unfinished += len(pending) - (tally.sent - before)
+    return results
+
+
+class HFBackend:
+    name = "hf"
+
+    def __init__(self, params: dict):
+        from transformers import AutoModelForCausalLM
+
+        from common.models import load_tokenizer, resolve_dtype
+
+        self.model = params["model"]
+        self.tokenizer = load_tokenizer(self.model, params["trust_remote_code"])
+        self.tokenizer.padding_side = "left"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.lm = AutoModelForCausalLM.from_pretrained(
+            self.model, dtype=resolve_dtype(params["dtype"]), trust_remote_code=params["trust_remote_code"]
+        ).to(device).eval()
+        self.batch_size, self.seed = params["batch_size"], params["seed"]
+
+    @torch.no_grad()
+    def run(self, requests: list[Request], sampling: dict, done) -> None:
+        # Similar lengths share a batch, so little of it is padding.
+        order = sorted(requests, key=lambda r: len(str(r.prompt)))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            if isinstance(chunk[0].prompt, str):  # a rendered template already holds its special tokens
+                batch = self.tokenizer([r.prompt for r in chunk], padding=True, add_special_tokens=False, return_tensors="pt")
+            else:
+                batch = self.tokenizer.apply_chat_template([r.prompt for r in chunk], add_generation_prompt=True, padding=True,
+                                                           return_tensors="pt", return_dict=True)
+            batch = batch.to(self.lm.device)
+            torch.manual_seed(self.seed + int(chunk[0].key[:8], 16))  # the same batch samples the same answers
+            sample = sampling["temperature"] > 0
+            out = self.lm.generate(**batch, max_new_tokens=sampling["max_new_tokens"], do_sample=sample,
+                                   temperature=sampling["temperature"] if sample else None,
+                                   top_p=sampling["top_p"] if sample else None, use_cache=True)
+            new = out[:, batch["input_ids"].shape[1] :]
+            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+            pad = self.tokenizer.pad_token_id
+            for i, (request, text) in enumerate(zip(chunk, texts)):
+                done(request, {"text": text, "prompt_tokens": int(batch["attention_mask"][i].sum()),
+                               "completion_tokens": int((new[i] != pad).sum())})
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, params: dict):
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise UserError("backend=vllm needs vllm installed (pip install vllm, on a GPU machine)") from None
+        self.model, self.seed = params["model"], params["seed"]
+        self.llm = LLM(model=self.model, seed=self.seed, trust_remote_code=params["trust_remote_code"])
+
+    def run(self, requests: list[Request], sampling: dict, done) -> None:
+        from vllm import SamplingParams
+
+        def params_of(r):  # a seed per request: a rerun samples the same answer
+            return SamplingParams(temperature=sampling["temperature"], top_p=sampling["top_p"],
+                                  max_tokens=sampling["max_new_tokens"], seed=self.seed + int(r.key[:8], 16))
+
+        chats = [r for r in requests if not isinstance(r.prompt, str)]
+        texts = [r for r in requests if isinstance(r.prompt, str)]
+        outputs = []
+        if chats:
+            outputs += zip(chats, self.llm.chat([r.prompt for r in chats], sampling_params=[params_of(r) for r in chats]))
+        if texts:
+            outputs += zip(texts, self.llm.generate([r.prompt for r in texts], sampling_params=[params_of(r) for r in texts]))
+        for request, out in outputs:
+            done(request, {"text": out.outputs[0].text, "prompt_tokens": len(out.prompt_token_ids),
+                           "completion_tokens": len(out.outputs[0].token_ids)})
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, params: dict):
+        import openai
+
+        self.model, self.base_url = params["model"], params["base_url"]
+        if not self.base_url:
+            raise UserError("backend=openai needs base_url (like http://127.0.0.1:8000/v1)")
+        host = urlparse(self.base_url).hostname
+        if not host:
+            raise UserError(f"base_url={self.base_url!r} is not a URL (like http://127.0.0.1:8000/v1)")
+        key = os.environ.get(params["api_key_env"], "")
+        if not key and host not in LOCAL_HOSTS:
+            raise UserError(f"backend=openai at {self.base_url} needs an API key in the environment variable "
+                            f"{params['api_key_env']} (api_key_env names it; keys are never read from PARAMS)")
+        self.settings = dict(base_url=self.base_url, api_key=key or "none", timeout=params["timeout"])
+        self.concurrency, self.retries, self.seed = params["concurrency"], params["retries"], params["seed"]
+        try:  # fail now, in one line, rather than after every request's retries
+            openai.OpenAI(**self.settings, max_retries=1).models.list()
+        except openai.APIConnectionError as e:
+            raise UserError(f"cannot reach the endpoint {self.base_url} ({e.__cause__ or e})") from None
+        except openai.AuthenticationError:
+            raise UserError(f"{self.base_url} rejected the API key in {params['api_key_env']}") from None
+        except openai.APIStatusError:
+            pass  # a server without /models can still serve completions
+
+    def run(self, requests: list[Request], sampling: dict, done) -> None:
+        asyncio.run(self._run(requests, sampling, done))
+
+    async def _run(self, requests: list[Request], sampling: dict, done) -> None:
+        import openai
+
+        client = openai.AsyncOpenAI(**self.settings, max_retries=self.retries)
+        gate, failures = asyncio.Semaphore(self.concurrency), []
+        common = dict(model=self.model, max_tokens=sampling["max_new_tokens"], temperature=sampling["temperature"],
+                      top_p=sampling["top_p"])
+
+        async def one(request: Request) -> None:
+            async with gate:
+                if failures:  # the endpoint gave up on a request after its retries: send nothing more
+                    return
+                seed = (self.seed + int(request.key[:8], 16)) % 2**31
+                try:
+                    if isinstance(request.prompt, str):
+                        reply = await client.completions.create(prompt=request.prompt, seed=seed, **common)
+                        text = reply.choices[0].text
+                    else:
+                        reply = await client.chat.completions.create(messages=request.prompt, seed=seed, **common)
+                        text = reply.choices[0].message.content
+                except openai.APIError as e:
+                    failures.append(e)
+                    return
+                usage = reply.usage
+                done(request, {"text": text or "", "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
+                               "completion_tokens": getattr(usage, "completion_tokens", 0) or 0})
+
+        try:
+            await asyncio.gather(*(one(r) for r in requests))
+        finally:
+            await client.close()
+        if failures:
+            error = failures[0]
+            status = getattr(error, "status_code", None)
+            raise UserError(f"{self.base_url} failed a request after {self.retries} retries "
+                            f"({f'HTTP {status}' if status else type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+                            "finished results are kept in the request cache: run again to continue")

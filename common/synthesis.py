@@ -1,0 +1,153 @@
+"""The stages of synth_data.py: new requests (self-instruct or Magpie), prompts from rows, judges, pairs.
+
+Judges score each sampled answer of a prompt; higher is better:
+    verifier      a Python function named "module:function" or "path/file.py:function", called as
+                  fn(row, answer) -> bool or number, where row is the prompt's source row (with its reference)
+    llm           a model asked `rubric` (with {prompt} and {answer}); the first number of its reply is the score
+    reward_model  an AutoModelForSequenceClassification; its first logit on the conversation is the score
+"""
+
+import importlib
+import importlib.util
+import os
+import random
+import re
+
+from common.errors import UserError
+
+SELF_INSTRUCT = ("Here are requests that users sent to an assistant:\n{examples}\n"
+                 "Write one new request of the same kind, different from all of these. Reply with the request only.")
+MARK = "\u2063USER-TURN\u2063"  # where the user's text would go in a rendered template
+
+
+def prompt_of(row: dict, system_prompt: str = "") -> list[dict]:
+    """The messages a model answers: a chat row without its last assistant turn (that is the reference), or
+    a prompt string or message list; system_prompt is put first when the row has none."""
+    if "messages" in row:
+        messages = list(row["messages"])
+        if messages and messages[-1].get("role") == "assistant":
+            messages = messages[:-1]
+    elif isinstance(row.get("prompt"), list):
+        messages = list(row["prompt"])
+    else:
+        messages = [{"role": "user", "content": str(row.get("prompt", ""))}]
+    if system_prompt and messages[0].get("role") != "system":
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
+def prompt_problem(row) -> str | None:
+    """Why a row cannot give a prompt, or None."""
+    if not isinstance(row, dict):
+        return "row must be a JSON object"
+    if "messages" not in row and "prompt" not in row:
+        return "row has neither 'messages' nor 'prompt'"
+    messages = prompt_of(row)
+    if not messages or messages[-1].get("role") != "user" or not str(messages[-1].get("content", "")).strip():
+        return "the prompt must end with a non-empty user turn"
+    return None
+
+
+def last_request(row: dict) -> str:
+    return next(m["content"] for m in reversed(prompt_of(row)) if m.get("role") == "user")
+
+
+def self_instruct_prompts(seeds: list[str], count: int, per_prompt: int, seed: int) -> list[list[dict]]:
+    """count prompts, each showing per_prompt seed requests drawn under seed (the same list on every run)."""
+    rng = random.Random(seed)
+    return [[{"role": "user", "content": SELF_INSTRUCT.format(
+        examples="\n".join(f"- {s}" for s in rng.sample(seeds, min(per_prompt, len(seeds)))))}] for _ in range(count)]
+
+
+def magpie_prefix(tokenizer, system_prompt: str) -> str:
+    """The rendered template up to where a user's text starts: the model then writes the user turn itself."""
+    if not tokenizer.chat_template:
+        raise UserError("instruction_style=magpie needs a model with a chat template")
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    rendered = tokenizer.apply_chat_template([*messages, {"role": "user", "content": MARK}], tokenize=False)
+    return rendered.split(MARK)[0]
+
+
+def novel(candidates: list[str], seeds: list[str], max_similarity: float, limit: int) -> list[str]:
+    """Candidates whose estimated Jaccard similarity (MinHash over word 1- and 2-grams) to every seed and every
+    earlier kept candidate is below max_similarity, in order, at most limit of them."""
+    from datasketch import MinHash, MinHashLSH
+
+    def signature(text: str) -> MinHash:
+        words = re.findall(r"\w+", text.lower())
+        m = MinHash(num_perm=128)
+        m.update_batch([w.encode() for w in words] + [f"{a} {b}".encode() for a, b in zip(words, words[1:])])
+        return m
+
+    lsh = MinHashLSH(threshold=max_similarity, num_perm=128)
+    for i, text in enumerate(seeds):
+        lsh.insert(f"seed{i}", signature(text), check_duplication=False)
+    kept = []
+    for i, text in enumerate(candidates):
+        text = text.strip()
+        if not text or len(kept) >= limit:
+            continue
+        m = signature(text)
+        if not lsh.query(m):
+            lsh.insert(f"new{i}", m, check_duplication=False)
+            kept.append(text)
+    return kept
+
+
+def load_function(spec: str, key: str):
+    """The function named by "package.module:function" or "path/to/file.py:function"."""
+    module_name, _, name = spec.rpartition(":")
+    if not module_name or not name:
+        raise UserError(f"{key}={spec!r} must name a function as module:function or path/file.py:function")
+    try:
+        if module_name.endswith(".py"):
+            if not os.path.isfile(module_name):
+                raise UserError(f"{key}: file not found: {module_name}")
+            loader = importlib.util.spec_from_file_location(os.path.basename(module_name)[:-3], module_name)
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"{key}: cannot import {module_name} ({e})") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise UserError(f"{key}: {module_name} has no function {name}")
+    return fn
+
+
+def reward_scores(model_name: str, prompts: list[list[dict]], answers: list[str], trust_remote_code: bool) -> list[float]:
+    """The reward model's first logit for each (prompt, answer) conversation."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from common.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model_name, trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(model_name, trust_remote_code=trust_remote_code).eval()
+    scores = []
+    with torch.no_grad():
+        for prompt, answer in zip(prompts, answers):
+            conversation = [*prompt, {"role": "assistant", "content": answer}]
+            if tokenizer.chat_template:
+                ids = tokenizer.apply_chat_template(conversation, return_tensors="pt", return_dict=True)
+            else:
+                ids = tokenizer("\n".join(m["content"] for m in conversation), return_tensors="pt")
+            scores.append(float(model(**ids).logits[0, 0]))
+    return scores
+
+
+def judge_rubric_reply(reply: str) -> float:
+    """The first number in an LLM judge's reply; no number scores lowest."""
+    found = re.search(r"-?\d+(?:\.\d+)?", reply)
+    return float(found.group()) if found else float("-inf")
+
+
+def best_and_worst(answers: list[str], scores: list[float]) -> tuple[str, str] | None:
+    """(chosen, rejected): the highest- and lowest-scored distinct answers, or None when no score is higher
+    than another (nothing to prefer)."""
+    ranked = sorted(zip(scores, range(len(answers))), key=lambda p: (-p[0], p[1]))
+    best, worst = ranked[0], ranked[-1]
+    if best[0] <= worst[0] or answers[best[1]].strip() == answers[worst[1]].strip():
+        return None
+    return answers[best[1]], answers[worst[1]]
