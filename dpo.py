@@ -104,7 +104,7 @@ def held_out(model, tokenizer, params: dict, stage: str, margins_before=None) ->
 
 
 @exit_on_user_error
-def main(params: dict, trainer_class=None) -> None:
+def main(params: dict, trainer_class=None, row_hook=None) -> None:
     out = params["output_dir"]
     if params["model"] == PARAMS["model"] and not os.path.isdir(params["model"]):
         raise UserError(f"model folder not found: {params['model']} (run `accelerate launch sft_chat.py` first, "
@@ -115,7 +115,7 @@ def main(params: dict, trainer_class=None) -> None:
     report = DataReport()
     tokenizer = load_tokenizer(params["model"], params["trust_remote_code"])
     chat = bool(tokenizer.chat_template)
-    train_rows, eval_rows = train_and_eval_rows(params, preference_row_problem, report)
+    train_rows, eval_rows = train_and_eval_rows(params, preference_row_problem, report, tokenizer, row_hook)
     check_plain_rows(train_rows + eval_rows, chat)
     train = [as_chat(row.data, chat) for row in train_rows]
     evals = [as_chat(row.data, chat) for row in eval_rows]

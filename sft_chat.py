@@ -76,7 +76,7 @@ def chat_row_problem(row: dict) -> str | None:
 
 
 @exit_on_user_error
-def main(params: dict, trainer_class=None) -> None:
+def main(params: dict, trainer_class=None, row_hook=None) -> None:
     out = params["output_dir"]
     resume_from = start_run(params)
 
@@ -84,7 +84,7 @@ def main(params: dict, trainer_class=None) -> None:
     report = DataReport()
     tokenizer = load_tokenizer(params["model"], params["trust_remote_code"])
     new_token_ids = prepare_tokenizer(tokenizer, params["chat_format"])
-    train_rows, eval_rows = train_and_eval_rows(params, chat_row_problem, report)
+    train_rows, eval_rows = train_and_eval_rows(params, chat_row_problem, report, tokenizer, row_hook)
     packing = choose_packing(params["packing"])
 
     def dataset(rows, split):

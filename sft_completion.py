@@ -72,7 +72,7 @@ PARAMS = dict(
 
 
 @exit_on_user_error
-def main(params: dict, trainer_class=None) -> None:
+def main(params: dict, trainer_class=None, row_hook=None) -> None:
     out = params["output_dir"]
     resume_from = start_run(params)
 
@@ -82,7 +82,7 @@ def main(params: dict, trainer_class=None) -> None:
     template = check_template(params["template"], tokenizer)
     if tokenizer.pad_token is None:  # harmless here: labels are set before padding, so EOS keeps its loss
         tokenizer.pad_token = tokenizer.eos_token
-    train_rows, eval_rows = train_and_eval_rows(params, completion_row_problem, report)
+    train_rows, eval_rows = train_and_eval_rows(params, completion_row_problem, report, tokenizer, row_hook)
     packing = choose_packing(params["packing"])
 
     def dataset(rows, split):

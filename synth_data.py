@@ -128,7 +128,7 @@ def main(params: dict) -> None:
         texts = [results[r.key]["text"].strip() for r in requests]
         return prompts, [texts[i : i + params["num_samples"]] for i in range(0, len(texts), params["num_samples"])]
 
-    last = "clean"
+    last, written = "clean", 0
     try:
         if "instructions" in stages:
             seeds, wanted = [last_request(r.data) for r in rows], params["num_instructions"] * ATTEMPTS_PER_INSTRUCTION
@@ -172,15 +172,18 @@ def main(params: dict) -> None:
         if "clean" in stages:
             if last != "clean":
                 os.replace(os.path.join(out, f"{last}.jsonl"), os.path.join(out, f"{last}.raw.jsonl"))
-            rows = clean_once(rows, params, report)
+            by_tokens = params["clean"]["min_tokens"] or params["clean"]["max_tokens"]
+            tokenizer = getattr(backend, "tokenizer", None) or (load_tokenizer(params["model"]) if by_tokens else None)
+            rows = clean_once(rows, params, report, tokenizer)
             write_rows(os.path.join(out, f"{last}.jsonl"), [r.data for r in rows])
-        print(f"wrote {len(rows)} rows to {os.path.join(out, last + '.jsonl')}")
+        written = len(rows)
+        print(f"wrote {written} rows to {os.path.join(out, last + '.jsonl')}")
     finally:
         report.counts["requests"] = vars(tally)
         report.write(out)
         cache.close()
         if backend is not None:
-            print(f"summary: {tally.line()}", flush=True)
+            print(f"summary: {tally.line()}; rows kept {written}", flush=True)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ CLEAN_DEFAULTS = dict(
     pii=True,  # e-mail, phone, IP and API-key patterns become placeholders
     min_chars=1,  # on the row's trained text (answers, completions, text)
     max_chars=0,  # 0: no limit
+    min_tokens=0,  # the same text in the model's tokens; 0: no limit (max_length truncates, this drops)
+    max_tokens=0,
     phrases=True,  # drop answers with refusal or boilerplate phrases (REFUSALS, plus extra_phrases)
     extra_phrases=[],
     max_repeated_lines=0.3,  # Gopher: drop text whose duplicate lines are more than 30% of its lines
@@ -111,12 +113,16 @@ def quality_problem(text: str, settings: dict) -> str | None:
     return None
 
 
-def clean_once(rows: list[Row], params: dict, report: DataReport) -> list[Row]:
+def clean_once(rows: list[Row], params: dict, report: DataReport, tokenizer=None) -> list[Row]:
     """clean_rows with params["clean"], run by the main process only and cached in clean.cache_dir under a key of
-    the rows, the settings and the eval sets' inputs: other ranks, and reruns on the same data, read the cache."""
+    the rows, the settings and the eval sets' inputs: other ranks, and reruns on the same data, read the cache.
+    tokenizer counts tokens for min_tokens and max_tokens."""
     settings = params["clean"]
     if not settings["enabled"]:
         return rows
+    by_tokens = settings["min_tokens"] or settings["max_tokens"]
+    if by_tokens and tokenizer is None:
+        raise UserError("clean.min_tokens and clean.max_tokens need the model's tokenizer (not loaded for this stage)")
     eval_sets = list(settings["eval_sets"])
     if settings["decontaminate_held_out"]:
         for key in HELD_OUT_KEYS:
@@ -124,12 +130,13 @@ def clean_once(rows: list[Row], params: dict, report: DataReport) -> list[Row]:
             eval_sets += [value] if isinstance(value, str) and value else value if isinstance(value, list) else []
     eval_inputs = eval_set_inputs(eval_sets)  # every rank reads them, so a missing file stops every rank alike
     steps = {k: v for k, v in settings.items() if k != "cache_dir"}
-    content = json.dumps([CACHE_VERSION, steps, eval_inputs, [[r.data, r.where] for r in rows]], sort_keys=True)
+    counter = [tokenizer.name_or_path, len(tokenizer)] if by_tokens else None
+    content = json.dumps([CACHE_VERSION, steps, counter, eval_inputs, [[r.data, r.where] for r in rows]], sort_keys=True)
     path = os.path.join(settings["cache_dir"], hashlib.sha256(content.encode()).hexdigest()[:32] + ".json")
     cached = os.path.isfile(path)
     if is_main() and not cached:
         fresh = DataReport()
-        kept = clean_rows(rows, settings, fresh, eval_inputs)
+        kept = clean_rows(rows, settings, fresh, eval_inputs, tokenizer)
         result = {"dropped": fresh.dropped, "cleaning": fresh.counts["cleaning"], "rows": [[r.data, r.where] for r in kept]}
         os.makedirs(settings["cache_dir"], exist_ok=True)
         with open(f"{path}.tmp{os.getpid()}", "w", encoding="utf-8") as f:
@@ -156,7 +163,8 @@ def cleaning_table(counts: dict, dropped: dict, reused: str | None) -> str:
     return "\n".join(lines)
 
 
-def clean_rows(rows: list[Row], settings: dict, report: DataReport, eval_inputs: dict | None = None) -> list[Row]:
+def clean_rows(rows: list[Row], settings: dict, report: DataReport, eval_inputs: dict | None = None,
+               tokenizer=None) -> list[Row]:
     """The rows that survive every enabled step, rewritten (normalised, scrubbed); counts go into the report.
 
     eval_inputs maps an eval-set name to its input texts (see eval_set_inputs) for decontamination.
@@ -173,7 +181,7 @@ def clean_rows(rows: list[Row], settings: dict, report: DataReport, eval_inputs:
             counts["pii_texts_scrubbed"] = counts.get("pii_texts_scrubbed", 0) + changed
             data = scrubbed
         prompt_only = "messages" in row.data and not any(m["role"] == "assistant" for m in row.data["messages"])
-        reason = _row_problem(data, settings, prompt_only)
+        reason = _row_problem(data, settings, prompt_only, tokenizer)
         if reason:
             report.drop(f"cleaning: {reason}")
             continue
@@ -188,7 +196,7 @@ def clean_rows(rows: list[Row], settings: dict, report: DataReport, eval_inputs:
     return kept
 
 
-def _row_problem(data: dict, settings: dict, prompt_only: bool) -> str | None:
+def _row_problem(data: dict, settings: dict, prompt_only: bool, tokenizer=None) -> str | None:
     """prompt_only: a row of requests (user turns only, as synth_data.py writes them), judged on its requests."""
     texts = fields(data)
     trained = "\n".join(text for _, text, is_trained in texts if is_trained or prompt_only)
@@ -198,6 +206,12 @@ def _row_problem(data: dict, settings: dict, prompt_only: bool) -> str | None:
         return f"shorter than min_chars={settings['min_chars']}"
     if settings["max_chars"] and len(trained) > settings["max_chars"]:
         return f"longer than max_chars={settings['max_chars']}"
+    if tokenizer is not None and (settings["min_tokens"] or settings["max_tokens"]):
+        tokens = len(tokenizer(trained, add_special_tokens=False)["input_ids"])
+        if tokens < settings["min_tokens"]:
+            return f"fewer tokens than min_tokens={settings['min_tokens']}"
+        if settings["max_tokens"] and tokens > settings["max_tokens"]:
+            return f"more tokens than max_tokens={settings['max_tokens']}"
     return quality_problem(trained, settings)
 
 

@@ -215,18 +215,29 @@ def check_rows(rows: list[Row], validate, on_bad_rows: str, report: DataReport) 
     return good
 
 
-def train_and_eval_rows(params: dict, problem, report: DataReport) -> tuple[list[Row], list[Row]]:
+def train_and_eval_rows(params: dict, problem, report: DataReport, tokenizer=None, row_hook=None) -> tuple[list[Row], list[Row]]:
     """Checked and cleaned training rows, and eval rows from eval_data or, when that is empty, eval_fraction of
-    data (split after cleaning, so no eval row duplicates a training row)."""
+    data (split after cleaning, so no eval row duplicates a training row). tokenizer counts tokens for the
+    cleaning's token-length filters. row_hook(row) -> row or None, an experiment's own data preparation, sees
+    every row as read (train and eval) before the checks, so it may map another schema onto the script's."""
     from common.cleaning import clean_once
 
+    def hooked(rows):
+        if row_hook is None:
+            return rows
+        out = [Row(row_hook(r.data), r.where) for r in rows]
+        kept = [r for r in out if r.data is not None]
+        if len(kept) < len(out):
+            report.drop("row_hook returned None", len(out) - len(kept))
+        return kept
+
     def prepare(rows):
-        return clean_once(check_rows(rows, problem, params["on_bad_rows"], report), params, report)
+        return clean_once(check_rows(hooked(rows), problem, params["on_bad_rows"], report), params, report, tokenizer)
 
     train = load_sources(params["data"], report, seed=params["seed"], prepare=prepare)
     if not params["eval_data"]:
         return split_eval(train, params["eval_fraction"], params["seed"])
-    held = load_sources(params["eval_data"], report, "eval_data")
+    held = hooked(load_sources(params["eval_data"], report, "eval_data"))
     return train, check_rows(held, problem, params["on_bad_rows"], report)
 
 

@@ -58,6 +58,8 @@ BOUNDS = {
     "max_symbol_ratio": (lambda v: v >= 0, "must be >= 0"),
     "min_chars": (lambda v: v >= 0, "must be >= 0"),
     "max_chars": (lambda v: v >= 0, "must be >= 0 (0: no limit)"),
+    "min_tokens": (lambda v: v >= 0, "must be >= 0"),
+    "max_tokens": (lambda v: v >= 0, "must be >= 0 (0: no limit)"),
     "shingle": (lambda v: v >= 1, "must be >= 1"),
     "num_perm": (lambda v: v >= 16, "must be >= 16"),
     "ngram": (lambda v: v >= 1, "must be >= 1"),
@@ -197,11 +199,13 @@ def leaf_accepts_choice(key: str, value) -> bool:
 
 
 def redact(params):
-    """A copy with every value whose key names a secret replaced."""
+    """A copy with every value whose key names a secret replaced (a key ending in _env names an environment
+    variable, not its value, and is kept)."""
     if not isinstance(params, dict):
         return params
     return {
-        k: ("<redacted>" if SECRET_KEY.search(k) and v not in (None, "") else redact(v)) for k, v in params.items()
+        k: ("<redacted>" if SECRET_KEY.search(k) and not k.endswith("_env") and v not in (None, "") else redact(v))
+        for k, v in params.items()
     }
 
 

@@ -7,6 +7,7 @@ import pytest
 import common.cleaning
 from common.cleaning import CLEAN_DEFAULTS, clean_once, clean_rows, eval_set_inputs, normalize, scrub
 from common.data import DataReport, load_sources
+from common.errors import UserError
 from tests.conftest import ROOT
 
 CORPUS = f"{ROOT}/tests/data/clean_corpus.jsonl"
@@ -105,6 +106,23 @@ def test_clean_once_caches_for_reruns_and_other_ranks(tmp_path, monkeypatch, cap
     with pytest.raises(AssertionError, match="ran again"):  # other settings are another key
         clean_once(rows, _params(tmp_path, threshold=0.9), DataReport())
     assert not [p for p in os.listdir(tmp_path / "cache") if ".tmp" in p]
+
+
+def test_token_length_filters_count_with_the_model_tokenizer(tmp_path):
+    from common.models import load_tokenizer
+
+    tokenizer = load_tokenizer("builtin:tiny")
+    rows = load_sources([CORPUS], DataReport())[:60]  # the clean rows: answers of 150 words
+    lengths = sorted(len(tokenizer(r.data["messages"][1]["content"])["input_ids"]) for r in rows)
+    middle = lengths[30]
+    cases = (({"max_tokens": middle}, f"more tokens than max_tokens={middle}", sum(n > middle for n in lengths)),
+             ({"min_tokens": middle}, f"fewer tokens than min_tokens={middle}", sum(n < middle for n in lengths)))
+    for settings, reason, dropped in cases:
+        report = DataReport()
+        kept = clean_once(rows, _params(tmp_path, **settings, near_dedup=False), report, tokenizer)
+        assert report.dropped == {f"cleaning: {reason}": dropped} and len(kept) == 60 - dropped
+    with pytest.raises(UserError, match="need the model's tokenizer"):
+        clean_once(rows, _params(tmp_path, max_tokens=10), DataReport())
 
 
 def test_report_is_json():

@@ -83,11 +83,13 @@ def test_config_file_errors_name_the_file(tmp_path):
 
 
 def test_secrets_are_redacted(tmp_path):
-    params = {"api_key": "sk-123", "hub_token": "hf_abc", "tokenizer": "keep", "nested": {"password": "p"}, "x": 1}
+    params = {"api_key": "sk-123", "hub_token": "hf_abc", "tokenizer": "keep", "nested": {"password": "p"}, "x": 1,
+              "api_key_env": "OPENAI_API_KEY"}
     assert redact(params) == {
         "api_key": "<redacted>",
         "hub_token": "<redacted>",
         "tokenizer": "keep",
+        "api_key_env": "OPENAI_API_KEY",  # the name of a variable, not a secret
         "nested": {"password": "<redacted>"},
         "x": 1,
     }
