@@ -1,6 +1,7 @@
 """Preference optimisation (DPO and TRL's other pairwise losses) on TRL's DPOTrainer, from an SFT model.
 
     accelerate launch sft_chat.py && accelerate launch dpo.py      # the example task: SFT, then DPO
+    accelerate launch --config_file configs/accelerate/zero3.yaml --num_processes 8 dpo.py   # ZeRO-3 on 8 GPUs
     accelerate launch dpo.py model=outputs/my_sft/final data=my_pairs.jsonl test_data= exact_match_data=
     accelerate launch dpo.py --config configs/recipes/qwen2.5-0.5b-dpo-lora.yaml
     python dpo.py dry_run=true                                     # preview the data, train nothing
@@ -146,9 +147,9 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     if is_main():
         plot_loss(out)
         print(f"saved {final}")
-        from transformers import AutoModelForCausalLM
+        from common.evaluate import load_plain
 
-        held_out(AutoModelForCausalLM.from_pretrained(final), tokenizer, params, "after", before)
+        held_out(load_plain(final), tokenizer, params, "after", before)
     shutdown()
 
 

@@ -1,9 +1,10 @@
 """Chat fine-tuning with dedicated <system> <user> <assistant> tokens, on TRL's SFTTrainer.
 
     accelerate launch sft_chat.py                                  # built-in tiny model, example task
+    accelerate launch --config_file configs/accelerate/zero3.yaml --num_processes 8 sft_chat.py   # ZeRO-3 on 8 GPUs
     accelerate launch sft_chat.py model=Qwen/Qwen2.5-0.5B lora.enabled=true
     accelerate launch sft_chat.py --config configs/recipes/x.yaml learning_rate=1e-5
-    accelerate launch --config_file configs/accelerate/cpu_ddp.yaml sft_chat.py   # two CPU processes
+    accelerate launch --config_file configs/accelerate/ddp.yaml sft_chat.py   # two CPU processes
     python sft_chat.py dry_run=true                                # preview the data, train nothing
 
 Loss is taken on assistant content and its end-of-turn token only. Outputs land in output_dir:

@@ -1,9 +1,10 @@
 """Completion-model fine-tuning on plain text and on prompt/completion pairs, on TRL's SFTTrainer.
 
     accelerate launch sft_completion.py                            # built-in tiny model, example task
+    accelerate launch --config_file configs/accelerate/zero3.yaml --num_processes 8 sft_completion.py   # ZeRO-3 on 8 GPUs
     accelerate launch sft_completion.py model=Qwen/Qwen2.5-0.5B data=my_pairs.jsonl template="Q: {prompt}\\nA:"
     accelerate launch sft_completion.py --config configs/recipes/qwen2.5-0.5b-completion.yaml
-    accelerate launch --config_file configs/accelerate/cpu_ddp.yaml sft_completion.py   # two CPU processes
+    accelerate launch --config_file configs/accelerate/ddp.yaml sft_completion.py   # two CPU processes
     python sft_completion.py dry_run=true                          # preview the data, train nothing
 
 Rows are {"text"} (continued pre-training: loss on every token and the EOS that ends each document) or

@@ -11,7 +11,7 @@ import torch
 from common.distributed import is_main, wait_for_everyone
 from common.errors import UserError
 
-RUN_FILES = ("params.yaml", "data_report.json", "metrics.jsonl", "loss.png", "data_preview.jsonl", "tokenizer")
+RUN_FILES = ("params.yaml", "data_report.json", "metrics.jsonl", "loss.png", "data_preview.jsonl", "tokenizer", "datasets")
 
 
 def checkpoints(output_dir: str) -> list[str]:
@@ -24,11 +24,14 @@ def checkpoints(output_dir: str) -> list[str]:
 def start_run(params: dict, files: tuple[str, ...] = ("test_data",)) -> str | None:
     """A script's prologue: join the process group and print the real launch, check that the files named by
     `files` (PARAMS keys; "" skips one) exist, then prepare output_dir. Returns the checkpoint to resume from."""
-    from common.distributed import describe
+    from common.distributed import describe, zero_stage
 
     launch = describe()  # every rank joins the process group here
     if is_main():
         print(launch, flush=True)
+    if params.get("lora", {}).get("enabled") and zero_stage() == 3:
+        raise UserError("LoRA under ZeRO-3 is not supported yet (its adapter and merged export are unverified); "
+                        "use configs/accelerate/zero2.yaml or ddp.yaml: the frozen base fits where LoRA is used")
     for key in files:
         if params[key] and not os.path.isfile(params[key]):
             raise UserError(f"{key} file not found: {params[key]} ({key}= skips the check)")
@@ -74,6 +77,12 @@ def _truncate_metrics(output_dir: str, step: int) -> None:
             f.writelines(kept)
 
 
+def is_partitioned(trainer) -> bool:
+    """True under DeepSpeed ZeRO-3 or FSDP, where no rank holds the whole model."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return trainer.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3)
+
+
 def export_final(trainer, tokenizer, output_dir: str, eos_ids: list[int], merge_lora: bool = True, extra_files=None) -> str:
     """Write output_dir/final: a plain Hugging Face folder (merged when LoRA), written whole then renamed.
 
@@ -81,17 +90,25 @@ def export_final(trainer, tokenizer, output_dir: str, eos_ids: list[int], merge_
     """
     final, tmp = os.path.join(output_dir, "final"), os.path.join(output_dir, "final.tmp")
     model = trainer.accelerator.unwrap_model(trainer.model)
+    # Under ZeRO-3 and FSDP each rank holds a shard: gather the full weights (every rank takes part), or the
+    # saved model would be empty or a fraction of itself.
+    wrapped = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model  # the DeepSpeed engine
+    state_dict = trainer.accelerator.get_state_dict(wrapped) if is_partitioned(trainer) else None
     if hasattr(model, "merge_and_unload") and merge_lora:
         model = model.merge_and_unload()
     if trainer.args.bf16 or trainer.args.fp16:  # trained with fp32 master weights; saved as it computed
-        model = model.to(torch.bfloat16 if trainer.args.bf16 else torch.float16)
+        dtype = torch.bfloat16 if trainer.args.bf16 else torch.float16
+        if state_dict is None:
+            model = model.to(dtype)
+        else:
+            state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
     model.config.use_cache = True
     generation = model.generation_config
     generation.eos_token_id = eos_ids
     generation.pad_token_id = tokenizer.pad_token_id
     if is_main():
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         for name, content in (extra_files or {}).items():
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:

@@ -2,7 +2,11 @@
 
 import os
 
+import torch
 import torch.distributed as dist
+
+if not torch.cuda.is_available():  # DeepSpeed picks its accelerator at import; on a CPU machine it must be told
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def is_main() -> bool:
@@ -11,13 +15,41 @@ def is_main() -> bool:
 
 def describe() -> str:
     """One line on what the launch really does, printed at start (a launch that silently ran 1 process shows it)."""
-    import torch
     from accelerate import PartialState
 
     # The state is shared by the whole process: created here without cpu=True on a CPU-only machine it
     # would pin the run to one process, so ask for what the Trainer will ask for (use_cpu without a GPU).
     state = PartialState(cpu=not torch.cuda.is_available())
-    return f"distributed: {state.distributed_type.value} world_size={state.num_processes} device={state.device}"
+    # Asked for cpu=True, the state reads MULTI_CPU even where the Trainer will run DeepSpeed: name what runs.
+    stage = zero_stage()
+    kind = "DEEPSPEED" if stage is not None else state.distributed_type.value
+    line = f"distributed: {kind} world_size={state.num_processes} device={state.device}"
+    if stage is not None:
+        line += f" zero_stage={stage} ({os.environ.get('ACCELERATE_DEEPSPEED_CONFIG_FILE')})"
+    return line
+
+
+def zero_stage() -> int | None:
+    """The ZeRO stage of the DeepSpeed config accelerate launched with, or None without DeepSpeed."""
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true" or not path:
+        return None
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("zero_optimization", {}).get("stage", 0)
+
+
+def describe_sharding(model) -> str | None:
+    """Under ZeRO-3, how much of the model this rank holds (None when parameters are not partitioned)."""
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_numel")]
+    if not partitioned:
+        return None
+    held = sum(p.ds_tensor.numel() for p in partitioned)
+    total = sum(p.ds_numel for p in partitioned)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return (f"zero3: rank {rank} holds {held} of {total} parameter elements ({held / max(1, total):.0%}); "
+            f"{len(partitioned)} tensors partitioned")
 
 
 def wait_for_everyone() -> None:

@@ -65,12 +65,23 @@ def generate_answers(model, tokenizer, prompts: list, batch_size: int = 64, max_
     return answers
 
 
+def load_plain(model_dir: str):
+    """A saved model in fp32 on this process alone. After a ZeRO-3 run the Trainer's DeepSpeed config is still
+    registered, and from_pretrained would partition the model across ranks: collectives that one rank alone
+    enters never return."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+
 def exact_match(model_dir: str, data_path: str, show: int = 0, template: str | None = None) -> float:
     """Share of held-out rows whose greedy answer equals the reference (whitespace stripped)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = load_plain(model_dir)
     template = saved_template(model_dir) if template is None else template
     return exact_match_of(model, tokenizer, read_examples(data_path), show, template)
 

@@ -91,7 +91,12 @@ def cached_reference(trainer_class, cache_dir: str, tokenizer):
         reference_cache = {"hits": 0, "misses": 0}
 
         def _precompute_ref_logps(self, dataset, name, batch_size):
-            path = os.path.join(cache_dir, f"{self._reference_key(dataset)}.pt")
+            from accelerate.utils import broadcast_object_list
+
+            # Under ZeRO-3 each rank hashes its own shard of the weights: take rank 0's key, so every rank makes
+            # the same choice (a rank that alone missed would wait forever in TRL's collectives).
+            key = broadcast_object_list([self._reference_key(dataset)], from_process=0)[0]
+            path = os.path.join(cache_dir, f"{key}.pt")
             if os.path.isfile(path):
                 cached = torch.load(path)
                 type(self).reference_cache["hits"] += 1

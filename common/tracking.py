@@ -35,6 +35,17 @@ class MetricsFile(TrainerCallback):
                 f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
 
 
+class ShardingReport(TrainerCallback):
+    """Prints, from every rank when training starts, how much of the model it holds under ZeRO-3."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from common.distributed import describe_sharding
+
+        line = describe_sharding(model) if model is not None else None
+        if line:
+            print(line, flush=True)
+
+
 def read_metrics(output_dir: str) -> list[dict]:
     path = os.path.join(output_dir, "metrics.jsonl")
     if not os.path.isfile(path):

@@ -8,9 +8,9 @@ import os
 
 import torch
 
-from common.distributed import is_main
+from common.distributed import is_main, wait_for_everyone
 from common.models import resolve_dtype
-from common.tracking import MetricsFile, init_wandb, report_to
+from common.tracking import MetricsFile, ShardingReport, init_wandb, report_to
 
 
 def packed_batch_size(batch_size: int, dataset) -> int:
@@ -83,14 +83,25 @@ def sft_trainer(params: dict, model, tokenizer, train_set, eval_set, packing: bo
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
-        callbacks=[MetricsFile(params["output_dir"])],
+        callbacks=[MetricsFile(params["output_dir"]), ShardingReport()],
     )
+
+
+def shared_dataset(rows: list[dict], path: str):
+    """The rows as a dataset on disk that every rank opens. TRL caches its reference log-probs beside the
+    dataset's files, written by rank 0 and read by the others: an in-memory dataset puts them in a temporary
+    folder of each process, and rank 1 then fails to find rank 0's file."""
+    from datasets import Dataset, load_from_disk
+
+    if is_main():
+        Dataset.from_list(rows).save_to_disk(path)
+    wait_for_everyone()
+    return load_from_disk(path)
 
 
 def dpo_trainer(params: dict, model, tokenizer, train_rows: list[dict], eval_rows: list[dict], trainer_class=None):
     """TRL's DPOTrainer (or a subclass). Under LoRA the reference is the adapter-disabled model; otherwise the
     reference log-probs are computed once before training and cached on disk (common.preference)."""
-    from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     from common.errors import UserError
@@ -110,8 +121,8 @@ def dpo_trainer(params: dict, model, tokenizer, train_rows: list[dict], eval_row
     return trainer_class(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        train_dataset=shared_dataset(train_rows, os.path.join(params["output_dir"], "datasets", "train")),
+        eval_dataset=shared_dataset(eval_rows, os.path.join(params["output_dir"], "datasets", "eval")) if eval_rows else None,
         processing_class=tokenizer,
-        callbacks=[MetricsFile(params["output_dir"])],
+        callbacks=[MetricsFile(params["output_dir"]), ShardingReport()],
     )

@@ -32,6 +32,25 @@ def run_script(script, *params, env=None, timeout=600):
     return run([sys.executable, os.path.join(ROOT, script), *params], env=env, timeout=timeout)
 
 
+def run_in_process(script, *params):
+    """`python script params...` in this process: the same entry points (resolve, then main) without an
+    interpreter start, for tables of runs that stop before training. Returns a CompletedProcess."""
+    import contextlib
+    import importlib
+    import io
+
+    from common.params import resolve
+
+    module = importlib.import_module(script.removesuffix(".py"))
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            module.main(resolve(module.PARAMS, list(params)))
+        except SystemExit as e:
+            code = e.code
+    return subprocess.CompletedProcess([script, *params], code, out.getvalue(), err.getvalue())
+
+
 def write_jsonl(path, rows):
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:

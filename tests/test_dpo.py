@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from tests.conftest import (
-    ROOT, assert_one_line_exit_2, kill_and_resume, read_jsonl, run, run_script, trained_spans, write_jsonl,
+    ROOT, assert_one_line_exit_2, kill_and_resume, read_jsonl, run, run_in_process, run_script, trained_spans,
+    write_jsonl,
 )
 
 SCRIPT = "dpo.py"
@@ -172,7 +173,7 @@ BAD_INPUT = [
 def test_bad_input_is_one_line_and_exit_2(tmp_path, sft_model, args, message):
     out = tmp_path / "out"
     args = args(tmp_path) if callable(args) else args
-    result = run_script(SCRIPT, f"model={sft_model}", *args, f"output_dir={out}", *NO_EVAL, "max_steps=1",
+    result = run_in_process(SCRIPT, f"model={sft_model}", *args, f"output_dir={out}", *NO_EVAL, "max_steps=1",
                         f"ref_cache_dir={tmp_path / 'cache'}")
     assert_one_line_exit_2(result, message, out)
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from tests.conftest import (
-    ENV, FAST, ROOT, assert_one_line_exit_2, kill_and_resume, read_jsonl, run, run_script, trained_spans,
-    weights, write_jsonl,
+    ENV, FAST, ROOT, assert_one_line_exit_2, kill_and_resume, read_jsonl, run, run_in_process, run_script,
+    trained_spans, weights, write_jsonl,
 )
 
 SCRIPT = "sft_chat.py"
@@ -155,7 +155,7 @@ BAD_INPUT = [
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     out = tmp_path / "out"
     args = args(tmp_path) if callable(args) else args
-    result = run_script(SCRIPT, *args, f"output_dir={out}", *FAST)
+    result = run_in_process(SCRIPT, *args, f"output_dir={out}", *FAST)
     assert_one_line_exit_2(result, message, out)
 
 
@@ -176,7 +176,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
 
 def test_two_cpu_processes_with_the_shipped_preset(tmp_path):
     out = tmp_path / "ddp"
-    result = run(["accelerate", "launch", "--config_file", "configs/accelerate/cpu_ddp.yaml", SCRIPT, *FAST,
+    result = run(["accelerate", "launch", "--config_file", "configs/accelerate/ddp.yaml", SCRIPT, *FAST,
                   f"output_dir={out}", "test_data="])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world_size=2" in result.stdout and "world_size=1" not in result.stdout

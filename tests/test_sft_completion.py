@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tests.conftest import (
-    ENV, FAST, ROOT, assert_one_line_exit_2, kill_and_resume, read_jsonl, run, run_script, trained_spans,
-    weights, write_jsonl,
+    ENV, FAST, ROOT, assert_one_line_exit_2, kill_and_resume, read_jsonl, run, run_in_process, run_script,
+    trained_spans, weights, write_jsonl,
 )
 
 SCRIPT = "sft_completion.py"
@@ -173,7 +173,7 @@ BAD_INPUT = [
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     out = tmp_path / "out"
     args = args(tmp_path) if callable(args) else args
-    result = run_script(SCRIPT, *args, f"output_dir={out}", *FAST)
+    result = run_in_process(SCRIPT, *args, f"output_dir={out}", *FAST)
     assert_one_line_exit_2(result, message, out)
 
 

@@ -1,0 +1,123 @@
+"""Scale-out presets on CPU: the shipped configs/accelerate files themselves, two processes over gloo
+(DeepSpeed with DS_ACCELERATOR=cpu, which the scripts set when there is no GPU)."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import ENV, ROOT, read_jsonl, run, weights, write_jsonl
+
+
+def launch(preset, *args, extra=()):
+    return ["accelerate", "launch", "--config_file", f"configs/accelerate/{preset}.yaml", "--num_processes", "2",
+            *extra, *args]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    chat = write_jsonl(folder / "chat.jsonl", read_jsonl(f"{ROOT}/data/examples/chat_train.jsonl")[:64])
+    pairs = write_jsonl(folder / "pairs.jsonl", read_jsonl(f"{ROOT}/data/examples/preference_train.jsonl")[:32])
+    return {"sft_chat.py": [f"data={chat}"], "dpo.py": [f"data={pairs}", "exact_match_data="]}
+
+
+SHORT = ["max_steps=4", "save_steps=2", "logging_steps=1", "eval_fraction=0", "test_data=", "progress_bar=false",
+         "batch_size=8"]
+
+
+def descendants(pid: int) -> list[int]:
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout.split()
+    return [d for c in map(int, children) for d in (*descendants(c), c)]
+
+
+def gathered_checkpoint(folder):
+    """The full fp32 weights reassembled from a DeepSpeed checkpoint's shards."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(folder))
+
+
+@pytest.mark.parametrize("preset", ["zero2", "zero3"])
+@pytest.mark.parametrize("script", ["sft_chat.py", "dpo.py"])
+def test_zero_presets_shard_and_save_the_gathered_model(tmp_path, small, sft_model, script, preset):
+    out = tmp_path / "out"
+    model = [f"model={sft_model}", f"ref_cache_dir={tmp_path / 'cache'}"] if script == "dpo.py" else []
+    result = run(launch(preset, script, *small[script], *model, *SHORT, f"output_dir={out}"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    stage = int(preset[-1])
+    assert f"distributed: DEEPSPEED world_size=2 device=cpu:0 zero_stage={stage}" in result.stdout
+    held = {int(r): (int(h), int(t)) for r, h, t in re.findall(r"zero3: rank (\d) holds (\d+) of (\d+)", result.stdout)}
+    if stage == 3:  # each rank holds its half of every partitioned tensor, not a copy of the model
+        assert sorted(held) == [0, 1] and all(2 * h == t for h, t in held.values()), result.stdout[-2000:]
+    else:
+        assert not held
+    final = weights(out / "final")
+    gathered = gathered_checkpoint(out / "checkpoint-4")  # the last step's shards, reassembled by DeepSpeed
+    for name, tensor in final.items():
+        torch.testing.assert_close(tensor, gathered[name], atol=1e-6, rtol=0, msg=name)
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert loaded.num_parameters() == sum(t.numel() for t in final.values() if t.dim()) - (
+        final["lm_head.weight"].numel() if "lm_head.weight" in final and loaded.config.tie_word_embeddings else 0)
+
+
+def test_zero3_resume_from_a_sharded_checkpoint_matches_an_uninterrupted_run(tmp_path, small):
+    args = [*small["sft_chat.py"], "max_steps=8", "save_steps=2", "logging_steps=2", "eval_fraction=0", "test_data=",
+            "progress_bar=false", "batch_size=8"]
+    straight = tmp_path / "straight"
+    result = run(launch("zero3", "sft_chat.py", *args, f"output_dir={straight}"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(launch("zero3", "sft_chat.py", *args, f"output_dir={killed}"), cwd=ROOT, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    while not (killed / "checkpoint-4" / "trainer_state.json").exists():
+        assert proc.poll() is None, "the run ended before its checkpoint"
+        time.sleep(0.01)
+    for pid in [*descendants(proc.pid), proc.pid]:  # both ranks (torch's launcher gives them their own sessions)
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists()
+    resumed = run(launch("zero3", "sft_chat.py", *args, f"output_dir={killed}", "resume=true"))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "zero3: rank 1 holds" in resumed.stdout
+    a, b = weights(straight / "final"), weights(killed / "final")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_two_machines_simulated_on_one_train_and_save_once(tmp_path, small):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    machines = ["--num_machines", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]
+    procs = [subprocess.Popen(
+        ["accelerate", "launch", "--config_file", "configs/accelerate/multinode.yaml", "--num_processes", "2", *machines,
+         "--machine_rank", str(rank), "sft_chat.py", *small["sft_chat.py"], *SHORT, f"output_dir={out}"],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    stdout = outputs[0][0] + outputs[1][0]
+    assert "world_size=2" in outputs[0][0] and stdout.count(f"saved {out}/final") == 1
+    assert (out / "final" / "model.safetensors").exists() and not (out / "final.tmp").exists()
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl") if "loss" in m] == [1, 2, 3, 4]  # logged once
+
+
+def test_lora_under_zero3_is_refused_in_one_line_until_verified(tmp_path, small):
+    result = run(launch("zero3", "sft_chat.py", *small["sft_chat.py"], *SHORT, "lora.enabled=true", f"output_dir={tmp_path}"))
+    assert result.returncode != 0 and "error: LoRA under ZeRO-3 is not supported yet" in result.stderr
+    assert not (tmp_path / "final").exists()
+
+
+def test_deepspeed_is_imported_only_when_a_preset_uses_it():
+    code = "import sys, sft_chat, dpo, synth_data, common.training, common.checkpoint; print('deepspeed' in sys.modules)"
+    result = run([sys.executable, "-c", code])
+    assert result.returncode == 0 and result.stdout.strip().endswith("False"), result.stderr[-2000:]
