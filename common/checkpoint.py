@@ -24,14 +24,11 @@ def checkpoints(output_dir: str) -> list[str]:
 def start_run(params: dict, files: tuple[str, ...] = ("test_data",)) -> str | None:
     """A script's prologue: join the process group and print the real launch, check that the files named by
     `files` (PARAMS keys; "" skips one) exist, then prepare output_dir. Returns the checkpoint to resume from."""
-    from common.distributed import describe, zero_stage
+    from common.distributed import describe
 
     launch = describe()  # every rank joins the process group here
     if is_main():
         print(launch, flush=True)
-    if params.get("lora", {}).get("enabled") and zero_stage() == 3:
-        raise UserError("LoRA under ZeRO-3 is not supported yet (its adapter and merged export are unverified); "
-                        "use configs/accelerate/zero2.yaml or ddp.yaml: the frozen base fits where LoRA is used")
     for key in files:
         if params[key] and not os.path.isfile(params[key]):
             raise UserError(f"{key} file not found: {params[key]} ({key}= skips the check)")
@@ -83,6 +80,17 @@ def is_partitioned(trainer) -> bool:
     return trainer.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3)
 
 
+def _untied_copy(state_dict: dict) -> dict:
+    """A CPU copy of a state dict with tied weights (one tensor under two names, like lm_head and the
+    embedding) kept once, under the first name, as save_pretrained would."""
+    seen, copy = set(), {}
+    for name, tensor in state_dict.items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            copy[name] = tensor.detach().cpu().clone()
+    return copy
+
+
 def export_final(trainer, tokenizer, output_dir: str, eos_ids: list[int], merge_lora: bool = True, extra_files=None) -> str:
     """Write output_dir/final: a plain Hugging Face folder (merged when LoRA), written whole then renamed.
 
@@ -92,9 +100,19 @@ def export_final(trainer, tokenizer, output_dir: str, eos_ids: list[int], merge_
     model = trainer.accelerator.unwrap_model(trainer.model)
     # Under ZeRO-3 and FSDP each rank holds a shard: gather the full weights (every rank takes part), or the
     # saved model would be empty or a fraction of itself.
-    wrapped = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model  # the DeepSpeed engine
-    state_dict = trainer.accelerator.get_state_dict(wrapped) if is_partitioned(trainer) else None
-    if hasattr(model, "merge_and_unload") and merge_lora:
+    merge = hasattr(model, "merge_and_unload") and merge_lora
+    state_dict = None
+    if is_partitioned(trainer) and merge and trainer.is_deepspeed_enabled:
+        import deepspeed
+
+        # Merging needs whole weights: gather them on every rank, merge, and keep rank 0's copy to save.
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            model = model.merge_and_unload()
+            state_dict = _untied_copy(model.state_dict()) if is_main() else {}
+    elif is_partitioned(trainer):
+        wrapped = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model  # the DeepSpeed engine
+        state_dict = trainer.accelerator.get_state_dict(wrapped)
+    elif merge:
         model = model.merge_and_unload()
     if trainer.args.bf16 or trainer.args.fp16:  # trained with fp32 master weights; saved as it computed
         dtype = torch.bfloat16 if trainer.args.bf16 else torch.float16

@@ -111,10 +111,24 @@ def test_two_machines_simulated_on_one_train_and_save_once(tmp_path, small):
     assert [m["step"] for m in read_jsonl(out / "metrics.jsonl") if "loss" in m] == [1, 2, 3, 4]  # logged once
 
 
-def test_lora_under_zero3_is_refused_in_one_line_until_verified(tmp_path, small):
-    result = run(launch("zero3", "sft_chat.py", *small["sft_chat.py"], *SHORT, "lora.enabled=true", f"output_dir={tmp_path}"))
-    assert result.returncode != 0 and "error: LoRA under ZeRO-3 is not supported yet" in result.stderr
-    assert not (tmp_path / "final").exists()
+def test_lora_under_zero3_saves_a_complete_adapter_and_the_merged_model(tmp_path, small):
+    lora = [*small["sft_chat.py"], *SHORT, "lora.enabled=true", "lora.r=4"]
+    runs = {"ddp": ("ddp", []), "zero3": ("zero3", []), "adapter": ("zero3", ["lora.merge=false"])}
+    for name, (preset, extra) in runs.items():
+        result = run(launch(preset, "sft_chat.py", *lora, *extra, f"output_dir={tmp_path / name}"))
+        assert result.returncode == 0, result.stderr[-4000:]
+    merged, reference = weights(tmp_path / "zero3" / "final"), weights(tmp_path / "ddp" / "final")
+    assert merged.keys() == reference.keys()
+    for name in merged:  # the same training under DDP, merged on one full copy
+        torch.testing.assert_close(merged[name], reference[name], atol=1e-5, rtol=0, msg=name)
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "zero3" / "final").generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3)
+    adapter = load_file(tmp_path / "adapter" / "final" / "adapter_model.safetensors")
+    lora_b = [t for k, t in adapter.items() if "lora_B" in k]
+    assert len(lora_b) == 4 * 7 and all(t.numel() and t.abs().sum() > 0 for t in lora_b)  # every layer's, trained
+    assert all(t.numel() for t in adapter.values())  # no empty shard saved as a weight
 
 
 def test_deepspeed_is_imported_only_when_a_preset_uses_it():
