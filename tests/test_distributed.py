@@ -69,14 +69,16 @@ def test_zero_presets_shard_and_save_the_gathered_model(tmp_path, small, sft_mod
         final["lm_head.weight"].numel() if "lm_head.weight" in final and loaded.config.tie_word_embeddings else 0)
 
 
-def test_zero3_resume_from_a_sharded_checkpoint_matches_an_uninterrupted_run(tmp_path, small):
-    args = [*small["sft_chat.py"], "max_steps=8", "save_steps=2", "logging_steps=2", "eval_fraction=0", "test_data=",
+@pytest.mark.parametrize("script", ["sft_chat.py", "dpo.py"])
+def test_zero3_resume_from_a_sharded_checkpoint_matches_an_uninterrupted_run(tmp_path, small, sft_model, script):
+    model = [f"model={sft_model}", f"ref_cache_dir={tmp_path / 'cache'}"] if script == "dpo.py" else []
+    args = [*small[script], *model, "max_steps=8", "save_steps=2", "logging_steps=2", "eval_fraction=0", "test_data=",
             "progress_bar=false", "batch_size=8"]
     straight = tmp_path / "straight"
-    result = run(launch("zero3", "sft_chat.py", *args, f"output_dir={straight}"))
+    result = run(launch("zero3", script, *args, f"output_dir={straight}"))
     assert result.returncode == 0, result.stderr[-4000:]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(launch("zero3", "sft_chat.py", *args, f"output_dir={killed}"), cwd=ROOT, env=ENV,
+    proc = subprocess.Popen(launch("zero3", script, *args, f"output_dir={killed}"), cwd=ROOT, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     while not (killed / "checkpoint-4" / "trainer_state.json").exists():
         assert proc.poll() is None, "the run ended before its checkpoint"
@@ -85,7 +87,7 @@ def test_zero3_resume_from_a_sharded_checkpoint_matches_an_uninterrupted_run(tmp
         os.kill(pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "final").exists()
-    resumed = run(launch("zero3", "sft_chat.py", *args, f"output_dir={killed}", "resume=true"))
+    resumed = run(launch("zero3", script, *args, f"output_dir={killed}", "resume=true"))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "zero3: rank 1 holds" in resumed.stdout
     a, b = weights(straight / "final"), weights(killed / "final")
