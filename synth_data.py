@@ -173,7 +173,8 @@ def main(params: dict) -> None:
             if last != "clean":
                 os.replace(os.path.join(out, f"{last}.jsonl"), os.path.join(out, f"{last}.raw.jsonl"))
             by_tokens = params["clean"]["min_tokens"] or params["clean"]["max_tokens"]
-            tokenizer = getattr(backend, "tokenizer", None) or (load_tokenizer(params["model"]) if by_tokens else None)
+            tokenizer = getattr(backend, "tokenizer", None) or (
+                load_tokenizer(params["model"], params["trust_remote_code"]) if by_tokens else None)
             rows = clean_once(rows, params, report, tokenizer)
             write_rows(os.path.join(out, f"{last}.jsonl"), [r.data for r in rows])
         written = len(rows)
