@@ -20,7 +20,7 @@ a killed run started again re-sends no finished request, and output files are wr
 
 import os
 
-from common.cleaning import CLEAN_DEFAULTS, clean_once
+from common.cleaning import CLEAN_DEFAULTS, clean_once, scrub_rows
 from common.data import DataReport, Row, check_rows, load_sources, write_rows
 from common.errors import UserError, exit_on_user_error
 from common.generation import Request, Tally, generate, make_backend, sampling_of
@@ -114,6 +114,7 @@ def main(params: dict) -> None:
     generating = stages != ["clean"]
     problem = prompt_problem if generating else (lambda r: None if isinstance(r, dict) else "row must be a JSON object")
     rows = check_rows(load_sources(params["data"], report, seed=params["seed"]), problem, params["on_bad_rows"], report)
+    rows = scrub_rows(rows, params["clean"], report)  # before any row is sent or written
     backend = make_backend(params) if generating else None
     cache = RequestCache(os.path.join(out, "requests.sqlite"))
     sampling = sampling_of(params)

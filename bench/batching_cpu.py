@@ -6,8 +6,9 @@
 
 Each strategy trains the same model from the same initialisation on the same rows with TRL's
 SFTTrainer and sft_chat.py's optimiser settings; the script prints wall seconds of training, the
-padding share and, with --exact_match, held-out exact match. This is the measurement behind
-`packing="auto"` (padded random batches on CPU; packing on GPU).
+padding share and, with --exact_match, held-out exact match. "packed" is what sft_chat.py does:
+rows packed in random order, each document attending to itself only (common/attention.py).
+bench/sft_vs_trl.py compares the whole script with plain TRL.
 """
 
 import argparse
@@ -21,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from common.attention import use_varlen_attention  # noqa: E402
 from common.batching import build_dataset  # noqa: E402
 from common.chat_format import prepare_tokenizer, tokenize_chat  # noqa: E402
 from common.data import DataReport  # noqa: E402
@@ -50,6 +52,8 @@ def run(strategy: str, chats, max_length: int, batch_size: int, epochs: float, e
     dataset = build_dataset(examples, max_length, packing, 0, DataReport(), "train")
     model = load_model("builtin:tiny", "float32", seed=0)
     resize_embeddings(model, tokenizer, new_ids)
+    if packing:
+        use_varlen_attention(model)
     args = SFTConfig(output_dir="/tmp/bench_batching", per_device_train_batch_size=batch_size, num_train_epochs=epochs,
                      learning_rate=6e-3, adam_beta2=0.95, warmup_steps=0.05, lr_scheduler_type="cosine", seed=42,
                      use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1000,

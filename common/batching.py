@@ -7,20 +7,19 @@ previews is exactly what training receives, and every truncated or dropped row i
 import json
 import os
 
-import torch
-
 from common.data import DataReport
 
 
 def choose_packing(packing) -> bool:
-    """"auto": pack on GPU (varlen attention makes it pay); on CPU, padded batches in random order.
+    """"auto": packed, on CPU and GPU, now that each document's attention runs at its own size.
 
-    On two CPU cores TRL's packing ran 2x slower than padded batches (KNOWN_TRAPS.md): sdpa with a packed
-    row's block-diagonal mask computes full-size attention in the math kernel. Length-grouped batches cut
-    padding but make each batch one kind of row; on the example task they trained to 16% exact match
-    where random batches reached 99.5% (README, "Batching").
+    With transformers' sdpa a packed step ran 2x slower than padded batches on two CPU cores
+    (KNOWN_TRAPS.md): the block-diagonal mask makes attention full-size over the whole step. With
+    common.attention's per-document sdpa, packing is the fastest choice measured (BENCHMARKS.md).
+    Length-grouped batches would also cut padding but make each batch one kind of row; on the example
+    task they trained to 16% exact match where random batches reached 99.5%.
     """
-    return torch.cuda.is_available() if packing == "auto" else bool(packing)
+    return True if packing == "auto" else bool(packing)
 
 
 def build_dataset(examples, max_length: int, packing: bool, seed: int, report: DataReport, split: str,
@@ -61,33 +60,50 @@ def build_dataset(examples, max_length: int, packing: bool, seed: int, report: D
     return dataset
 
 
-def pack_in_random_order(rows: list[dict], max_length: int, seed: int, open_rows: int = 8) -> list[dict]:
+def pack_in_random_order(rows: list[dict], max_length: int, seed: int, window: int = 128,
+                         open_rows: int = 32) -> list[dict]:
     """Examples packed into rows of at most max_length tokens, each row a random mix of examples.
 
-    TRL's best-fit-decreasing packing sorts by length, so a row holds examples of one length, and on the
-    example task one kind of request: a GPU run reached 42% exact match with it against 99.5% with padded
-    batches, the same failure as length-grouped batches. Here examples are shuffled and each goes to the
-    first of a few open rows with room (the fullest is closed when too many are open); fill stays near
-    BFD's for short examples. `seq_lengths` gives TRL's collator the document boundaries.
+    TRL's best-fit-decreasing packing sorts the whole set by length, so a row holds examples of one length,
+    and on the example task one kind of request: a GPU run reached 42% exact match with it against 99.5%
+    with padded batches, the same failure as length-grouped batches. Here the examples are shuffled and
+    placed best-fit, a window at a time: the window's long examples (over a quarter of a row) first,
+    longest first, then its short ones in random order, into up to `open_rows` open rows. At the end the
+    part-filled open rows are packed again the same way. Rows of short examples are thus random; on the
+    long-tailed bench data rows are 98.5% full, where first-fit in random order filled 93%
+    (bench/sft_vs_trl.py). `seq_lengths` gives TRL's collator the document boundaries.
     """
     import random
 
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
+    size = [len(row["input_ids"]) for row in rows]
+
+    def window_order(indices):
+        long = sorted((i for i in indices if size[i] > max_length // 4), key=lambda i: -size[i])
+        return long + [i for i in indices if size[i] <= max_length // 4]
+
+    def place(indices, packed, pending, limit):
+        for i in indices:
+            fits = [p for p in pending if p["length"] + size[i] <= max_length]
+            target = max(fits, key=lambda p: p["length"]) if fits else None
+            if target is None:
+                if limit and len(pending) == limit:
+                    pending.sort(key=lambda p: p["length"])
+                    packed.append(pending.pop())
+                target = {"length": 0, "members": []}
+                pending.append(target)
+            target["length"] += size[i]
+            target["members"].append(i)
+
     packed, pending = [], []
-    for i in order:
-        row, size = rows[i], len(rows[i]["input_ids"])
-        target = next((p for p in pending if len(p["input_ids"]) + size <= max_length), None)
-        if target is None:
-            if len(pending) == open_rows:
-                pending.sort(key=lambda p: len(p["input_ids"]))
-                packed.append(pending.pop())
-            target = {"input_ids": [], "labels": [], "seq_lengths": []}
-            pending.append(target)
-        target["input_ids"] += row["input_ids"]
-        target["labels"] += row["labels"]
-        target["seq_lengths"].append(size)
-    return packed + pending
+    for start in range(0, len(order), window):
+        place(window_order(order[start:start + window]), packed, pending, open_rows)
+    leftover, pending = [i for p in pending for i in p["members"]], []
+    place(window_order(leftover), packed, pending, None)
+    return [{"input_ids": sum((rows[i]["input_ids"] for i in p["members"]), []),
+             "labels": sum((rows[i]["labels"] for i in p["members"]), []),
+             "seq_lengths": [size[i] for i in p["members"]]} for p in packed + pending]
 
 
 def collator(tokenizer, packing: bool):

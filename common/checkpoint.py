@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import sys
 
 import torch
 
@@ -19,6 +20,56 @@ def checkpoints(output_dir: str) -> list[str]:
     found = [p for p in glob.glob(os.path.join(output_dir, "checkpoint-*")) if re.search(r"checkpoint-\d+$", p)]
     complete = [p for p in found if os.path.isfile(os.path.join(p, "trainer_state.json"))]
     return sorted(complete, key=lambda p: int(p.rsplit("-", 1)[1]))
+
+
+def unusable(checkpoint: str) -> str | None:
+    """Why a checkpoint that looks complete cannot be resumed from (a torn or truncated file), or None.
+
+    Reads headers and directories only, not the tensors: trainer_state.json must parse, each safetensors
+    file must be as long as its header says, and each torch file (optimizer, scheduler, rng state, DeepSpeed
+    shards) must be a zip archive whose directory, stored at its end, is intact.
+    """
+    import struct
+    import zipfile
+
+    try:
+        with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
+            json.load(f)
+    except (OSError, ValueError) as e:
+        return f"trainer_state.json: {e}"
+    for path in sorted(glob.glob(os.path.join(checkpoint, "**", "*"), recursive=True)):
+        name = os.path.relpath(path, checkpoint)
+        try:
+            if path.endswith(".safetensors"):
+                with open(path, "rb") as f:
+                    (header_size,) = struct.unpack("<Q", f.read(8))
+                    header = json.loads(f.read(header_size))
+                end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+                if os.path.getsize(path) != 8 + header_size + end:
+                    return f"{name} is {os.path.getsize(path)} bytes, its header says {8 + header_size + end}"
+            elif path.endswith((".pt", ".pth", ".bin")):
+                zipfile.ZipFile(path).close()
+        except (OSError, ValueError, struct.error, zipfile.BadZipFile) as e:
+            return f"{name}: {e}"
+    return None
+
+
+def resume_point(output_dir: str) -> str | None:
+    """The newest checkpoint that is whole. Broken newer ones are renamed unusable-checkpoint-N, with a
+    warning: kept for a look, and out of the way of the Trainer, which deletes old checkpoint-* folders."""
+    found = checkpoints(output_dir)
+    while found and is_main():
+        problem = unusable(found[-1])
+        if problem is None:
+            break
+        bad = found.pop()
+        name = os.path.basename(bad)
+        os.replace(bad, os.path.join(output_dir, f"unusable-{name}"))
+        print(f"warning: {name} is unusable ({problem}); set aside as unusable-{name}, "
+              f"resuming from {os.path.basename(found[-1]) if found else 'the start'}", file=sys.stderr, flush=True)
+    wait_for_everyone()
+    found = checkpoints(output_dir)
+    return found[-1] if found else None
 
 
 def start_run(params: dict, files: tuple[str, ...] = ("test_data",)) -> str | None:
@@ -40,7 +91,8 @@ def prepare_output_dir(output_dir: str, resume: bool, overwrite: bool) -> str | 
     final = os.path.join(output_dir, "final")
     if overwrite:
         if is_main():
-            for name in (*RUN_FILES, "final", "final.tmp", *map(os.path.basename, glob.glob(f"{output_dir}/checkpoint-*"))):
+            for name in (*RUN_FILES, "final", "final.tmp", *map(os.path.basename, glob.glob(f"{output_dir}/checkpoint-*")),
+                         *map(os.path.basename, glob.glob(f"{output_dir}/unusable-checkpoint-*"))):
                 path = os.path.join(output_dir, name)
                 if os.path.isdir(path):
                     shutil.rmtree(path)
@@ -50,18 +102,15 @@ def prepare_output_dir(output_dir: str, resume: bool, overwrite: bool) -> str | 
         return None
     if os.path.isdir(final):
         raise UserError(f"{output_dir} holds a finished run (final/); set overwrite=true or choose another output_dir")
-    found = checkpoints(output_dir)
-    if found and not resume:
+    if checkpoints(output_dir) and not resume:
         raise UserError(
             f"{output_dir} has checkpoints of an unfinished run; set resume=true to continue it or overwrite=true"
         )
-    if not found:
-        return None
-    step = int(found[-1].rsplit("-", 1)[1])
+    point = resume_point(output_dir)
     if is_main():
-        _truncate_metrics(output_dir, step)
+        _truncate_metrics(output_dir, int(point.rsplit("-", 1)[1]) if point else 0)
     wait_for_everyone()
-    return found[-1]
+    return point
 
 
 def _truncate_metrics(output_dir: str, step: int) -> None:
@@ -69,7 +118,10 @@ def _truncate_metrics(output_dir: str, step: int) -> None:
     path = os.path.join(output_dir, "metrics.jsonl")
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+            lines = [line for line in f if line.strip()]
+        if lines and not lines[-1].endswith("\n"):  # a line torn by a kill
+            lines.pop()
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(kept)
 

@@ -4,6 +4,7 @@ One `clean` dict in PARAMS drives it for every schema (chat, completion, prefere
 what it removed and why into the DataReport. Rows keep their order; of duplicates, the first is kept.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -161,6 +162,17 @@ def cleaning_table(counts: dict, dropped: dict, reused: str | None) -> str:
     for reason, n in [*removed, ("texts with PII scrubbed (kept)", counts.get("pii_texts_scrubbed", 0))]:
         lines.append(f"  {reason:<48} {n:>7}")
     return "\n".join(lines)
+
+
+def scrub_rows(rows: list[Row], settings: dict, report: DataReport) -> list[Row]:
+    """Every text of every row with PII and keys replaced (clean.pii), before the rows go anywhere: synth_data
+    sends its seed rows to an endpoint that may be a hosted API, and copies prompts into its outputs."""
+    if not (settings["enabled"] and settings["pii"]):
+        return rows
+    scrubbed = [dataclasses.replace(row, data=_rewrite(row.data, scrub)) for row in rows]
+    report.counts["input_texts_scrubbed"] = sum(a[1] != b[1] for row, new in zip(rows, scrubbed)
+                                                for a, b in zip(fields(row.data), fields(new.data)))
+    return scrubbed
 
 
 def clean_rows(rows: list[Row], settings: dict, report: DataReport, eval_inputs: dict | None = None,

@@ -50,6 +50,8 @@ def load_sources(sources, report: DataReport, key: str = "data", seed: int = 0, 
         raise UserError(f"{key} is empty: name at least one data file")
     loaded, weights = [], []
     for source in sources:
+        if not isinstance(source, (str, dict)):
+            raise UserError(f"{key}: a source is a path or a mapping like {{path: ..., weight: ...}}, got {source!r}")
         spec = {"path": source} if isinstance(source, str) else dict(source)
         unknown = set(spec) - {"path", "split", "fields", "weight"}
         if unknown or not isinstance(spec.get("path"), str):

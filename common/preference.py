@@ -98,7 +98,7 @@ def cached_reference(trainer_class, cache_dir: str, tokenizer):
             key = broadcast_object_list([self._reference_key(dataset)], from_process=0)[0]
             path = os.path.join(cache_dir, f"{key}.pt")
             if os.path.isfile(path):
-                cached = torch.load(path)
+                cached = torch.load(path, weights_only=True)
                 type(self).reference_cache["hits"] += 1
                 if is_main():
                     print(f"reference log-probs for {name}: read from {path}", flush=True)

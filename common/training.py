@@ -8,7 +8,9 @@ import os
 
 import torch
 
+from common.attention import use_varlen_attention
 from common.distributed import is_main, wait_for_everyone
+from common.errors import RunStopped
 from common.models import resolve_dtype
 from common.tracking import MetricsFile, ShardingReport, init_wandb, report_to
 
@@ -61,6 +63,30 @@ def trainer_args(params: dict, has_eval: bool, batch_size: int | None = None) ->
     )
 
 
+def stop_on_non_finite_loss(trainer_class):
+    """trainer_class whose every micro-step checks its loss across ranks: a NaN or infinite loss stops the run
+    with one line naming the step, before the next save, so the checkpoints on disk stay the last good ones.
+    (Without DeepSpeed the bad step's update is not applied either: the optimizer steps after training_step.)"""
+
+    class Guarded(trainer_class):
+        def training_step(self, model, inputs, *args, **kwargs):
+            loss = super().training_step(model, inputs, *args, **kwargs)
+            bad = (~torch.isfinite(loss.detach())).float()
+            if self.accelerator.num_processes > 1:
+                bad = self.accelerator.reduce(bad, reduction="sum")
+            if bad.item():
+                from common.checkpoint import checkpoints
+
+                last = checkpoints(self.args.output_dir)
+                raise RunStopped(f"the loss is {loss.item()} at step {self.state.global_step + 1}; stopped before saving it, "
+                                 f"last good checkpoint: {os.path.basename(last[-1]) if last else 'none'} "
+                                 "(lower learning_rate or check the data, then resume=true)")
+            return loss
+
+    Guarded.__name__ = Guarded.__qualname__ = trainer_class.__name__
+    return Guarded
+
+
 def _start_wandb(params: dict, args) -> None:
     if "wandb" in args.report_to and is_main():
         init_wandb(params, args.run_name)
@@ -71,13 +97,15 @@ def sft_trainer(params: dict, model, tokenizer, train_set, eval_set, packing: bo
     from trl import SFTConfig, SFTTrainer
 
     batch_size = packed_batch_size(params["batch_size"], train_set) if packing else params["batch_size"]
+    if packing:
+        use_varlen_attention(model)
     if is_main() and packing:
-        print(f"packing: {batch_size} packed rows per device step, about batch_size={params['batch_size']} examples",
-              flush=True)
+        print(f"packing: {batch_size} packed rows per device step, about batch_size={params['batch_size']} examples, "
+              f"attention {model.config._attn_implementation}", flush=True)
     args = SFTConfig(**trainer_args(params, eval_set is not None, batch_size), packing=packing, padding_free=packing,
                      dataset_kwargs={"skip_prepare_dataset": True})
     _start_wandb(params, args)
-    return (trainer_class or SFTTrainer)(
+    return stop_on_non_finite_loss(trainer_class or SFTTrainer)(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -115,7 +143,7 @@ def dpo_trainer(params: dict, model, tokenizer, train_rows: list[dict], eval_row
     except ValueError as e:
         raise UserError(f"DPO settings: {str(e).splitlines()[0]}") from None
     _start_wandb(params, args)
-    trainer_class = trainer_class or DPOTrainer
+    trainer_class = stop_on_non_finite_loss(trainer_class or DPOTrainer)
     if not lora:
         trainer_class = cached_reference(trainer_class, params["ref_cache_dir"], tokenizer)
     return trainer_class(

@@ -1,9 +1,9 @@
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -51,6 +51,56 @@ def run_in_process(script, *params):
     return subprocess.CompletedProcess([script, *params], code, out.getvalue(), err.getvalue())
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OpenAIStub(BaseHTTPRequestHandler):
+    """An OpenAI-style chat endpoint whose answer depends only on the request (its last message and seed), so
+    reruns get the same rows; it records each request's Authorization header."""
+
+    seen_keys: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self._send({"object": "list", "data": []})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).seen_keys.append(self.headers.get("Authorization", ""))
+        text = f"answer {body.get('seed', 0) % 1000} to {body['messages'][-1]['content'][:40]}"
+        self._send({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+
+    def _send(self, payload):
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture()
+def openai_stub():
+    """(the handler class, whose seen_keys lists every request's Authorization header; the base_url)."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    handler = type("Handler", (OpenAIStub,), {"seen_keys": []})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield handler, f"http://127.0.0.1:{httpd.server_port}/v1"
+    httpd.shutdown()
+
+
 def write_jsonl(path, rows):
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
@@ -89,42 +139,6 @@ def weights(folder):
     from safetensors.torch import load_file
 
     return load_file(os.path.join(folder, "model.safetensors"))
-
-
-def kill_and_resume(tmp_path, script, data_file, *extra):
-    """SIGKILL a run after its second checkpoint, resume it, and compare with a run that was never stopped.
-
-    100 rows in batches of 8: 13 steps an epoch, so the kill and the resume fall in a later epoch.
-    """
-    import torch
-
-    with open(os.path.join(ROOT, data_file)) as f:
-        data = write_jsonl(tmp_path / "small.jsonl", [line.strip() for line in f][:100])
-    settings = [f"data={data}", "max_steps=24", "save_steps=8", "logging_steps=4", "eval_fraction=0",
-                "test_data=", "progress_bar=false", "batch_size=8", *extra]
-    straight = tmp_path / "straight"
-    assert run_script(script, *settings, f"output_dir={straight}").returncode == 0
-
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, script, *settings, f"output_dir={killed}"], cwd=ROOT, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoint-16" / "trainer_state.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "final").exists()
-    again = run_script(script, *settings, f"output_dir={killed}")
-    assert again.returncode == 2 and "resume=true" in again.stderr  # refuses to silently start over
-    resumed = run_script(script, *settings, f"output_dir={killed}", "resume=true")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, b = weights(straight / "final"), weights(killed / "final")
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0, msg=name)
-    steps = [m["step"] for m in read_jsonl(killed / "metrics.jsonl") if "loss" in m]
-    assert steps == [4, 8, 12, 16, 20, 24]  # no step logged twice
 
 
 @pytest.fixture(scope="session")

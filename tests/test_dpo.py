@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import (
-    ROOT, assert_one_line_exit_2, kill_and_resume, read_jsonl, run, run_in_process, run_script, trained_spans,
+    ROOT, read_jsonl, run, run_script, trained_spans,
     write_jsonl,
 )
 
@@ -145,39 +145,6 @@ def test_preview_tokens_are_what_the_trainer_prepares(sft_model):
         assert {k: row[k] for k in ours} == ours
 
 
-def _rows(name, *rows):
-    return lambda p: [f"data={write_jsonl(p / name, [PAIR, *rows])}"]
-
-
-BAD_INPUT = [
-    ("missing chosen", _rows("c.jsonl", {"prompt": "p", "rejected": "r"}), "c.jsonl:2: row has no 'chosen' field"),
-    ("missing rejected", _rows("r.jsonl", {"prompt": "p", "chosen": "c"}), "r.jsonl:2: row has no 'rejected' field"),
-    ("identical", _rows("i.jsonl", {"prompt": "p", "chosen": "same", "rejected": " same"}), "i.jsonl:2: 'chosen' and 'rejected' are identical"),
-    ("empty chosen", _rows("e.jsonl", {"prompt": "p", "chosen": "", "rejected": "r"}), "e.jsonl:2: 'chosen' is empty"),
-    ("empty rejected message", _rows("m.jsonl", {"prompt": "p", "chosen": "c", "rejected": [{"role": "assistant", "content": " "}]}),
-     "m.jsonl:2: 'rejected' is empty"),
-    ("mixed forms", _rows("x.jsonl", {"prompt": "p", "chosen": "c", "rejected": [{"role": "assistant", "content": "r"}]}),
-     "x.jsonl:2: 'chosen' and 'rejected' must both be strings or both be message lists"),
-    ("non-string", _rows("n.jsonl", {"prompt": "p", "chosen": 3, "rejected": "r"}), "n.jsonl:2: 'chosen' must be a string or a list of messages"),
-    ("prompt ends with assistant", _rows("a.jsonl", {"prompt": [{"role": "assistant", "content": "x"}], "chosen": "c", "rejected": "r"}),
-     "a.jsonl:2: the prompt's last message must be from the user"),
-    ("malformed line", _rows("l.jsonl", '{"prompt": "p", "chosen": "c"'), "l.jsonl:2: malformed JSON"),
-    ("unknown loss", ["loss_type=[sigmoid,sigmoidd]"], "loss_type='sigmoidd' is not one of 'sigmoid'"),
-    ("smoothing out of range", ["label_smoothing=0.5"], "label_smoothing=0.5 must be in [0, 0.5)"),
-    ("repeated-line share above 1", ["clean.max_repeated_lines=2"], "clean.max_repeated_lines=2.0 must be in [0, 1]"),
-    ("missing eval set", ["clean.eval_sets=[/nonexistent/bench.jsonl]"], "clean.eval_sets: data file not found"),
-]
-
-
-@pytest.mark.parametrize("args, message", [case[1:] for case in BAD_INPUT], ids=[case[0] for case in BAD_INPUT])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, sft_model, args, message):
-    out = tmp_path / "out"
-    args = args(tmp_path) if callable(args) else args
-    result = run_in_process(SCRIPT, f"model={sft_model}", *args, f"output_dir={out}", *NO_EVAL, "max_steps=1",
-                        f"ref_cache_dir={tmp_path / 'cache'}")
-    assert_one_line_exit_2(result, message, out)
-
-
 def test_missing_sft_output_says_what_to_run(tmp_path):
     # From a folder with no outputs/sft_chat/final, the default model is missing.
     result = run([sys.executable, os.path.join(ROOT, SCRIPT), *NO_EVAL], cwd=tmp_path)
@@ -185,12 +152,6 @@ def test_missing_sft_output_says_what_to_run(tmp_path):
     assert "error: model folder not found: outputs/sft_chat/final (run `accelerate launch sft_chat.py` first" in result.stderr
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path, sft_model):
-    kill_and_resume(tmp_path, SCRIPT, "data/examples/preference_train.jsonl", f"model={sft_model}",
-                    "exact_match_data=", f"ref_cache_dir={tmp_path / 'cache'}")
-
-
-@pytest.mark.slow
 def test_default_chain_improves_preferences_and_keeps_exact_match(default_sft_chat, tmp_path):
     """`accelerate launch dpo.py` on the default sft_chat.py output: preference accuracy > 0.9 after,
     exact match at most 2 points below the SFT model's."""

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import (
-    ENV, FAST, ROOT, assert_one_line_exit_2, kill_and_resume, read_jsonl, run, run_in_process, run_script,
+    ENV, FAST, ROOT, read_jsonl, run, run_script,
     trained_spans, weights, write_jsonl,
 )
 
@@ -122,43 +122,6 @@ def test_default_run_reaches_90_percent_and_plain_transformers_agrees(default_sf
     assert elapsed < 240, f"default run took {elapsed:.0f}s"
 
 
-def _good(tmp_path):
-    return write_jsonl(tmp_path / "good.jsonl", TRICKY)
-
-
-BAD_INPUT = [
-    # (id, extra args or callable(tmp_path) -> args, expected message)
-    ("unknown key", ["learnig_rate=1e-3"], "unknown PARAMS key 'learnig_rate'; did you mean learning_rate"),
-    ("wrong type", ["batch_size=many"], "batch_size must be int"),
-    ("bad choice", ["chat_format=chatml"], "chat_format='chatml' is not one of"),
-    ("missing data file", ["data=/nonexistent/train.jsonl"], "data file not found"),
-    ("malformed json", lambda p: [f"data={write_jsonl(p / 'm.jsonl', [TRICKY[1], '{oops'])}"], "m.jsonl:2: malformed JSON"),
-    ("no messages", lambda p: [f"data={write_jsonl(p / 'n.jsonl', [TRICKY[1], {'text': 'x'}])}"],
-     "n.jsonl:2: row has no 'messages' field"),
-    ("unknown role", lambda p: [f"data={write_jsonl(p / 'r.jsonl', [{'messages': [{'role': 'bot', 'content': 'x'}]}])}"],
-     "r.jsonl:1: messages[0] has unknown role 'bot'"),
-    ("non-string content", lambda p: [f"data={write_jsonl(p / 'c.jsonl', [{'messages': [{'role': 'user', 'content': ['x']}, {'role': 'assistant', 'content': 'y'}]}])}"],
-     "c.jsonl:1: messages[0] content must be a string"),
-    ("no assistant turn", lambda p: [f"data={write_jsonl(p / 'a.jsonl', [TRICKY[1], {'messages': [{'role': 'user', 'content': 'x'}]}])}"],
-     "a.jsonl:2: conversation has no assistant turn"),
-    ("missing model folder", lambda p: [f"data={_good(p)}", "model=./no/such/model"], "model folder not found: ./no/such/model"),
-    ("missing eval file", lambda p: [f"data={_good(p)}", "eval_data=/nonexistent/eval.jsonl"], "data file not found"),
-    ("missing test file", ["test_data=/nonexistent/test.jsonl"], "test_data file not found"),
-    ("everything truncated", lambda p: [f"data={_good(p)}", "max_length=8"], "no training rows left"),
-    ("unknown cleaning step", ["clean.dedup=true"], "unknown PARAMS key 'clean.dedup'; did you mean clean."),
-    ("threshold above 1", ["clean.threshold=1.5"], "clean.threshold=1.5 must be in [0, 1]"),
-    ("missing eval set", ["clean.eval_sets=[/nonexistent/bench.jsonl]"], "clean.eval_sets: data file not found"),
-]
-
-
-@pytest.mark.parametrize("args, message", [case[1:] for case in BAD_INPUT], ids=[case[0] for case in BAD_INPUT])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-    out = tmp_path / "out"
-    args = args(tmp_path) if callable(args) else args
-    result = run_in_process(SCRIPT, *args, f"output_dir={out}", *FAST)
-    assert_one_line_exit_2(result, message, out)
-
-
 def test_finished_output_dir_is_not_overwritten_unless_asked(tmp_path):
     out = tmp_path / "out"
     (out / "final").mkdir(parents=True)
@@ -168,10 +131,6 @@ def test_finished_output_dir_is_not_overwritten_unless_asked(tmp_path):
     assert (out / "final" / "marker").read_text() == "keep"
     result = run_script(SCRIPT, f"output_dir={out}", "dry_run=true", "overwrite=true")
     assert result.returncode == 0 and not (out / "final").exists()
-
-
-def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    kill_and_resume(tmp_path, SCRIPT, "data/examples/chat_train.jsonl")
 
 
 def test_two_cpu_processes_with_the_shipped_preset(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import (
-    ENV, FAST, ROOT, assert_one_line_exit_2, kill_and_resume, read_jsonl, run, run_in_process, run_script,
+    ENV, FAST, ROOT, read_jsonl, run, run_script,
     trained_spans, weights, write_jsonl,
 )
 
@@ -147,36 +147,6 @@ def test_default_run_reaches_90_percent_and_plain_transformers_agrees(tmp_path):
     assert elapsed < 300, f"default run took {elapsed:.0f}s"
 
 
-def _rows(name, *rows):
-    return lambda p: [f"data={write_jsonl(p / name, [PAIRS[0], *rows])}"]
-
-
-BAD_INPUT = [
-    # (id, extra args or callable(tmp_path) -> args, expected message); the bad row is line 2
-    ("both forms", _rows("b.jsonl", {"text": "x", "prompt": "p", "completion": "c"}), "b.jsonl:2: row has both 'text'"),
-    ("neither form", _rows("n.jsonl", {"input": "p", "output": "c"}), "n.jsonl:2: row has neither 'text' nor"),
-    ("empty completion", _rows("e.jsonl", {"prompt": "p", "completion": ""}), "e.jsonl:2: 'completion' is empty"),
-    ("no completion", _rows("c.jsonl", {"prompt": "p"}), "c.jsonl:2: row has no 'completion' field"),
-    ("non-string prompt", _rows("s.jsonl", {"prompt": ["p"], "completion": "c"}), "s.jsonl:2: 'prompt' must be a string"),
-    ("non-string text", _rows("t.jsonl", {"text": 5}), "t.jsonl:2: 'text' must be a string, got int"),
-    ("malformed line", _rows("m.jsonl", '{"prompt": "p", "completion": '), "m.jsonl:2: malformed JSON"),
-    ("not an object", _rows("o.jsonl", '["p", "c"]'), "o.jsonl:2: row must be a JSON object"),
-    ("bad template", ["template=Q: {question}"], "template: not a str.format pattern with only {prompt}"),
-    ("template without prompt", ["template=Answer:"], "template: must contain {prompt}"),
-    ("unknown key", ["chat_format=native"], "unknown PARAMS key 'chat_format'"),
-    ("threshold below 0", ["clean.threshold=-0.1"], "clean.threshold=-0.1 must be in [0, 1]"),
-    ("missing eval set", ["clean.eval_sets=nope/bench.jsonl"], "clean.eval_sets: data file not found"),
-]
-
-
-@pytest.mark.parametrize("args, message", [case[1:] for case in BAD_INPUT], ids=[case[0] for case in BAD_INPUT])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-    out = tmp_path / "out"
-    args = args(tmp_path) if callable(args) else args
-    result = run_in_process(SCRIPT, *args, f"output_dir={out}", *FAST)
-    assert_one_line_exit_2(result, message, out)
-
-
 def test_bad_rows_can_be_skipped_and_counted(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", [*PAIRS, {"prompt": "p", "completion": ""}, {"text": 5}])
     out = tmp_path / "out"
@@ -185,7 +155,3 @@ def test_bad_rows_can_be_skipped_and_counted(tmp_path):
     report = json.loads((out / "data_report.json").read_text())
     assert report["train_rows"] == 2
     assert report["dropped"] == {"bad row: 'completion' is empty": 1, "bad row: 'text' must be a string, got int": 1}
-
-
-def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    kill_and_resume(tmp_path, SCRIPT, "data/examples/completion_train.jsonl")

@@ -15,16 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.conftest import ENV, ROOT, assert_one_line_exit_2, read_jsonl, run, run_script, write_jsonl
+from tests.conftest import ENV, ROOT, assert_one_line_exit_2, free_port, read_jsonl, run, run_script, write_jsonl
 
 SCRIPT = "synth_data.py"
 QUIET = ["progress_bar=false", "test_data="]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -245,41 +239,6 @@ def test_clean_stage_alone(tmp_path):
                         f"clean.cache_dir={tmp_path / 'cache'}", *QUIET)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(read_jsonl(out / "clean.jsonl")) == 67 and "cleaning: 81 rows in, 67 kept" in result.stdout
-
-
-BAD_SETTINGS = [
-    ("unknown stage", ["stages=[answers]"], "stages='answers' is not one of"),
-    ("stages out of order", ["stages=[clean,responses]"], "must be a non-empty subset of"),
-    ("unknown backend", ["backend=tgi"], "backend='tgi' is not one of 'hf', 'vllm', 'openai'"),
-    ("missing model", ["model=./no/such/model"], "model folder not found: ./no/such/model"),
-    ("missing API key", ["backend=openai", "base_url=https://api.example.com/v1", "model=m"],
-     "needs an API key in the environment variable OPENAI_API_KEY"),
-    ("unreachable endpoint", lambda p: ["backend=openai", f"base_url=http://127.0.0.1:{free_port()}/v1", "model=m"],
-     "cannot reach the endpoint http://127.0.0.1:"),
-    ("missing verifier", ["verifier=nowhere/verify.py:check"], "verifier: file not found: nowhere/verify.py"),
-    ("judge without model", ["judge=llm"], "judge=llm needs judge_model"),
-    ("similarity out of range", ["max_similarity=1.5"], "max_similarity=1.5 must be in (0, 1]"),
-    ("row without a prompt", lambda p: [f"data={write_jsonl(p / 'x.jsonl', [{'text': 'hi'}])}"],
-     "x.jsonl:1: row has neither 'messages' nor 'prompt'"),
-]
-
-
-@pytest.mark.parametrize("args, message", [c[1:] for c in BAD_SETTINGS], ids=[c[0] for c in BAD_SETTINGS])
-def test_bad_settings_are_one_line_and_exit_2(tmp_path, monkeypatch, capfd, sft_model, args, message):
-    """In-process (the same entry points as `python synth_data.py`), so the table costs no interpreter starts."""
-    import synth_data
-    from common.params import resolve
-
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("OPENAI_API_KEY", "")
-    args = args(tmp_path) if callable(args) else args
-    out = tmp_path / "out"
-    model = [] if any(a.startswith("model=") for a in args) else [f"model={sft_model}"]
-    with pytest.raises(SystemExit) as exit_:
-        synth_data.main(resolve(synth_data.PARAMS, [*model, *args, f"output_dir={out}", *QUIET]))
-    result = subprocess.CompletedProcess([], exit_.value.code, *capfd.readouterr())
-    assert_one_line_exit_2(result, message, out)
-    assert not (out / "preferences.jsonl").exists() and not (out / "responses.jsonl").exists()
 
 
 def test_missing_sft_output_says_what_to_run(tmp_path):

@@ -1,0 +1,98 @@
+"""sft_chat.py's defaults against a plain TRL SFTTrainer script with TRL's defaults, side by side.
+
+    python bench/sft_vs_trl.py                  # 3.9M-parameter Llama, 400 long-tailed chats, 3 runs of each
+    python bench/sft_vs_trl.py --variants trl,trl_no_checkpointing,ours
+    python bench/sft_vs_trl.py --tiny           # the smoke test's setting: seconds, not minutes
+
+Same model (same initial weights), same rows, max_length=1024, one epoch, fp32 on CPU for both. The plain
+script is what a TRL user writes: SFTConfig with only those settings and `report_to="none"`, so TRL's
+defaults hold (batch 8, padded batches in random order, activation checkpointing, loss on every token).
+sft_chat.py runs with its PARAMS defaults, except that it keeps every row for training (`eval_fraction=0`)
+and skips the exact-match test (`test_data=`), which are not part of an epoch. Variants run alternately,
+each in a fresh process; the figures are medians with the range over the runs.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import workload  # noqa: E402
+
+VARIANTS = ("trl", "trl_no_checkpointing", "ours")
+
+
+def run_trl(args, data: str, model_dir: str, checkpointing: bool) -> None:
+    import torch
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = SFTConfig(output_dir=os.path.join(args.workdir, "trl"), max_length=args.max_length, num_train_epochs=1,
+                       use_cpu=not torch.cuda.is_available(), bf16=False, report_to="none",
+                       activation_checkpointing=checkpointing)
+    trainer = workload.measured(SFTTrainer)(model=model, args=config, processing_class=tokenizer,
+                                            train_dataset=load_dataset("json", data_files=data, split="train"))
+    trainer.train()
+
+
+def run_ours(args, data: str, model_dir: str) -> None:
+    import sft_chat
+    from common.params import resolve
+
+    params = resolve(sft_chat.PARAMS, [f"model={model_dir}", f"data=[{data}]", f"max_length={args.max_length}",
+                                       "num_epochs=1", "eval_fraction=0", "test_data=", "overwrite=true",
+                                       "progress_bar=false", f"output_dir={os.path.join(args.workdir, 'ours')}",
+                                       f"clean.cache_dir={os.path.join(args.workdir, 'clean_cache')}",
+                                       *args.ours.split()])
+    sft_chat.main(params, trainer_class=workload.measured(__import__("trl").SFTTrainer))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--variants", default="trl,ours")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=400)
+    parser.add_argument("--median", type=int, default=300, help="median row length in tokens")
+    parser.add_argument("--max_length", type=int, default=1024)
+    parser.add_argument("--shape", default="4m", choices=workload.SHAPES)
+    parser.add_argument("--tiny", action="store_true", help="16 rows, a 60k-parameter model, one run each")
+    parser.add_argument("--ours", default="", help="PARAMS overrides for sft_chat.py, e.g. 'grad_accum=1'")
+    parser.add_argument("--workdir", default="outputs/bench/sft")
+    parser.add_argument("--run", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.tiny:
+        args.rows, args.median, args.max_length, args.shape, args.repeats = 16, 40, 128, "tiny", 1
+    data, model_dir = os.path.join(args.workdir, "chats.jsonl"), os.path.join(args.workdir, "model")
+
+    if args.run:
+        workload.import_libraries("sft_chat")
+        started = time.perf_counter()
+        if args.run == "ours":
+            run_ours(args, data, model_dir)
+        else:
+            run_trl(args, data, model_dir, checkpointing=args.run == "trl")
+        return workload.finish(args.run, args.out, started, args.rows)
+
+    os.makedirs(args.workdir, exist_ok=True)
+    workload.write_jsonl(data, workload.chat_rows(args.rows, args.median, args.max_length - 24))
+    workload.build_model(model_dir, args.shape, args.max_length)
+    peak = workload.matmul_peak_gflops()
+    extra = ["--rows", str(args.rows), "--max_length", str(args.max_length), "--ours", args.ours]
+    results = workload.alternate(os.path.abspath(__file__), args.variants.split(","), args.repeats, args.workdir,
+                                 os.path.join(args.workdir, "results.jsonl"), extra)
+    peak = max(peak, workload.matmul_peak_gflops())
+    params = workload.model_parameters(model_dir)
+    table = workload.summarise(results, params, peak, baseline=args.variants.split(",")[0])
+    workload.print_table(table, f"sft: {args.rows} chats (median {args.median} tokens), {params / 1e6:.1f}M-parameter "
+                                f"Llama, max_length={args.max_length}; fp32 matmul peak {peak:.0f} GFLOP/s "
+                                f"({os.cpu_count()} cores); {args.repeats} runs each, alternating")
+
+
+if __name__ == "__main__":
+    main()
