@@ -3,7 +3,7 @@ result equals an uninterrupted run and that no half-written file ever looked fin
 
 The faults come from tests/faults/sitecustomize.py (FAULT=...). `python -m pytest -m faults` runs the whole
 table; the default test command runs the cases marked `ci` (one of each kind of fault), because the whole
-table takes about TOTAL minutes on two cores. README "What happens when things go wrong" has the results table.
+table takes about 5 minutes on two cores. README "What happens when things go wrong" has the results table.
 """
 
 import glob
