@@ -114,6 +114,8 @@ def test_default_run_reaches_90_percent_and_plain_transformers_agrees(default_sf
     """The README's main command on the embedded default, then the model checked by plain transformers."""
     final, result, elapsed = default_sft_chat_run
     assert result.returncode == 0, result.stderr[-3000:]
+    # accelerate launch sets OMP_NUM_THREADS=1 on CPU; the script takes every core it may use back
+    assert f"threads={len(os.sched_getaffinity(0))}" in result.stdout
     accuracy = float(re.search(r"held-out exact match: ([\d.]+)%", result.stdout).group(1)) / 100
     assert accuracy >= 0.90, result.stdout[-2000:]
     checked = plain_eval(final, "data/examples/chat_test.jsonl")
@@ -139,6 +141,7 @@ def test_two_cpu_processes_with_the_shipped_preset(tmp_path):
                   f"output_dir={out}", "test_data="])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world_size=2" in result.stdout and "world_size=1" not in result.stdout
+    assert f"threads={max(1, len(os.sched_getaffinity(0)) // 2)}" in result.stdout  # each process its share
     assert (out / "final" / "model.safetensors").exists()
 
 
