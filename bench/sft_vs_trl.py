@@ -12,10 +12,8 @@ and skips the exact-match test (`test_data=`), which are not part of an epoch. V
 each in a fresh process; the figures are medians with the range over the runs.
 """
 
-import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,46 +50,15 @@ def run_ours(args, data: str, model_dir: str) -> None:
     sft_chat.main(params, trainer_class=workload.measured(__import__("trl").SFTTrainer))
 
 
+def run(args, data: str, model_dir: str) -> None:
+    if args.run == "ours":
+        run_ours(args, data, model_dir)
+    else:
+        run_trl(args, data, model_dir, checkpointing=args.run == "trl")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--variants", default="trl,ours")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--rows", type=int, default=400)
-    parser.add_argument("--median", type=int, default=300, help="median row length in tokens")
-    parser.add_argument("--max_length", type=int, default=1024)
-    parser.add_argument("--shape", default="4m", choices=workload.SHAPES)
-    parser.add_argument("--tiny", action="store_true", help="16 rows, a 60k-parameter model, one run each")
-    parser.add_argument("--ours", default="", help="PARAMS overrides for sft_chat.py, e.g. 'grad_accum=1'")
-    parser.add_argument("--workdir", default="outputs/bench/sft")
-    parser.add_argument("--run", choices=VARIANTS, help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.tiny:
-        args.rows, args.median, args.max_length, args.shape, args.repeats = 16, 40, 128, "tiny", 1
-    data, model_dir = os.path.join(args.workdir, "chats.jsonl"), os.path.join(args.workdir, "model")
-
-    if args.run:
-        workload.import_libraries("sft_chat")
-        started = time.perf_counter()
-        if args.run == "ours":
-            run_ours(args, data, model_dir)
-        else:
-            run_trl(args, data, model_dir, checkpointing=args.run == "trl")
-        return workload.finish(args.run, args.out, started, args.rows)
-
-    os.makedirs(args.workdir, exist_ok=True)
-    workload.write_jsonl(data, workload.chat_rows(args.rows, args.median, args.max_length - 24))
-    workload.build_model(model_dir, args.shape, args.max_length)
-    peak = workload.matmul_peak_gflops()
-    extra = ["--rows", str(args.rows), "--max_length", str(args.max_length), "--ours", args.ours]
-    results = workload.alternate(os.path.abspath(__file__), args.variants.split(","), args.repeats, args.workdir,
-                                 os.path.join(args.workdir, "results.jsonl"), extra)
-    peak = max(peak, workload.matmul_peak_gflops())
-    params = workload.model_parameters(model_dir)
-    table = workload.summarise(results, params, peak, baseline=args.variants.split(",")[0])
-    workload.print_table(table, f"sft: {args.rows} chats (median {args.median} tokens), {params / 1e6:.1f}M-parameter "
-                                f"Llama, max_length={args.max_length}; fp32 matmul peak {peak:.0f} GFLOP/s "
-                                f"({os.cpu_count()} cores); {args.repeats} runs each, alternating")
+    workload.side_by_side(__file__, VARIANTS, "sft_chat", 400, "sft", workload.chat_rows, run)
 
 
 if __name__ == "__main__":

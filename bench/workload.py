@@ -5,6 +5,7 @@ Each variant runs in its own process (so peak RSS is its own) and writes one JSO
 `summarise` turns them into the figures in BENCHMARKS.md.
 """
 
+import argparse
 import json
 import os
 import random
@@ -245,3 +246,45 @@ def model_parameters(folder: str) -> int:
 
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
     return sum(p.numel() for p in model.parameters())
+
+
+def side_by_side(script: str, variants: tuple, ours: str, rows: int, kind: str, make_rows, run) -> None:
+    """The command line both side-by-side benchmarks share. As the parent: write the rows and the model, measure
+    the matmul peak, run the variants alternately in fresh processes, print the table. As a child (--run):
+    run(args, data, model_dir) trains one variant and its counts are appended to --out."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--variants", default="trl,ours")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=rows)
+    parser.add_argument("--median", type=int, default=300, help="median length in tokens (a pair: prompt + one answer)")
+    parser.add_argument("--max_length", type=int, default=1024)
+    parser.add_argument("--shape", default="4m", choices=SHAPES)
+    parser.add_argument("--tiny", action="store_true", help="16 rows, a 60k-parameter model, one run each")
+    parser.add_argument("--ours", default="", help=f"PARAMS overrides for {ours}.py, e.g. 'grad_accum=1'")
+    parser.add_argument("--workdir", default=f"outputs/bench/{kind}")
+    parser.add_argument("--run", choices=variants, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.tiny:
+        args.rows, args.median, args.max_length, args.shape, args.repeats = 16, 40, 128, "tiny", 1
+    data, model_dir = os.path.join(args.workdir, "rows.jsonl"), os.path.join(args.workdir, "model")
+
+    if args.run:
+        import_libraries(ours)
+        started = time.perf_counter()
+        run(args, data, model_dir)
+        return finish(args.run, args.out, started, args.rows)
+
+    os.makedirs(args.workdir, exist_ok=True)
+    write_jsonl(data, make_rows(args.rows, args.median, args.max_length - 24))
+    build_model(model_dir, args.shape, args.max_length)
+    peak = matmul_peak_gflops()
+    extra = ["--rows", str(args.rows), "--max_length", str(args.max_length), "--ours", args.ours]
+    results = alternate(os.path.abspath(script), args.variants.split(","), args.repeats, args.workdir,
+                        os.path.join(args.workdir, "results.jsonl"), extra)
+    peak = max(peak, matmul_peak_gflops())
+    params = model_parameters(model_dir)
+    print_table(summarise(results, params, peak, baseline=args.variants.split(",")[0]),
+                f"{kind}: {args.rows} rows (median {args.median} tokens), {params / 1e6:.1f}M-parameter Llama, "
+                f"max_length={args.max_length}; fp32 matmul peak {peak:.0f} GFLOP/s ({os.cpu_count()} cores); "
+                f"{args.repeats} runs each, alternating")

@@ -23,27 +23,14 @@ FAULTS_PATH = os.path.join(ROOT, "tests", "faults")
 DATA = {"sft_chat.py": "data/examples/chat_train.jsonl", "sft_completion.py": "data/examples/completion_train.jsonl",
         "dpo.py": "data/examples/preference_train.jsonl"}
 
-# (script, fault, what it simulates); `ci` marks the cases the default test command runs.
-ci = pytest.mark.ci
-TRAINING_FAULTS = [
-    pytest.param("sft_chat.py", "prepare", id="sft_chat: during data preparation"),
-    pytest.param("sft_chat.py", "replace:*clean_cache*", id="sft_chat: writing the cleaning cache"),
-    pytest.param("sft_chat.py", "step:5", id="sft_chat: between checkpoints", marks=ci),
-    pytest.param("sft_chat.py", "save", id="sft_chat: during a checkpoint save"),
-    pytest.param("sft_chat.py", "state:6", id="sft_chat: torn trainer_state.json", marks=ci),
-    pytest.param("sft_chat.py", "replace:*/final", id="sft_chat: during the final export"),
-    pytest.param("sft_completion.py", "prepare", id="sft_completion: during data preparation"),
-    pytest.param("sft_completion.py", "step:5", id="sft_completion: between checkpoints"),
-    pytest.param("sft_completion.py", "save", id="sft_completion: during a checkpoint save"),
-    pytest.param("sft_completion.py", "state:6", id="sft_completion: torn trainer_state.json"),
-    pytest.param("sft_completion.py", "replace:*/final", id="sft_completion: during the final export"),
-    pytest.param("dpo.py", "prepare", id="dpo: during data preparation"),
-    pytest.param("dpo.py", "replace:*ref_cache*", id="dpo: writing the reference cache"),
-    pytest.param("dpo.py", "step:5", id="dpo: between checkpoints"),
-    pytest.param("dpo.py", "save", id="dpo: during a checkpoint save"),
-    pytest.param("dpo.py", "state:6", id="dpo: torn trainer_state.json"),
-    pytest.param("dpo.py", "replace:*/final", id="dpo: during the final export"),
-]
+ci = pytest.mark.ci  # the cases the default test command runs
+FAULTS = [("prepare", "during data preparation"), ("step:5", "between checkpoints"), ("save", "during a checkpoint save"),
+          ("state:6", "torn trainer_state.json"), ("replace:*/final", "during the final export")]
+CACHE_FAULTS = {"sft_chat.py": [("replace:*clean_cache*", "writing the cleaning cache")],
+                "dpo.py": [("replace:*ref_cache*", "writing the reference cache")]}
+IN_CI = {("sft_chat.py", "step:5"), ("sft_chat.py", "state:6")}
+TRAINING_FAULTS = [pytest.param(script, fault, id=f"{script.removesuffix('.py')}: {what}", marks=[ci] if (script, fault) in IN_CI else [])
+                   for script in DATA for fault, what in [*FAULTS, *CACHE_FAULTS.get(script, [])]]
 
 
 def settings(script, out, sft_model):
