@@ -91,8 +91,8 @@ def prepare_output_dir(output_dir: str, resume: bool, overwrite: bool) -> str | 
     final = os.path.join(output_dir, "final")
     if overwrite:
         if is_main():
-            for name in (*RUN_FILES, "final", "final.tmp", *map(os.path.basename, glob.glob(f"{output_dir}/checkpoint-*")),
-                         *map(os.path.basename, glob.glob(f"{output_dir}/unusable-checkpoint-*"))):
+            folders = glob.glob(f"{output_dir}/checkpoint-*") + glob.glob(f"{output_dir}/unusable-checkpoint-*")
+            for name in (*RUN_FILES, "final", "final.tmp", *map(os.path.basename, folders)):
                 path = os.path.join(output_dir, name)
                 if os.path.isdir(path):
                     shutil.rmtree(path)

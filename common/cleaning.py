@@ -94,6 +94,12 @@ def scrub(text: str) -> str:
     return text
 
 
+def _scrubbed(data: dict) -> tuple[dict, int]:
+    """The row with PII scrubbed, and how many of its texts changed."""
+    scrubbed = _rewrite(data, scrub)
+    return scrubbed, sum(a[1] != b[1] for a, b in zip(fields(data), fields(scrubbed)))
+
+
 def _words(text: str) -> list[str]:
     return re.findall(r"\w+", text.lower())
 
@@ -169,10 +175,9 @@ def scrub_rows(rows: list[Row], settings: dict, report: DataReport) -> list[Row]
     sends its seed rows to an endpoint that may be a hosted API, and copies prompts into its outputs."""
     if not (settings["enabled"] and settings["pii"]):
         return rows
-    scrubbed = [dataclasses.replace(row, data=_rewrite(row.data, scrub)) for row in rows]
-    report.counts["input_texts_scrubbed"] = sum(a[1] != b[1] for row, new in zip(rows, scrubbed)
-                                                for a, b in zip(fields(row.data), fields(new.data)))
-    return scrubbed
+    results = [_scrubbed(row.data) for row in rows]
+    report.counts["input_texts_scrubbed"] = sum(changed for _, changed in results)
+    return [dataclasses.replace(row, data=data) for row, (data, _) in zip(rows, results)]
 
 
 def clean_rows(rows: list[Row], settings: dict, report: DataReport, eval_inputs: dict | None = None,
@@ -188,10 +193,8 @@ def clean_rows(rows: list[Row], settings: dict, report: DataReport, eval_inputs:
     for row in rows:
         data = _rewrite(row.data, normalize) if settings["normalize"] else row.data
         if settings["pii"]:
-            scrubbed = _rewrite(data, scrub)
-            changed = sum(a[1] != b[1] for a, b in zip(fields(data), fields(scrubbed)))
+            data, changed = _scrubbed(data)
             counts["pii_texts_scrubbed"] = counts.get("pii_texts_scrubbed", 0) + changed
-            data = scrubbed
         prompt_only = "messages" in row.data and not any(m["role"] == "assistant" for m in row.data["messages"])
         reason = _row_problem(data, settings, prompt_only, tokenizer)
         if reason:

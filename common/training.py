@@ -9,6 +9,7 @@ import os
 import torch
 
 from common.attention import use_varlen_attention
+from common.checkpoint import checkpoints
 from common.distributed import is_main, wait_for_everyone
 from common.errors import RunStopped
 from common.models import resolve_dtype
@@ -75,8 +76,6 @@ def stop_on_non_finite_loss(trainer_class):
             if self.accelerator.num_processes > 1:
                 bad = self.accelerator.reduce(bad, reduction="sum")
             if bad.item():
-                from common.checkpoint import checkpoints
-
                 last = checkpoints(self.args.output_dir)
                 raise RunStopped(f"the loss is {loss.item()} at step {self.state.global_step + 1}; stopped before saving it, "
                                  f"last good checkpoint: {os.path.basename(last[-1]) if last else 'none'} "
