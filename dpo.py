@@ -17,6 +17,7 @@ rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins), loss.png
 import json
 import os
 
+from common.chat_templates import chat_spec, use_training_template
 from common.checkpoint import export_final, start_run
 from common.cleaning import CLEAN_DEFAULTS
 from common.data import DataReport, train_and_eval_rows
@@ -24,13 +25,15 @@ from common.distributed import is_main, shutdown
 from common.errors import UserError, exit_on_user_error
 from common.models import apply_lora, load_model, load_tokenizer
 from common.params import resolve, save_params
-from common.preference import as_chat, check_plain_rows, preference_row_problem, write_preference_preview
+from common.preference import as_chat, check_plain_rows, preference_examples, preference_row_problem, write_preference_preview
 from common.tracking import plot_loss
 from common.training import dpo_trainer
 
 PARAMS = dict(
     model="outputs/sft_chat/final",  # the default sft_chat.py run's output; or any hub id or local folder
     data=["data/examples/preference_train.jsonl"],  # {"prompt", "chosen", "rejected"} rows
+    chat_template="",  # a Jinja file to render the pairs with instead of the model's template (README "Native chat templates")
+    reasoning="keep",  # or "drop": remove reasoning_content / leading <think> blocks from chosen and rejected
     eval_data=[],  # held-out rows for eval loss and rewards; when empty, eval_fraction of data is held out
     eval_fraction=0.05,
     test_data="data/examples/preference_test.jsonl",  # preference accuracy before and after ("" to skip)
@@ -78,7 +81,7 @@ PARAMS = dict(
 )
 
 
-def held_out(model, tokenizer, params: dict, stage: str, margins_before=None) -> list[float]:
+def held_out(model, tokenizer, chat, params: dict, stage: str, margins_before=None) -> list[float]:
     """Print held-out preference accuracy (the model gives chosen a higher log-probability than rejected),
     reward accuracy after training (that margin grew), and exact match; returns the margins."""
     import torch
@@ -91,8 +94,8 @@ def held_out(model, tokenizer, params: dict, stage: str, margins_before=None) ->
     margins = []
     if params["test_data"]:
         with open(params["test_data"], encoding="utf-8") as f:
-            rows = [as_chat(json.loads(line), bool(tokenizer.chat_template)) for line in f if line.strip()]
-        margins = preference_margins(model, tokenizer, rows)
+            rows = [as_chat(json.loads(line), chat is not None) for line in f if line.strip()]
+        margins = preference_margins(model, tokenizer, rows, chat)
         line = f"{stage}: held-out preference accuracy {sum(m > 0 for m in margins) / len(margins):.1%}"
         if margins_before:
             grew = sum(a > b for a, b in zip(margins, margins_before)) / len(margins)
@@ -112,14 +115,20 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
                         "or set model=)")
     resume_from = start_run(params, ("test_data", "exact_match_data"))
 
-    # Data: read and check the pairs; the chat template and special tokens come from the model's saved tokenizer
+    # Data: read and check the pairs, then render each whole with the model's chat template (the training variant
+    # sft_chat.py would use), so the scored tokens are exactly each answer and its end-of-turn token
     report = DataReport()
     tokenizer = load_tokenizer(params["model"], params["trust_remote_code"])
-    chat = bool(tokenizer.chat_template)
+    chat = None
+    if tokenizer.chat_template or params["chat_template"]:
+        chat = chat_spec(tokenizer, use_training_template(tokenizer, params["chat_template"]), params["reasoning"])
+        report.counts["chat_template"] = chat.source
     train_rows, eval_rows = train_and_eval_rows(params, preference_row_problem, report, tokenizer, row_hook)
-    check_plain_rows(train_rows + eval_rows, chat)
-    train = [as_chat(row.data, chat) for row in train_rows]
-    evals = [as_chat(row.data, chat) for row in eval_rows]
+    check_plain_rows(train_rows + eval_rows, chat is not None)
+    train = preference_examples(tokenizer, train_rows, chat, params, report)
+    evals = preference_examples(tokenizer, eval_rows, chat, params, report)
+    if not train:
+        raise UserError("no training pairs left after checks (see data_report.json)")
     report.counts.update(train_pairs=len(train), eval_pairs=len(evals))
     if is_main():
         save_params(params, out)
@@ -135,7 +144,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     lora = params["lora"]["enabled"]
     model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"], frozen=lora)
     eos_ids = model.generation_config.eos_token_id
-    before = held_out(model, tokenizer, params, "before") if is_main() and not resume_from else None
+    before = held_out(model, tokenizer, chat, params, "before") if is_main() and not resume_from else None
     if lora:
         model = apply_lora(model, params["lora"], [])
 
@@ -149,7 +158,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
         print(f"saved {final}")
         from common.evaluate import load_plain
 
-        held_out(load_plain(final), tokenizer, params, "after", before)
+        held_out(load_plain(final), tokenizer, chat, params, "after", before)
     shutdown()
 
 

@@ -13,7 +13,8 @@ Hugging Face folder whose generation_config stops at the end-of-turn token).
 """
 
 from common.batching import build_dataset, choose_packing, dry_run
-from common.chat_format import end_of_turn_ids, prepare_tokenizer, tokenize_chat, validate_messages
+from common.chat_format import end_of_turn_ids, prepare_tokenizer, validate_messages
+from common.chat_masks import chat_examples
 from common.checkpoint import export_final, start_run
 from common.cleaning import CLEAN_DEFAULTS
 from common.data import DataReport, train_and_eval_rows
@@ -27,7 +28,9 @@ from common.training import sft_trainer
 
 PARAMS = dict(
     model="builtin:tiny",  # a hub id, a local folder, or builtin:tiny (random init, tokenizer in common/)
-    chat_format="special_tokens",  # or "native": keep an instruct model's own chat template
+    chat_format="special_tokens",  # or "native": the model's own chat template (README "Native chat templates")
+    chat_template="",  # native: a Jinja file to use instead of the model's template (e.g. with {% generation %} markers)
+    reasoning="keep",  # or "drop": remove reasoning_content / leading <think> blocks from every assistant turn
     data=["data/examples/chat_train.jsonl"],  # {"messages": [{"role", "content"}]} rows; ShareGPT is mapped
     eval_data=[],  # held-out rows for eval loss; when empty, eval_fraction of data is held out
     eval_fraction=0.05,
@@ -81,15 +84,19 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     out = params["output_dir"]
     resume_from = start_run(params)
 
-    # Data: read, check, split, tokenize with the chat template (loss masks come from its generation markers)
+    # Data: read, check, split, tokenize with the chat template (loss masks come from its generation markers, or
+    # from prefix rendering verified on every row; common/chat_templates.py says which)
     report = DataReport()
     tokenizer = load_tokenizer(params["model"], params["trust_remote_code"])
-    new_token_ids = prepare_tokenizer(tokenizer, params["chat_format"])
+    chat = prepare_tokenizer(tokenizer, params["chat_format"], params["chat_template"], params["reasoning"])
+    report.counts["chat_template"] = chat.source
+    if is_main():
+        print(f"chat template: {chat.source}", flush=True)
     train_rows, eval_rows = train_and_eval_rows(params, chat_row_problem, report, tokenizer, row_hook)
     packing = choose_packing(params["packing"])
 
     def dataset(rows, split):
-        examples = (tokenize_chat(tokenizer, row.data["messages"], params["loss_on"]) for row in rows)
+        examples = chat_examples(tokenizer, rows, chat, params["loss_on"], params["on_bad_rows"], report)
         return build_dataset(examples, params["max_length"], packing, params["seed"], report, split, params["batch_size"])
 
     train_set = dataset(train_rows, "train")
@@ -107,14 +114,14 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     # Model: new chat tokens get embedding rows at the mean of the old ones; LoRA trains those rows too
     lora = params["lora"]["enabled"]  # LoRA keeps the frozen base in bf16; trained weights stay fp32
     model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"], frozen=lora)
-    resize_embeddings(model, tokenizer, new_token_ids)
+    resize_embeddings(model, tokenizer, chat.new_token_ids)
     if lora:
-        model = apply_lora(model, params["lora"], new_token_ids)
+        model = apply_lora(model, params["lora"], chat.new_token_ids)
 
     trainer = sft_trainer(params, model, tokenizer, train_set, eval_set, packing, trainer_class)
     trainer.train(resume_from_checkpoint=resume_from)
 
-    final = export_final(trainer, tokenizer, out, end_of_turn_ids(tokenizer, params["chat_format"]), params["lora"]["merge"])
+    final = export_final(trainer, tokenizer, out, end_of_turn_ids(tokenizer, params["chat_format"], chat), params["lora"]["merge"])
     if is_main():
         plot_loss(out)
         print(f"saved {final}")

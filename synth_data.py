@@ -25,6 +25,7 @@ from common.data import DataReport, Row, check_rows, load_sources, write_rows
 from common.errors import UserError, exit_on_user_error
 from common.generation import Request, Tally, generate, make_backend, sampling_of
 from common.models import load_tokenizer
+from common.reasoning import strip_reasoning
 from common.params import CHOICES, resolve, save_params
 from common.request_cache import RequestCache
 from common.synthesis import (best_and_worst, judge_rubric_reply, last_request, load_function, magpie_prefix, novel,
@@ -54,6 +55,7 @@ PARAMS = dict(
     examples_per_prompt=3,  # self_instruct: seed requests shown per prompt
     max_similarity=0.7,  # instructions: estimated Jaccard (word 1-2-grams) to every kept request must stay below this
     judge="verifier",  # verifier, llm or reward_model
+    keep_reasoning=False,  # the judge sees answers without a leading <think> block unless true
     verifier="data/examples/verify.py:verify",  # fn(row, answer) -> bool or number
     judge_model="",  # llm: a model on the same backend; reward_model: an AutoModelForSequenceClassification
     rubric="Rate from 1 to 10 how well the answer serves the request. Reply with the number only.\n"
@@ -85,7 +87,10 @@ def check(params: dict) -> list[str]:
 
 
 def score(params: dict, backend, prompts: list, answers: list[list[str]], rows: list[Row], gen) -> list[list[float]]:
-    """The judge's score of every answer of every prompt."""
+    """The judge's score of every answer of every prompt (of the answer alone, without its reasoning, unless
+    keep_reasoning=true)."""
+    if not params["keep_reasoning"]:
+        answers = [[strip_reasoning(a) for a in row_answers] for row_answers in answers]
     if params["judge"] == "verifier":
         verify = load_function(params["verifier"], "verifier")
         try:

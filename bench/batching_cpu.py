@@ -24,7 +24,8 @@ import torch  # noqa: E402
 
 from common.attention import use_varlen_attention  # noqa: E402
 from common.batching import build_dataset  # noqa: E402
-from common.chat_format import prepare_tokenizer, tokenize_chat  # noqa: E402
+from common.chat_format import prepare_tokenizer  # noqa: E402
+from common.chat_masks import tokenize_chat  # noqa: E402
 from common.data import DataReport  # noqa: E402
 from common.evaluate import generate_answers, is_exact_match, read_examples  # noqa: E402
 from common.models import load_model, load_tokenizer, resize_embeddings  # noqa: E402
@@ -46,7 +47,7 @@ def run(strategy: str, chats, max_length: int, batch_size: int, epochs: float, e
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = load_tokenizer("builtin:tiny")
-    new_ids = prepare_tokenizer(tokenizer, "special_tokens")
+    new_ids = prepare_tokenizer(tokenizer, "special_tokens").new_token_ids
     packing = strategy == "packed"
     examples = [tokenize_chat(tokenizer, c) for c in chats]
     dataset = build_dataset(examples, max_length, packing, 0, DataReport(), "train")

@@ -31,17 +31,22 @@ def build_dataset(examples, max_length: int, packing: bool, seed: int, report: D
     """
     from datasets import Dataset
 
-    rows, truncated, no_target = [], 0, 0
+    rows, truncated, no_target, cut_off = [], 0, 0, 0
     for input_ids, labels in examples:
-        if len(input_ids) > max_length:
-            truncated += 1
-            input_ids, labels = input_ids[:max_length], labels[:max_length]
         if all(label == -100 for label in labels[1:]):  # the first label is never a target after the shift
             no_target += 1
             continue
+        if len(input_ids) > max_length:
+            truncated += 1
+            input_ids, labels = input_ids[:max_length], labels[:max_length]
+            if all(label == -100 for label in labels[1:]):
+                cut_off += 1
+                continue
         rows.append({"input_ids": input_ids, "labels": labels})
     if no_target:
-        report.drop(f"{split}: no trained token after truncation to max_length={max_length}", no_target)
+        report.drop(f"{split}: no trained token in the row", no_target)
+    if cut_off:
+        report.drop(f"{split}: no trained token after truncation to max_length={max_length}", cut_off)
     report.counts[f"{split}_rows"] = len(rows)
     report.counts[f"{split}_truncated"] = truncated
     report.counts[f"{split}_tokens"] = sum(len(r["input_ids"]) for r in rows)

@@ -1,18 +1,28 @@
-"""Chat format: the special tokens, the chat template, embedding resize, and loss masks for chat rows."""
+"""Chat format: the tokenizer's chat tokens and template (special tokens, or a native template), and row checks.
+
+Masks are in common.chat_masks, native template choice in common.chat_templates, reasoning in common.reasoning.
+"""
 
 from common.errors import UserError
+from common.chat_templates import ChatSpec, chat_spec, use_training_template
 from common.models import add_pad_token
+from common.reasoning import reasoning_problem
 
 ROLE_TOKENS = {"system": "<system>", "user": "<user>", "assistant": "<assistant>"}
 END_OF_TURN = "<eot>"
 # End-of-turn tokens of common instruct models, for chat_format="native".
 NATIVE_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 
-# `{% generation %}` marks what the loss is taken on: assistant content plus its end-of-turn token.
+# `{% generation %}` marks what the loss is taken on: assistant reasoning (as a <think> block), content and the
+# end-of-turn token, on every assistant turn, so a conversation renders the same at inference as in training.
 TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'assistant' -%}"
-    "<assistant>{% generation %}{{ message['content'] }}<eot>{% endgeneration %}"
+    "<assistant>{% generation %}"
+    "{%- if message['reasoning_content'] is string and message['reasoning_content'] -%}"
+    "<think>{{ message['reasoning_content'] }}</think>"
+    "{%- endif -%}"
+    "{{ message['content'] }}<eot>{% endgeneration %}"
     "{%- else -%}"
     "<{{ message['role'] }}>{{ message['content'] }}<eot>"
     "{%- endif -%}"
@@ -21,28 +31,39 @@ TEMPLATE = (
 )
 
 
-def prepare_tokenizer(tokenizer, chat_format: str) -> list[int]:
-    """Give the tokenizer its chat tokens, a dedicated pad token (never eos) and its chat template.
-
-    Returns the ids of the tokens it added, whose embedding rows must be initialised and trained.
-    """
+def prepare_tokenizer(tokenizer, chat_format: str, chat_template: str = "", reasoning: str = "keep") -> ChatSpec:
+    """Give the tokenizer its chat template (ours with chat tokens, or the native one a run trains with), and a
+    dedicated pad token (never eos). The spec's new_token_ids are the added tokens, whose embedding rows must be
+    initialised and trained."""
     before = len(tokenizer)
     if chat_format == "special_tokens":
+        if chat_template:
+            raise UserError("chat_template applies to chat_format=native; special_tokens uses its own template")
         tokenizer.add_special_tokens(
             {"additional_special_tokens": [*ROLE_TOKENS.values(), END_OF_TURN]}, replace_extra_special_tokens=False
         )
         tokenizer.chat_template = TEMPLATE
-    elif not tokenizer.chat_template:
-        raise UserError("chat_format=native needs a model whose tokenizer has a chat template; use special_tokens")
-    add_pad_token(tokenizer, end_of_turn_ids(tokenizer, chat_format))
-    return list(range(before, len(tokenizer)))
+        source = "special tokens, generation markers"
+    else:
+        source = use_training_template(tokenizer, chat_template)
+    spec = chat_spec(tokenizer, source, reasoning)
+    add_pad_token(tokenizer, end_of_turn_ids(tokenizer, chat_format, spec))
+    spec.new_token_ids = list(range(before, len(tokenizer)))
+    return spec
 
 
-def end_of_turn_ids(tokenizer, chat_format: str) -> list[int]:
-    """Token ids that end an assistant turn: generation stops at any of them."""
+def end_of_turn_ids(tokenizer, chat_format: str, spec: ChatSpec | None = None) -> list[int]:
+    """Token ids that end an assistant turn: generation stops at any of them. For a native template, the token
+    its assistant turns end on (found by rendering one) joins the usual ones."""
+    from common.chat_masks import trained_stop_token
+
     names = [END_OF_TURN] if chat_format == "special_tokens" else list(NATIVE_END_TOKENS)
     vocab = tokenizer.get_vocab()
     ids = [vocab[name] for name in names if name in vocab]
+    if chat_format == "native":
+        stop = trained_stop_token(tokenizer, spec or chat_spec(tokenizer, ""))
+        if stop is not None and stop not in ids:
+            ids.append(stop)
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
@@ -60,44 +81,9 @@ def validate_messages(messages) -> str | None:
             return f"messages[{i}] has unknown role {role!r} (expected system, user or assistant)"
         if not isinstance(content, str):
             return f"messages[{i}] content must be a string, got {type(content).__name__}"
+        problem = reasoning_problem(message) if role == "assistant" else None
+        if problem:
+            return f"messages[{i}] {problem}"
     if not any(m["role"] == "assistant" for m in messages):
         return "conversation has no assistant turn"
     return None
-
-
-def tokenize_chat(tokenizer, messages: list[dict], loss_on: str = "all_assistant") -> tuple[list[int], list[int]]:
-    """input_ids and labels for one conversation; labels are -100 except on the trained assistant tokens."""
-    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-    if "{% generation %}" in (tokenizer.chat_template or "") or "{%generation%}" in (tokenizer.chat_template or ""):
-        out = tokenizer.apply_chat_template(
-            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-        )
-        input_ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
-    else:
-        input_ids, mask = _mask_by_prefixes(tokenizer, messages)
-    if loss_on == "last_assistant":
-        mask = _last_span_only(mask)
-    return input_ids, [t if m else -100 for t, m in zip(input_ids, mask)]
-
-
-def _mask_by_prefixes(tokenizer, messages):
-    """Assistant spans for templates without generation markers: the tokens each assistant turn adds."""
-    def ids(msgs, gen):
-        return list(tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, add_generation_prompt=gen)["input_ids"])
-
-    full = ids(messages, False)
-    mask = [0] * len(full)
-    for i, message in enumerate(messages):
-        if message["role"] == "assistant":
-            start = len(ids(messages[:i], True)) if i else 0
-            end = len(ids(messages[: i + 1], False))
-            mask[start:end] = [1] * (end - start)
-    return full, mask
-
-
-def _last_span_only(mask: list[int]) -> list[int]:
-    end = max((i for i, m in enumerate(mask) if m), default=-1) + 1
-    start = end
-    while start > 0 and mask[start - 1]:
-        start -= 1
-    return [1 if start <= i < end else 0 for i in range(len(mask))]

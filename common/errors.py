@@ -16,6 +16,11 @@ class UserError(Exception):
     """Bad input from the user (a PARAMS key, a data row, a missing file); the message is the whole story."""
 
 
+class RowProblem(Exception):
+    """A row the chat format cannot render exactly; the message is the reason, the same for every such row, so
+    on_bad_rows=skip counts rows under it and on_bad_rows=error prefixes the row's file:line."""
+
+
 class RunStopped(Exception):
     """The run cannot go on (a non-finite loss); the message says where it stopped and what was kept."""
 
@@ -56,7 +61,7 @@ def exit_on_user_error(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
+        except (UserError, RowProblem) as e:
             _fail(str(e), 2)
         except RunStopped as e:
             _fail(str(e), 3)

@@ -42,7 +42,10 @@ def saved_template(model_dir: str) -> str:
 
 
 def is_exact_match(answer: str, reference: str) -> bool:
-    return answer.strip() == reference.strip()
+    """The answer, without a leading <think> block (reasoning models write one), equals the reference."""
+    from common.reasoning import strip_reasoning
+
+    return strip_reasoning(answer).strip() == reference.strip()
 
 
 @torch.no_grad()
@@ -88,7 +91,10 @@ def exact_match(model_dir: str, data_path: str, show: int = 0, template: str | N
 
 def exact_match_of(model, tokenizer, examples: list, show: int = 0, template: str = "{prompt}") -> float:
     """exact_match for a model already in memory; examples as read_examples returns them."""
-    prompts = [p if isinstance(p, list) else template.format(prompt=p) for p, _ in examples]
+    from common.chat_templates import fold_system, rejects_system
+
+    fold = tokenizer.chat_template and rejects_system(tokenizer)  # as training folded it (Gemma 1 and 2)
+    prompts = [(fold_system(p) if fold else p) if isinstance(p, list) else template.format(prompt=p) for p, _ in examples]
     answers = generate_answers(model, tokenizer, prompts)
     hits = [is_exact_match(a, ref) for a, (_, ref) in zip(answers, examples)]
     for answer, (prompt, ref), hit in list(zip(answers, examples, hits))[:show]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import torch
+from jinja2 import TemplateError
 
 from common.errors import UserError
 from common.request_cache import RequestCache, request_key
@@ -122,8 +123,11 @@ class HFBackend:
             if isinstance(chunk[0].prompt, str):  # a rendered template already holds its special tokens
                 batch = self.tokenizer([r.prompt for r in chunk], padding=True, add_special_tokens=False, return_tensors="pt")
             else:
-                batch = self.tokenizer.apply_chat_template([r.prompt for r in chunk], add_generation_prompt=True, padding=True,
-                                                           return_tensors="pt", return_dict=True)
+                try:
+                    batch = self.tokenizer.apply_chat_template([r.prompt for r in chunk], add_generation_prompt=True,
+                                                               padding=True, return_tensors="pt", return_dict=True)
+                except TemplateError as e:
+                    raise UserError(f"the chat template of {self.model} rejects a prompt: {e}") from None
             batch = batch.to(self.lm.device)
             torch.manual_seed(self.seed + int(chunk[0].key[:8], 16))  # the same batch samples the same answers
             sample = sampling["temperature"] > 0
@@ -217,7 +221,9 @@ class OpenAIBackend:
                         text = reply.choices[0].text
                     else:
                         reply = await client.chat.completions.create(messages=request.prompt, seed=seed, **common)
-                        text = reply.choices[0].message.content
+                        message = reply.choices[0].message
+                        reasoning = getattr(message, "reasoning_content", None)  # servers with a reasoning parser
+                        text = f"<think>\n{reasoning}\n</think>\n\n{message.content or ''}" if reasoning else message.content
                 except openai.APIError as e:
                     failures.append(e)
                     return

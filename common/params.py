@@ -18,6 +18,7 @@ from common.errors import UserError, exit_on_user_error
 CHOICES = {
     "chat_format": ("special_tokens", "native"),
     "loss_on": ("all_assistant", "last_assistant"),
+    "reasoning": ("keep", "drop"),
     "packing": ("auto", True, False),
     "report_to": ("auto", "wandb", "none"),
     "on_bad_rows": ("error", "skip"),

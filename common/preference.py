@@ -11,7 +11,10 @@ import os
 
 import torch
 
+from common.chat_masks import prompt_and_answer
 from common.distributed import is_main, wait_for_everyone
+from common.errors import RowProblem, UserError
+from common.reasoning import reasoning_problem
 
 
 def preference_row_problem(row: dict) -> str | None:
@@ -44,6 +47,9 @@ def _messages_problem(messages: list, name: str) -> str | None:
             return f"{name}[{i}] must be a message with role system, user or assistant"
         if not isinstance(message.get("content"), str):
             return f"{name}[{i}] content must be a string"
+        problem = reasoning_problem(message) if message["role"] == "assistant" else None
+        if problem:
+            return f"{name}[{i}] {problem}"
     if name == "prompt":
         return None if messages[-1]["role"] == "user" else "the prompt's last message must be from the user"
     if any(m["role"] != "assistant" for m in messages):
@@ -69,8 +75,6 @@ def as_chat(row: dict, has_chat_template: bool) -> dict:
 
 def check_plain_rows(rows, has_chat_template: bool) -> None:
     """Message lists need a chat template to be rendered; say so once instead of failing deep in TRL."""
-    from common.errors import UserError
-
     if not has_chat_template:
         for row in rows:
             if any(isinstance(row.data[k], list) for k in ("prompt", "chosen", "rejected")):
@@ -132,13 +136,13 @@ def cached_reference(trainer_class, cache_dir: str, tokenizer):
 
 
 @torch.no_grad()
-def preference_margins(model, tokenizer, rows: list[dict], batch_size: int = 8) -> list[float]:
+def preference_margins(model, tokenizer, rows: list[dict], spec=None, batch_size: int = 8) -> list[float]:
     """log p(chosen) - log p(rejected) per row, summed over the answer tokens (with the end-of-turn token);
     the model prefers the chosen answer where it is positive."""
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
     model.eval()
-    examples = [tokenize_preference(tokenizer, row) for row in rows]
+    examples = [tokenize_preference(tokenizer, row, spec) for row in rows]
     collate = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id or 0)
     margins = []
     for start in range(0, len(examples), batch_size):
@@ -152,21 +156,55 @@ def preference_margins(model, tokenizer, rows: list[dict], batch_size: int = 8) 
     return margins
 
 
-def tokenize_preference(tokenizer, row: dict) -> dict:
-    """prompt_ids, chosen_ids, rejected_ids as TRL renders a conversational row (prompt with the generation prompt)."""
-    def render(messages, generation_prompt=False):
-        return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                                  add_generation_prompt=generation_prompt)["input_ids"])
-
+def tokenize_preference(tokenizer, row: dict, spec=None) -> dict:
+    """prompt_ids, chosen_ids, rejected_ids of a row. A conversational row is rendered whole with the chat template
+    (spec: common.chat_templates.ChatSpec), as sft_chat.py trains it: the answers are exactly the tokens the
+    template trains (the answer and its end-of-turn token), and the prompt is what comes before them, the same
+    for chosen and rejected. A plain row is the prompt's tokens and each answer followed by eos."""
     if isinstance(row["prompt"], str):
         prompt = tokenizer(row["prompt"])["input_ids"]
         return {"prompt_ids": prompt, **{f"{k}_ids": tokenizer(row[k] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
                                          for k in ("chosen", "rejected")}}
-    prompt = render(row["prompt"], True)
-    return {"prompt_ids": prompt, **{f"{k}_ids": render(row["prompt"] + row[k])[len(prompt):] for k in ("chosen", "rejected")}}
+    prompt, chosen = prompt_and_answer(tokenizer, row["prompt"], row["chosen"], spec)
+    prompt_again, rejected = prompt_and_answer(tokenizer, row["prompt"], row["rejected"], spec)
+    if prompt != prompt_again:
+        raise RowProblem("the chat template renders the prompt differently before chosen and before rejected")
+    return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
 
 
-def write_preference_preview(tokenizer, rows: list[dict], output_dir: str, max_length: int, n: int = 16) -> None:
+def preference_examples(tokenizer, rows, spec, params: dict, report) -> list[dict]:
+    """Tokenized pairs for DPOTrainer; a pair the template cannot render exactly stops the run with its file:line
+    (on_bad_rows=error) or is counted and dropped, and so is a pair whose prompt alone fills max_length."""
+    out, full = [], 0
+    for row in rows:
+        try:
+            example = tokenize_preference(tokenizer, as_chat(row.data, spec is not None), spec)
+        except RowProblem as e:
+            if params["on_bad_rows"] == "error":
+                raise UserError(f"{row.where}: {e}") from None
+            report.drop(f"bad row: {e}")
+            continue
+        if len(example["prompt_ids"]) >= params["max_length"]:
+            full += 1
+            continue
+        out.append(example)
+    if full:
+        report.drop(f"prompt alone fills max_length={params['max_length']}", full)
+    return out
+
+
+def pretokenized(trainer_class):
+    """trainer_class taking the pairs as tokenized by preference_examples instead of tokenizing them itself."""
+
+    class Pretokenized(trainer_class):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            return dataset
+
+    Pretokenized.__name__ = trainer_class.__name__
+    return Pretokenized
+
+
+def write_preference_preview(tokenizer, examples: list[dict], output_dir: str, max_length: int, n: int = 16) -> None:
     """data_preview.jsonl: the first n pairs as the DPO collator hands them to the model (chosen row, then
     rejected row; completion_mask marks the tokens whose log-probs count); prints the first with [[ ]]."""
     from trl.trainer.dpo_trainer import DataCollatorForPreference
@@ -175,8 +213,7 @@ def write_preference_preview(tokenizer, rows: list[dict], output_dir: str, max_l
 
     collate = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id or 0, max_length=max_length)
     previews = []
-    for row in rows[:n]:
-        example = tokenize_preference(tokenizer, row)
+    for example in examples[:n]:
         batch = collate([example])
         previews.append({**example, "input_ids": batch["input_ids"].tolist(), "completion_mask": batch["completion_mask"].tolist()})
     with open(os.path.join(output_dir, "data_preview.jsonl"), "w", encoding="utf-8") as f:

@@ -132,7 +132,7 @@ def dpo_trainer(params: dict, model, tokenizer, train_rows: list[dict], eval_row
     from trl import DPOConfig, DPOTrainer
 
     from common.errors import UserError
-    from common.preference import cached_reference
+    from common.preference import cached_reference, pretokenized
 
     lora = params["lora"]["enabled"]
     try:
@@ -142,7 +142,7 @@ def dpo_trainer(params: dict, model, tokenizer, train_rows: list[dict], eval_row
     except ValueError as e:
         raise UserError(f"DPO settings: {str(e).splitlines()[0]}") from None
     _start_wandb(params, args)
-    trainer_class = stop_on_non_finite_loss(trainer_class or DPOTrainer)
+    trainer_class = pretokenized(stop_on_non_finite_loss(trainer_class or DPOTrainer))
     if not lora:
         trainer_class = cached_reference(trainer_class, params["ref_cache_dir"], tokenizer)
     return trainer_class(

@@ -1,13 +1,8 @@
 import pytest
 from transformers import AutoTokenizer
 
-from common.chat_format import (
-    END_OF_TURN,
-    end_of_turn_ids,
-    prepare_tokenizer,
-    tokenize_chat,
-    validate_messages,
-)
+from common.chat_format import END_OF_TURN, end_of_turn_ids, prepare_tokenizer, validate_messages
+from common.chat_masks import tokenize_chat
 from common.models import BUILTIN
 from tests.conftest import trained_spans
 

@@ -12,7 +12,7 @@ def test_resize_to_multiple_of_64_with_mean_rows():
                                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
     old_in = model.get_input_embeddings().weight.detach().clone()
     old_out = model.get_output_embeddings().weight.detach().clone()
-    new_ids = prepare_tokenizer(base, "special_tokens")
+    new_ids = prepare_tokenizer(base, "special_tokens").new_token_ids
     assert len(new_ids) == 5  # <system> <user> <assistant> <eot> <pad>
     resize_embeddings(model, base, new_ids)
     rows = model.get_input_embeddings().weight

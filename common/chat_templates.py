@@ -1,0 +1,200 @@
+"""Native chat templates: which template renders and masks the rows, and how it treats system turns and reasoning.
+
+For chat_format=native the template is chosen once, before any row is read:
+    1. `chat_template=path.jinja` (PARAMS) replaces the model's own template.
+    2. A template with `{% generation %}` markers is used as it is: the markers say what is trained.
+    3. A template TRL knows gets TRL's training variant (`trl/chat_templates/*_training.jinja`): the same
+       rendering, prefix-preserving, with generation markers. Known means byte-equal to TRL's copy of the
+       original, or rendering the same text as it on a set of probe conversations (model repositories ship
+       revisions that differ only in handling content TRL's copy covers too; Qwen3's first release is one).
+    4. Any other template is masked by rendering growing prefixes, which is exact only where each prefix's
+       tokens are a literal prefix of the whole row's tokens; common.chat_masks checks it on every row, and
+       the probe conversations are checked here, so a template that is not prefix-stable stops the run now.
+The chosen template is the tokenizer's from then on, so final/ keeps what was trained.
+"""
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from jinja2 import TemplateError, TemplateSyntaxError
+
+from common.errors import RowProblem, UserError
+
+FIX = "set chat_template=path/to/template.jinja (with {% generation %} markers) or chat_format=special_tokens"
+MARK = "zq-reasoning-probe-zq"
+
+_SYSTEM = {"role": "system", "content": "You are brief."}
+_TURNS = [{"role": "user", "content": "Name three primary colours."},
+          {"role": "assistant", "content": "Red, yellow and blue."},
+          {"role": "user", "content": "And one secondary colour?"},
+          {"role": "assistant", "content": "Green."}]
+# Conversations on which a template is compared with TRL's copies and checked for prefix stability.
+PROBES = [_TURNS[:2], [_SYSTEM, *_TURNS[:2]], _TURNS, [_SYSTEM, *_TURNS],
+          [_TURNS[0], {**_TURNS[1], "reasoning_content": "Primaries."}, *_TURNS[2:]],
+          [_TURNS[0], {**_TURNS[1], "content": "<think>\nPrimaries.\n</think>\n\nRed, yellow and blue."}]]
+
+
+@dataclass
+class ChatSpec:
+    """How rows become tokens under a tokenizer's (already chosen) chat template."""
+
+    source: str  # what the masks come from, for the log and data_report.json
+    prefix_masks: bool = False  # verified prefix rendering instead of generation markers
+    reasoning_style: str = "field"  # "field": reasoning_content; "inline": <think> in content; "none": not shown
+    fold_system: bool = False  # the template rejects a system turn: it goes into the first user turn
+    reasoning: str = "keep"  # PARAMS reasoning: keep or drop
+    new_token_ids: list = field(default_factory=list)  # tokens the format added to the vocabulary
+
+
+def template_text(tokenizer) -> str | None:
+    template = tokenizer.chat_template
+    return template.get("default") if isinstance(template, dict) else template
+
+
+def has_generation_markers(template: str) -> bool:
+    from trl.chat_template_utils import has_generation_markers as markers
+
+    return markers(template)
+
+
+def render(tokenizer, messages: list[dict], template: str | None = None, generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                         add_generation_prompt=generation_prompt)
+
+
+@lru_cache(maxsize=1)
+def known_templates() -> list[tuple[str, str, str]]:
+    """(family, original, training variant) for every template TRL ships a training variant of."""
+    from trl import chat_template_utils as utils
+
+    suffix = "_training_chat_template"
+    return [(name[: -len(suffix)], getattr(utils, name[: -len(suffix)] + "_chat_template"), getattr(utils, name))
+            for name in sorted(dir(utils)) if name.endswith(suffix) and hasattr(utils, name[: -len(suffix)] + "_chat_template")]
+
+
+def _probe_renders(tokenizer, template: str):
+    """The template's text for every probe, with and without the generation prompt (an error is a result too)."""
+    for messages in PROBES:
+        for prompt, generation_prompt in ((messages, False), (messages[:-1], True)):
+            try:
+                yield render(tokenizer, prompt, template, generation_prompt)
+            except Exception as e:  # a template's own error (a rejected role) is part of its behaviour
+                yield f"error: {type(e).__name__}"
+
+
+def recognise(tokenizer, template: str) -> tuple[str, str] | None:
+    """(family, training template) when TRL knows the template, else None."""
+    known = known_templates()
+    for family, original, training in known:
+        if template == original:
+            return family, training
+    mine = list(_probe_renders(tokenizer, template))
+    if all(text.startswith("error: ") for text in mine):
+        return None
+    for family, original, training in known:
+        if all(a == b for a, b in zip(_probe_renders(tokenizer, original), mine)):  # stops at the first difference
+            return family, training
+    return None
+
+
+def use_training_template(tokenizer, template_file: str = "") -> str:
+    """Give the tokenizer the template a native run trains with (see the module doc); returns where it came from.
+
+    Stops with one line when there is no template, the file is missing or broken, or the template is neither
+    marked, nor known, nor prefix-stable on the probe conversations."""
+    if template_file:
+        if not os.path.isfile(template_file):
+            raise UserError(f"chat_template file not found: {template_file}")
+        with open(template_file, encoding="utf-8") as f:
+            tokenizer.chat_template = f.read()
+    template = template_text(tokenizer)
+    if not template:
+        raise UserError(f"chat_format=native needs a chat template and the model's tokenizer has none; {FIX}")
+    origin = f"chat_template {template_file}" if template_file else "the model's chat template"
+    try:
+        render(tokenizer, _TURNS[:2])
+    except TemplateSyntaxError as e:
+        raise UserError(f"{origin} does not compile (template line {e.lineno}: {e.message})") from None
+    except TemplateError:
+        pass  # a rejected role is the template's behaviour, handled per row
+    if has_generation_markers(template):
+        tokenizer.chat_template = template
+        return f"{origin}, its own {{% generation %}} markers"
+    known = recognise(tokenizer, template)
+    if known:
+        tokenizer.chat_template = known[1]
+        return f"TRL's {known[0]} training template ({origin} is {known[0]})"
+    tokenizer.chat_template = template
+    from common.chat_masks import prefix_mask
+
+    spec = ChatSpec(source="", prefix_masks=True, fold_system=rejects_system(tokenizer))
+    for messages in PROBES[:4]:
+        try:
+            prefix_mask(tokenizer, prepare_messages(messages, spec))
+        except RowProblem as e:
+            raise UserError(f"{origin} is not one TRL has a training variant of, and rendering growing prefixes "
+                            f"is not exact with it ({e}); {FIX}") from None
+    return f"{origin}, masks from prefix rendering verified on every row"
+
+
+def chat_spec(tokenizer, source: str, reasoning: str = "keep") -> ChatSpec:
+    """The rules for rendering rows with the tokenizer's current template."""
+    template = template_text(tokenizer)
+    return ChatSpec(source=source, prefix_masks=not has_generation_markers(template),
+                    reasoning_style=reasoning_style(tokenizer), fold_system=rejects_system(tokenizer), reasoning=reasoning)
+
+
+def rejects_system(tokenizer) -> bool:
+    """Whether the template raises on a system turn but renders the same row with the system prompt folded into
+    the first user turn (Gemma 1 and 2; Gemma 3's own template folds it itself)."""
+    try:
+        render(tokenizer, [_SYSTEM, *_TURNS[:2]])
+        return False
+    except TemplateError:
+        try:
+            render(tokenizer, fold_system([_SYSTEM, *_TURNS[:2]]))
+            return True
+        except TemplateError:
+            return False
+
+
+def fold_system(messages: list[dict]) -> list[dict]:
+    """A leading system turn moved into the first user turn, separated by a blank line (as Gemma 3 does)."""
+    if len(messages) < 2 or messages[0]["role"] != "system" or messages[1]["role"] != "user":
+        return messages
+    user = {**messages[1], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
+    return [user, *messages[2:]]
+
+
+def reasoning_style(tokenizer) -> str:
+    """How the template shows an assistant turn's reasoning: from the reasoning_content field, inline as a
+    <think> block in the content (R1 and any template that prints content as it is), or not at all."""
+    user = _TURNS[0]
+    try:
+        if MARK in render(tokenizer, [user, {"role": "assistant", "content": "Red.", "reasoning_content": MARK}]):
+            return "field"
+        if MARK in render(tokenizer, [user, {"role": "assistant", "content": f"<think>\n{MARK}\n</think>\n\nRed."}]):
+            return "inline"
+    except TemplateError:
+        pass
+    return "none"
+
+
+def prepare_messages(messages: list[dict], spec: ChatSpec) -> list[dict]:
+    """Messages (reasoning already in reasoning_content) in the form the template renders: the system turn
+    folded when it must be, reasoning inline when the template reads it there."""
+    if spec.fold_system:
+        messages = fold_system(messages)
+    if spec.reasoning_style == "field":
+        return messages
+    out = []
+    for message in messages:
+        reasoning = message.get("reasoning_content")
+        if reasoning and spec.reasoning_style == "none":
+            raise RowProblem("the chat template does not show reasoning (reasoning_content or <think>); set "
+                             "reasoning=drop, chat_template=path/to/template.jinja or chat_format=special_tokens")
+        if reasoning and spec.reasoning_style == "inline":
+            message = {"role": "assistant", "content": f"<think>\n{reasoning}\n</think>\n\n{message['content']}"}
+        out.append(message)
+    return out
