@@ -117,6 +117,9 @@ def _check_trained_text(tokenizer, input_ids: list[int], mask: list[int], turns:
         for text in (turn.get("reasoning_content") or "", turn["content"]):
             text = text.strip()
             found = trained.find(text, at) if text else at
+            if found < 0 and text == (turn.get("reasoning_content") or "").strip() and text not in tokenizer.decode(input_ids):
+                raise RowProblem("the chat template drops the reasoning of an assistant turn (it shows only the last "
+                                 "turn's); set reasoning=drop, chat_template=path/to/template.jinja or chat_format=special_tokens")
             if found < 0:
                 raise RowProblem(f"the chat template's mask leaves out part of an assistant turn; {FIX}")
             at = found + len(text)

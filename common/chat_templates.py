@@ -83,18 +83,18 @@ def _probe_renders(tokenizer, template: str):
                 yield f"error: {type(e).__name__}"
 
 
-def recognise(tokenizer, template: str) -> tuple[str, str] | None:
-    """(family, training template) when TRL knows the template, else None."""
+def recognise(tokenizer, template: str) -> tuple[str, str, str] | None:
+    """(family, training template, "is" or "renders as") when TRL knows the template, else None."""
     known = known_templates()
     for family, original, training in known:
         if template == original:
-            return family, training
+            return family, training, "is"
     mine = list(_probe_renders(tokenizer, template))
     if all(text.startswith("error: ") for text in mine):
         return None
     for family, original, training in known:
         if all(a == b for a, b in zip(_probe_renders(tokenizer, original), mine)):  # stops at the first difference
-            return family, training
+            return family, training, "renders as"
     return None
 
 
@@ -124,7 +124,7 @@ def use_training_template(tokenizer, template_file: str = "") -> str:
     known = recognise(tokenizer, template)
     if known:
         tokenizer.chat_template = known[1]
-        return f"TRL's {known[0]} training template ({origin} is {known[0]})"
+        return f"TRL's {known[0]} training template ({origin} {known[2]} {known[0]})"
     tokenizer.chat_template = template
     from common.chat_masks import prefix_mask
 

@@ -135,13 +135,15 @@ def test_preview_tokens_are_what_the_trainer_prepares(sft_model):
     from trl import DPOConfig
     from trl.trainer.dpo_trainer import DPOTrainer
 
+    from common.chat_templates import chat_spec
     from common.preference import as_chat, tokenize_preference
 
     tokenizer = AutoTokenizer.from_pretrained(sft_model)
+    spec = chat_spec(tokenizer, "")
     rows = [as_chat(PAIR, True), *[json.loads(line) for line in open(f"{ROOT}/data/examples/preference_test.jsonl")][:5]]
     prepared = DPOTrainer._prepare_dataset(type("T", (), {"_tokenizer": tokenizer})(), Dataset.from_list(rows),
                                            tokenizer, DPOConfig(output_dir="/tmp/unused", use_cpu=True, bf16=False), "x")
-    for row, ours in zip(prepared, (tokenize_preference(tokenizer, r) for r in rows)):
+    for row, ours in zip(prepared, (tokenize_preference(tokenizer, r, spec) for r in rows)):
         assert {k: row[k] for k in ours} == ours
 
 
@@ -163,3 +165,40 @@ def test_default_chain_improves_preferences_and_keeps_exact_match(default_sft_ch
     exact = dict(re.findall(r"(before|after): held-out exact match ([\d.]+)%", result.stdout))
     assert float(found["after"]) > 90.0, result.stdout[-2000:]
     assert float(exact["after"]) >= float(exact["before"]) - 2.0, result.stdout[-2000:]
+
+
+def test_native_qwen3_pairs_score_exactly_the_answer_and_start_at_ln2(tmp_path):
+    """A Qwen3-style template (think blocks on the last turn only): prompt, chosen and rejected are rendered whole
+    with TRL's Qwen3 training template, the scored tokens are the answer's turn and its <|im_end|>, reasoning
+    included, and the first step's loss is ln 2 (the reference saw the same tokens)."""
+    from tests.real_tokenizers import tiny_model_folder
+
+    model = tiny_model_folder("qwen3", tmp_path)
+    prompt = [{"role": "system", "content": "Answer with one call."}, {"role": "user", "content": "Play Adele"},
+              {"role": "assistant", "content": "play_music()"}, {"role": "user", "content": "Louder, and Adele"}]
+    rows = [{"prompt": prompt, "chosen": [{"role": "assistant", "content": f'play_music(artist="Adele", volume={v})',
+                                           "reasoning_content": "They want Adele."}],
+             "rejected": [{"role": "assistant", "content": f'play_music(artist="Sade", volume={v})'}]} for v in range(16)]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    common = [f"model={model}", f"data={data}", *NO_EVAL, f"ref_cache_dir={tmp_path / 'cache'}", "progress_bar=false",
+              "eval_fraction=0", "max_length=256"]
+    preview = tmp_path / "preview"
+    result = run_script(SCRIPT, *common, "dry_run=true", f"output_dir={preview}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(preview / "tokenizer")
+    first = read_jsonl(preview / "data_preview.jsonl")[0]
+    chosen, rejected = ({"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]}
+                        for ids, mask in zip(first["input_ids"], first["completion_mask"]))
+    assert trained_spans(tokenizer, chosen) == ['<think>\nThey want Adele.\n</think>\n\nplay_music(artist="Adele", volume=0)<|im_end|>\n']
+    assert trained_spans(tokenizer, rejected) == ['<think>\n\n</think>\n\nplay_music(artist="Sade", volume=0)<|im_end|>\n']
+    assert tokenizer.decode(first["prompt_ids"]).endswith("<|im_start|>user\nLouder, and Adele<|im_end|>\n<|im_start|>assistant\n")
+    assert "<think>\n\n</think>\n\nplay_music()<|im_end|>" in tokenizer.decode(first["prompt_ids"])  # earlier turns keep theirs
+    report = json.load(open(preview / "data_report.json"))
+    assert report["chat_template"].startswith("TRL's qwen3 training template")
+
+    out = tmp_path / "out"
+    result = run_script(SCRIPT, *common, f"output_dir={out}", "max_steps=1", "logging_steps=1", "batch_size=4", "grad_accum=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert first_loss(out) == pytest.approx(math.log(2), abs=1e-4)

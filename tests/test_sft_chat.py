@@ -163,3 +163,71 @@ def test_lora_with_packing_trains_new_token_rows_and_saves_a_merged_model(tmp_pa
     if "lm_head.weight" in saved:  # the built-in model ties its output layer to the embedding
         assert not torch.allclose(saved["lm_head.weight"][eot], saved["lm_head.weight"][user])
     assert plain_eval(out / "final", "data/examples/chat_test.jsonl")["eot"] == eot
+
+
+REASONING_CHATS = [
+    {"messages": [{"role": "system", "content": "Answer with one call."}, {"role": "user", "content": f"Set a timer for {m} minutes"},
+                  {"role": "assistant", "content": f"set_timer(minutes={m})", "reasoning_content": f"{m} minutes is a timer."},
+                  {"role": "user", "content": "And play Adele"},
+                  {"role": "assistant", "content": f'<think>\nA music request.\n</think>\n\nplay_music(artist="Adele", n={m})'}]}
+    for m in range(1, 17)
+]
+
+
+def test_native_qwen3_trains_with_the_training_template_and_final_keeps_it(tmp_path):
+    """A Qwen3 model (the real tokenizer and template, tiny random weights): reasoning from both fields is trained
+    on every turn, final/ holds TRL's Qwen3 training template and stops at <|im_end|>, and plain transformers
+    renders a conversation with it exactly as it was trained."""
+    from tests.real_tokenizers import TRL_TEMPLATES, tiny_model_folder
+
+    model, out = tiny_model_folder("qwen3", tmp_path), tmp_path / "out"
+    data = write_jsonl(tmp_path / "chats.jsonl", REASONING_CHATS)
+    result = run_script(SCRIPT, f"model={model}", "chat_format=native", f"data={data}", "test_data=", "eval_fraction=0",
+                        f"output_dir={out}", *FAST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "chat template: TRL's qwen3 training template (the model's chat template renders as qwen3" in result.stdout
+    report = json.load(open(out / "data_report.json"))
+    assert report["assistant_turns_with_reasoning_trained"] == 32
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out / "final")
+    assert tokenizer.chat_template == (TRL_TEMPLATES / "qwen3_training.jinja").read_text(encoding="utf-8")
+    final = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in final.generation_config.eos_token_id
+    history = REASONING_CHATS[0]["messages"]
+    prompt = tokenizer.apply_chat_template(history[:4], add_generation_prompt=True, tokenize=False)
+    assert prompt.endswith("<think>\n1 minutes is a timer.\n</think>\n\nset_timer(minutes=1)<|im_end|>\n"
+                           "<|im_start|>user\nAnd play Adele<|im_end|>\n<|im_start|>assistant\n")
+    batch = tokenizer(prompt, return_tensors="pt")
+    assert final.generate(**batch, max_new_tokens=3, do_sample=False).shape[1] > batch["input_ids"].shape[1]
+
+
+def test_native_template_errors_stop_before_the_model_loads(tmp_path):
+    """No weights in the model folder: each case must stop on the template, in one line, before loading them."""
+    from tests.conftest import assert_one_line_exit_2, run_in_process
+    from tests.real_tokenizers import folder
+
+    qwen3 = folder("qwen3", tmp_path)
+    with open(os.path.join(qwen3, "tokenizer_config.json")) as f:
+        template = json.load(f)["chat_template"].replace("'<|im_start|>system\\n'", "'<|im_start|>system\\n# '")
+    (tmp_path / "edited.jinja").write_text(template)
+    chats = write_jsonl(tmp_path / "chats.jsonl", TRICKY)
+    result = run_in_process(SCRIPT, f"model={qwen3}", "chat_format=native", f"chat_template={tmp_path / 'edited.jinja'}",
+                            f"data={chats}", "test_data=", f"output_dir={tmp_path / 'a'}")
+    assert_one_line_exit_2(result, "not prefix-stable", tmp_path / "a")
+    assert "chat_format=special_tokens" in result.stderr
+
+    gemma = folder("gemma", tmp_path)  # rejects system turns (folded) and non-alternating turns (refused)
+    bad = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]}
+    chats = write_jsonl(tmp_path / "gemma.jsonl", [*TRICKY, bad])
+    result = run_in_process(SCRIPT, f"model={gemma}", "chat_format=native", f"data={chats}", "test_data=",
+                            "eval_fraction=0", f"output_dir={tmp_path / 'b'}")
+    assert_one_line_exit_2(result, f"{chats}:3: the chat template rejects this row: Conversation roles must alternate",
+                           tmp_path / "b")
+    result = run_in_process(SCRIPT, f"model={gemma}", "chat_format=native", f"data={chats}", "test_data=", "eval_fraction=0",
+                            "on_bad_rows=skip", "dry_run=true", f"output_dir={tmp_path / 'c'}")
+    assert result.returncode == 0, result.stderr
+    report = json.load(open(tmp_path / "c" / "data_report.json"))
+    assert report["system_turns_folded_into_user"] == 1 and report["train_rows"] == 2
+    assert report["dropped"] == {"bad row: the chat template rejects this row: Conversation roles must alternate "
+                                 "user/assistant/user/assistant/...": 1}
