@@ -3,13 +3,15 @@
     accelerate launch sft_chat.py                                  # built-in tiny model, example task
     accelerate launch --config_file configs/accelerate/zero3.yaml --num_processes 8 sft_chat.py   # ZeRO-3 on 8 GPUs
     accelerate launch sft_chat.py model=Qwen/Qwen2.5-0.5B lora.enabled=true
+    accelerate launch sft_chat.py model=Qwen/Qwen3-0.6B chat_format=native      # the model's own chat template
     accelerate launch sft_chat.py --config configs/recipes/x.yaml learning_rate=1e-5
     accelerate launch --config_file configs/accelerate/ddp.yaml sft_chat.py   # two CPU processes
     python sft_chat.py dry_run=true                                # preview the data, train nothing
 
-Loss is taken on assistant content and its end-of-turn token only. Outputs land in output_dir:
-params.yaml, data_report.json, metrics.jsonl, loss.png, checkpoint-N/, and final/ (a plain
-Hugging Face folder whose generation_config stops at the end-of-turn token).
+Loss is taken on assistant content (with its reasoning) and its end-of-turn token only; with
+chat_format=native the model's template decides how they render (README "Native chat templates").
+Outputs land in output_dir: params.yaml, data_report.json, metrics.jsonl, loss.png, checkpoint-N/, and
+final/ (a plain Hugging Face folder whose generation_config stops at the end-of-turn token).
 """
 
 from common.batching import build_dataset, choose_packing, dry_run

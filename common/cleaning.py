@@ -70,11 +70,14 @@ def fields(row: dict) -> list[tuple[str, str, bool]]:
 
 
 def _rewrite(row: dict, fn) -> dict:
-    """The row with fn applied to each text; turns left empty are dropped from message lists."""
+    """The row with fn applied to each text (and an assistant turn's reasoning_content); turns left empty are dropped
+    from message lists."""
     row = dict(row)
     for key in ("messages", "prompt", "chosen", "rejected"):
         if isinstance(row.get(key), list):
-            turns = [{**m, "content": fn(m["content"])} for m in row[key]]
+            turns = [{**m, "content": fn(m["content"]),
+                      **({"reasoning_content": fn(m["reasoning_content"])} if isinstance(m.get("reasoning_content"), str) else {})}
+                     for m in row[key]]
             row[key] = [m for m in turns if m["content"]]
     for key in ("text", "prompt", "completion", "chosen", "rejected"):
         if isinstance(row.get(key), str):

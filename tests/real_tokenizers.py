@@ -16,7 +16,8 @@ TRL_TEMPLATES = Path(trl.__file__).parent / "chat_templates"
 # A fixture folder's tokenizer.json: its own, or the vocabulary its README names.
 VOCABULARY = {"qwen2.5": "qwen3", "smollm3": "llama3"}
 SHARED_FAMILIES = ["qwen3", "qwen2.5", "llama3", "phi3", "smollm3"]
-TRL_FAMILIES = sorted(p.stem for p in TRL_TEMPLATES.glob("*.jinja") if not p.stem.endswith("_training"))
+# TRL's originals, as "trl-<file stem>" (qwen3, llama3 and phi3 are also fixture names).
+TRL_FAMILIES = sorted(f"trl-{p.stem}" for p in TRL_TEMPLATES.glob("*.jinja") if not p.stem.endswith("_training"))
 
 
 @lru_cache(maxsize=None)
@@ -48,7 +49,10 @@ def trl_folder(family: str, root: str) -> str:
 
 
 def folder(family: str, root) -> str:
-    return shared_folder(family, str(root)) if family in SHARED_FAMILIES else trl_folder(family, str(root))
+    """A tokenizer folder for a fixture family ("qwen3") or a TRL template ("trl-qwen3")."""
+    if family.startswith("trl-"):
+        return trl_folder(family.removeprefix("trl-"), str(root))
+    return shared_folder(family, str(root))
 
 
 def load(family: str, root):

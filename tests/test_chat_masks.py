@@ -35,32 +35,32 @@ CONVERSATIONS = {
     "echo": [user(f"Say exactly {CALL}"), assistant(CALL), user(f"Again: {CALL}"), assistant(CALL)],
 }
 # A family without a training variant of its own that renders as another family's original on every probe.
-TRAINING_OF = {"qwen2.5": "qwen2_5", **{f: "diffusion_gemma" for f in TRL_FAMILIES if f.startswith("gemma4")}}
+TRAINING_OF = {"qwen2.5": "qwen2_5", **{f: "diffusion_gemma" for f in TRL_FAMILIES if f.startswith("trl-gemma4")}}
 # Rows a family's template cannot render: refused with this reason (the run stops or counts them), never trained.
 REFUSED = {
     # vision templates read content as a list of blocks: a string's text is not rendered
-    **{(f, "*"): "the chat template" for f in ("idefics3", "llava_next", "smolvlm")},
-    ("deepseekv3", "reasoning"): "does not show reasoning",  # it drops everything before </think>
+    **{(f"trl-{f}", "*"): "the chat template" for f in ("idefics3", "llava_next", "smolvlm")},
+    ("trl-deepseekv3", "reasoning"): "does not show reasoning",  # it drops everything before </think>
     # thinking shown only after the last user turn (in TRL's training variants too): an earlier turn's reasoning
     # would vanish unnoticed
     **{(f, "reasoning"): "drops the reasoning" for f in TRL_FAMILIES
-       if f.startswith(("gemma4", "diffusion_gemma", "glm4moe", "gptoss", "lfm2_2_5", "nemotron"))},
+       if f.removeprefix("trl-").startswith(("gemma4", "diffusion_gemma", "glm4moe", "gptoss", "lfm2_2_5", "nemotron"))},
 }
 # What the eight families of the issue train on the system_multi row (the second assistant turn).
 GOLDEN = {
     "qwen3": "<think>\n\n</think>\n\nMarseille.<|im_end|>\n",
     "qwen2.5": "\nMarseille.<|im_end|>\n",
-    "deepseek_r1_distill": "<｜Assistant｜>Marseille.<｜end▁of▁sentence｜>",
-    "llama3_2": "Marseille.<|eot_id|>",
-    "gemma3": "Marseille.<end_of_turn>\n",
-    "gemma": "Marseille.<end_of_turn>\n",
-    "phi3_5": "Marseille.<|end|>\n<|end_of_text|>",
+    "trl-deepseek_r1_distill": "<｜Assistant｜>Marseille.<｜end▁of▁sentence｜>",
+    "trl-llama3_2": "Marseille.<|eot_id|>",
+    "trl-gemma3": "Marseille.<end_of_turn>\n",
+    "trl-gemma": "Marseille.<end_of_turn>\n",
+    "trl-phi3_5": "Marseille.<|end|>\n<|end_of_text|>",
     "smollm3": "<|im_start|>assistant\nMarseille.<|im_end|>\n",
 }
 
 
 def expected_training_template(family):
-    path = TRL_TEMPLATES / f"{TRAINING_OF.get(family, family)}_training.jinja"
+    path = TRL_TEMPLATES / f"{TRAINING_OF.get(family, family).removeprefix('trl-')}_training.jinja"
     return path.read_text(encoding="utf-8") if path.exists() else None
 
 
@@ -114,7 +114,7 @@ def test_native_masks_are_exact_or_refused(family, root):
         assert spans([int(x != -100) for x in last]) == found[-1:]
 
 
-@pytest.mark.parametrize("family", ["qwen3", "deepseek_r1_distill", "llama3_2"])
+@pytest.mark.parametrize("family", ["qwen3", "trl-deepseek_r1_distill", "trl-llama3_2"])
 def test_reasoning_drop_removes_it_everywhere(family, root):
     tokenizer = load(family, root)
     spec = prepare_tokenizer(tokenizer, "native", reasoning="drop")
@@ -139,7 +139,7 @@ def test_special_tokens_exact_on_real_vocabularies(family, root):
 
 
 def test_gemma_folds_the_system_turn_and_counts_it(root):
-    tokenizer = load("gemma", root)
+    tokenizer = load("trl-gemma", root)
     spec = prepare_tokenizer(tokenizer, "native")
     assert spec.fold_system
     report = DataReport()
@@ -150,7 +150,7 @@ def test_gemma_folds_the_system_turn_and_counts_it(root):
 
 
 def test_a_row_the_template_rejects_stops_with_its_line_or_is_counted(root):
-    tokenizer = load("gemma", root)
+    tokenizer = load("trl-gemma", root)
     spec = prepare_tokenizer(tokenizer, "native")
     rows = [Row({"messages": [user("a"), user("b"), assistant("c")]}, "chats.jsonl:7")]
     with pytest.raises(UserError, match=r"^chats.jsonl:7: the chat template rejects this row: Conversation roles must alternate"):
@@ -166,7 +166,7 @@ def test_a_row_the_template_rejects_stops_with_its_line_or_is_counted(root):
     ("qwen3", lambda t: t.replace("'<|im_start|>system\\n'", "'<|im_start|>system\\n# '"), "prefix"),
     # DeepSeek-R1's, edited in its user header so TRL does not know it: its generation prompt ends in <think>\n,
     # which the rendered answer lacks. (A byte edit that renders the same is still recognised.)
-    ("deepseek_r1_distill", lambda t: t.replace("{{'<｜User｜>' + message['content']}}", "{{'<｜User｜> ' + message['content']}}"), "prefix"),
+    ("trl-deepseek_r1_distill", lambda t: t.replace("{{'<｜User｜>' + message['content']}}", "{{'<｜User｜> ' + message['content']}}"), "prefix"),
 ])
 def test_unknown_template_that_is_not_prefix_stable_stops_with_the_fix(family, edit, problem, root):
     tokenizer = load(family, root)

@@ -217,7 +217,7 @@ def test_native_template_errors_stop_before_the_model_loads(tmp_path):
     assert_one_line_exit_2(result, "not prefix-stable", tmp_path / "a")
     assert "chat_format=special_tokens" in result.stderr
 
-    gemma = folder("gemma", tmp_path)  # rejects system turns (folded) and non-alternating turns (refused)
+    gemma = folder("trl-gemma", tmp_path)  # rejects system turns (folded) and non-alternating turns (refused)
     bad = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]}
     chats = write_jsonl(tmp_path / "gemma.jsonl", [*TRICKY, bad])
     result = run_in_process(SCRIPT, f"model={gemma}", "chat_format=native", f"data={chats}", "test_data=",
