@@ -14,6 +14,7 @@ import os
 import sys
 
 import torch
+from jinja2 import TemplateError
 
 TEMPLATE_FILE = "prompt_template.json"  # written into final/ by sft_completion.py
 
@@ -59,9 +60,14 @@ def generate_answers(model, tokenizer, prompts: list, batch_size: int = 64, max_
         if isinstance(chunk[0], str):
             batch = tokenizer(chunk, padding=True, return_tensors="pt")
         else:
-            batch = tokenizer.apply_chat_template(
-                chunk, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
-            )
+            try:
+                batch = tokenizer.apply_chat_template(
+                    chunk, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
+                )
+            except TemplateError as e:
+                from common.errors import UserError
+
+                raise UserError(f"the saved chat template rejects a held-out prompt: {e}") from None
         batch = batch.to(model.device)
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True)  # training turns it off
         answers += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)

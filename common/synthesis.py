@@ -64,7 +64,12 @@ def magpie_prefix(tokenizer, system_prompt: str) -> str:
     if not tokenizer.chat_template:
         raise UserError("instruction_style=magpie needs a model with a chat template")
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    rendered = tokenizer.apply_chat_template([*messages, {"role": "user", "content": MARK}], tokenize=False)
+    from jinja2 import TemplateError
+
+    try:
+        rendered = tokenizer.apply_chat_template([*messages, {"role": "user", "content": MARK}], tokenize=False)
+    except TemplateError as e:
+        raise UserError(f"instruction_style=magpie: the chat template rejects a system prompt and user turn: {e}") from None
     return rendered.split(MARK)[0]
 
 
@@ -119,6 +124,7 @@ def load_function(spec: str, key: str):
 def reward_scores(model_name: str, prompts: list[list[dict]], answers: list[str], trust_remote_code: bool) -> list[float]:
     """The reward model's first logit for each (prompt, answer) conversation."""
     import torch
+    from jinja2 import TemplateError
     from transformers import AutoModelForSequenceClassification
 
     from common.models import load_tokenizer
@@ -130,7 +136,10 @@ def reward_scores(model_name: str, prompts: list[list[dict]], answers: list[str]
         for prompt, answer in zip(prompts, answers):
             conversation = [*prompt, {"role": "assistant", "content": answer}]
             if tokenizer.chat_template:
-                ids = tokenizer.apply_chat_template(conversation, return_tensors="pt", return_dict=True)
+                try:
+                    ids = tokenizer.apply_chat_template(conversation, return_tensors="pt", return_dict=True)
+                except TemplateError as e:
+                    raise UserError(f"the reward model's chat template rejects a conversation: {e}") from None
             else:
                 ids = tokenizer("\n".join(m["content"] for m in conversation), return_tensors="pt")
             scores.append(float(model(**ids).logits[0, 0]))

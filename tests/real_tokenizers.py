@@ -33,25 +33,48 @@ def shared_folder(family: str, root: str) -> str:
     return str(out)
 
 
+# Templates of other families, written here in the shape their models ship (no TRL training variant exists):
+# plain ChatML (SmolLM2, Hermes, many fine-tunes), Zephyr, and Mistral-7B-Instruct-v0.3, which moves the system
+# prompt into the last user turn.
+OTHER_TEMPLATES = {
+    "chatml": "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+              "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+    "zephyr": "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + eos_token }}"
+              "{% elif message['role'] == 'system' %}{{ '<|system|>\\n' + message['content'] + eos_token }}"
+              "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + eos_token }}{% endif %}"
+              "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}{% endfor %}",
+    "mistral": "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}"
+               "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}{%- endif %}"
+               "{{- bos_token }}{%- for message in loop_messages %}{%- if message['role'] == 'user' %}"
+               "{%- if loop.last and system_message is defined %}{{- '[INST] ' + system_message + '\\n\\n' + message['content'] + '[/INST]' }}"
+               "{%- else %}{{- '[INST] ' + message['content'] + '[/INST]' }}{%- endif %}"
+               "{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content'] + eos_token }}{%- endif %}{%- endfor %}",
+}
+OTHER_FAMILIES = sorted(f"other-{name}" for name in OTHER_TEMPLATES)
+
+
 @lru_cache(maxsize=None)
-def trl_folder(family: str, root: str) -> str:
-    """Llama-3's vocabulary with a TRL template and the special tokens its text names (<|im_start|>,
-    <start_of_turn>, <｜Assistant｜>, ...), so each renders as one token as in the family's own vocabulary."""
-    template = (TRL_TEMPLATES / f"{family}.jinja").read_text(encoding="utf-8")
-    out = Path(root, f"trl-{family}")
+def template_folder(name: str, template: str, root: str) -> str:
+    """Llama-3's vocabulary with a template and the special tokens its text names (<|im_start|>,
+    <start_of_turn>, <｜Assistant｜>, [INST], ...), so each renders as one token as in the family's own vocabulary."""
+    out = Path(root, name)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tokenizer.json").write_bytes(lzma.open(SHARED / "llama3" / "tokenizer.json.xz").read())
-    specials = sorted(set(re.findall(r"<[^<>\s'\"{}]{1,40}>", template)) - {"<|begin_of_text|>", "<|end_of_text|>"})
+    found = set(re.findall(r"<[^<>\s'\"{}]{1,40}>|\[/?INST\]", template))
     config = {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "chat_template": template,
-              "additional_special_tokens": specials, "tokenizer_class": "PreTrainedTokenizerFast"}
+              "additional_special_tokens": sorted(found - {"<|begin_of_text|>", "<|end_of_text|>"}),
+              "tokenizer_class": "PreTrainedTokenizerFast"}
     (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     return str(out)
 
 
 def folder(family: str, root) -> str:
-    """A tokenizer folder for a fixture family ("qwen3") or a TRL template ("trl-qwen3")."""
+    """A tokenizer folder for a fixture family ("qwen3"), a TRL template ("trl-qwen3") or another ("other-chatml")."""
     if family.startswith("trl-"):
-        return trl_folder(family.removeprefix("trl-"), str(root))
+        template = (TRL_TEMPLATES / f"{family.removeprefix('trl-')}.jinja").read_text(encoding="utf-8")
+        return template_folder(family, template, str(root))
+    if family.startswith("other-"):
+        return template_folder(family, OTHER_TEMPLATES[family.removeprefix("other-")], str(root))
     return shared_folder(family, str(root))
 
 

@@ -11,7 +11,7 @@ from common.chat_templates import prepare_messages
 from common.data import DataReport, Row
 from common.errors import RowProblem, UserError
 from common.reasoning import split_reasoning, with_reasoning
-from tests.real_tokenizers import SHARED_FAMILIES, TRL_FAMILIES, TRL_TEMPLATES, load
+from tests.real_tokenizers import OTHER_FAMILIES, SHARED_FAMILIES, TRL_FAMILIES, TRL_TEMPLATES, load
 
 
 def user(text):
@@ -45,6 +45,8 @@ REFUSED = {
     # would vanish unnoticed
     **{(f, "reasoning"): "drops the reasoning" for f in TRL_FAMILIES
        if f.removeprefix("trl-").startswith(("gemma4", "diffusion_gemma", "glm4moe", "gptoss", "lfm2_2_5", "nemotron"))},
+    # the system prompt moves to the last user turn, so an earlier turn's prefix is not a prefix of the row
+    ("other-mistral", "system_multi"): "not prefix-stable",
 }
 # What the eight families of the issue train on the system_multi row (the second assistant turn).
 GOLDEN = {
@@ -96,7 +98,7 @@ def root(tmp_path_factory):
     return tmp_path_factory.mktemp("real_tokenizers")
 
 
-@pytest.mark.parametrize("family", SHARED_FAMILIES + TRL_FAMILIES)
+@pytest.mark.parametrize("family", SHARED_FAMILIES + TRL_FAMILIES + OTHER_FAMILIES)
 def test_native_masks_are_exact_or_refused(family, root):
     tokenizer = load(family, root)
     spec = prepare_tokenizer(tokenizer, "native")
@@ -160,21 +162,31 @@ def test_a_row_the_template_rejects_stops_with_its_line_or_is_counted(root):
     assert list(report.dropped.values()) == [1] and "roles must alternate" in next(iter(report.dropped))
 
 
-@pytest.mark.parametrize("family, edit, problem", [
-    # Qwen3's template with one byte changed and a system header TRL's copy lacks: unknown, and it drops the
-    # think block of earlier assistant turns, so growing prefixes are not prefixes of the whole row.
-    ("qwen3", lambda t: t.replace("'<|im_start|>system\\n'", "'<|im_start|>system\\n# '"), "prefix"),
+@pytest.mark.parametrize("family, edit, at_start", [
+    # Qwen3's template with one byte changed and a system header TRL's copy lacks: unknown. A single turn masks
+    # exactly, but it drops the think block of earlier assistant turns, so a multi-turn row is refused.
+    ("qwen3", lambda t: t.replace("'<|im_start|>system\\n'", "'<|im_start|>system\\n# '"), False),
     # DeepSeek-R1's, edited in its user header so TRL does not know it: its generation prompt ends in <think>\n,
-    # which the rendered answer lacks. (A byte edit that renders the same is still recognised.)
-    ("trl-deepseek_r1_distill", lambda t: t.replace("{{'<｜User｜>' + message['content']}}", "{{'<｜User｜> ' + message['content']}}"), "prefix"),
+    # which the rendered answer lacks, so not even a single turn masks exactly. (A byte edit that renders the
+    # same is still recognised.)
+    ("trl-deepseek_r1_distill", lambda t: t.replace("{{'<｜User｜>' + message['content']}}", "{{'<｜User｜> ' + message['content']}}"), True),
 ])
-def test_unknown_template_that_is_not_prefix_stable_stops_with_the_fix(family, edit, problem, root):
+def test_unknown_template_that_is_not_prefix_stable_stops_with_the_fix(family, edit, at_start, root):
     tokenizer = load(family, root)
     edited = edit(tokenizer.chat_template)
     assert edited != tokenizer.chat_template
     tokenizer.chat_template = edited
-    with pytest.raises(UserError) as stop:
-        prepare_tokenizer(tokenizer, "native")
+    if at_start:
+        with pytest.raises(UserError) as stop:
+            prepare_tokenizer(tokenizer, "native")
+    else:
+        spec = prepare_tokenizer(tokenizer, "native")
+        assert spec.prefix_masks
+        input_ids, labels = tokenize_chat(tokenizer, CONVERSATIONS["single"], "all_assistant", spec)
+        assert [tokenizer.decode(input_ids[a:b]) for a, b in spans([int(x != -100) for x in labels])] == [
+            "<think>\n\n</think>\n\nRed, yellow and blue.<|im_end|>\n"]
+        with pytest.raises(RowProblem) as stop:
+            tokenize_chat(tokenizer, CONVERSATIONS["system_multi"], "all_assistant", spec)
     message = str(stop.value)
-    assert problem in message and "chat_template=" in message and "chat_format=special_tokens" in message
+    assert "prefix" in message and "chat_template=" in message and "chat_format=special_tokens" in message
     assert "\n" not in message

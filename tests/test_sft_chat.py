@@ -194,6 +194,12 @@ def test_native_qwen3_trains_with_the_training_template_and_final_keeps_it(tmp_p
     assert tokenizer.chat_template == (TRL_TEMPLATES / "qwen3_training.jinja").read_text(encoding="utf-8")
     final = AutoModelForCausalLM.from_pretrained(out / "final")
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in final.generation_config.eos_token_id
+    from tests.conftest import run_in_process
+
+    result = run_in_process(SCRIPT, f"model={model}", "chat_format=native", f"data={data}", "test_data=",
+                            "eval_fraction=0", "dry_run=true", f"output_dir={tmp_path / 'dry'}")
+    assert result.returncode == 0, result.stderr
+    assert "<|im_start|>assistant\n[[<think>\n" in result.stdout and " minutes is a timer.\n</think>\n\nset_timer(" in result.stdout
     history = REASONING_CHATS[0]["messages"]
     prompt = tokenizer.apply_chat_template(history[:4], add_generation_prompt=True, tokenize=False)
     assert prompt.endswith("<think>\n1 minutes is a timer.\n</think>\n\nset_timer(minutes=1)<|im_end|>\n"
