@@ -35,7 +35,7 @@ def render_with_mask(tokenizer, messages: list[dict], spec: ChatSpec) -> tuple[l
             return prefix_mask(tokenizer, messages)
         out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
         return list(out["input_ids"]), list(out["assistant_masks"])
-    except TemplateError as e:
+    except (TemplateError, TypeError) as e:  # the template's raise_exception, or an operation it cannot do on the row
         raise RowProblem(f"the chat template rejects this row: {e}") from None
 
 

@@ -116,10 +116,15 @@ def use_training_template(tokenizer, template_file: str = "") -> str:
         render(tokenizer, _TURNS[:2])
     except TemplateSyntaxError as e:
         raise UserError(f"{origin} does not compile (template line {e.lineno}: {e.message})") from None
-    except TemplateError:
+    except (TemplateError, TypeError):
         pass  # a rejected role is the template's behaviour, handled per row
     if has_generation_markers(template):
+        from common.chat_masks import trained_stop_token
+
         tokenizer.chat_template = template
+        if trained_stop_token(tokenizer, ChatSpec("", reasoning_style=reasoning_style(tokenizer))) is None:
+            return (f"{origin}, its own {{% generation %}} markers (warning: they leave out the end-of-turn token, "
+                    "so the model does not learn to stop)")
         return f"{origin}, its own {{% generation %}} markers"
     known = recognise(tokenizer, template)
     if known:

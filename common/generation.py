@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import torch
 from jinja2 import TemplateError
 
+from common.chat_templates import fold_system
 from common.errors import UserError
 from common.request_cache import RequestCache, request_key
 
@@ -103,11 +104,16 @@ class HFBackend:
     def __init__(self, params: dict):
         from transformers import AutoModelForCausalLM
 
+        from common.chat_templates import rejects_system
         from common.models import load_tokenizer, resolve_dtype
 
         self.model = params["model"]
         self.tokenizer = load_tokenizer(self.model, params["trust_remote_code"])
         self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:  # Llama-3's has none; left padding under the attention mask is never read
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        # a template that rejects system turns (Gemma 1 and 2) gets the system prompt in the first user turn
+        self.fold = bool(self.tokenizer.chat_template) and rejects_system(self.tokenizer)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.lm = AutoModelForCausalLM.from_pretrained(
             self.model, dtype=resolve_dtype(params["dtype"]), trust_remote_code=params["trust_remote_code"]
@@ -124,7 +130,8 @@ class HFBackend:
                 batch = self.tokenizer([r.prompt for r in chunk], padding=True, add_special_tokens=False, return_tensors="pt")
             else:
                 try:
-                    batch = self.tokenizer.apply_chat_template([r.prompt for r in chunk], add_generation_prompt=True,
+                    prompts = [fold_system(r.prompt) if self.fold else r.prompt for r in chunk]
+                    batch = self.tokenizer.apply_chat_template(prompts, add_generation_prompt=True,
                                                                padding=True, return_tensors="pt", return_dict=True)
                 except TemplateError as e:
                     raise UserError(f"the chat template of {self.model} rejects a prompt: {e}") from None

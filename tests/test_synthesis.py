@@ -86,3 +86,20 @@ def test_load_function_by_path_and_by_module():
     assert verify({"messages": [USER, CALL]}, ' play_music(artist="Adele")\n')
     assert not verify({"prompt": "p", "completion": "a()"}, "b()")
     assert load_function("common.synthesis:novel", "verifier") is novel
+
+
+def test_hf_backend_folds_the_system_prompt_for_a_template_that_rejects_it(tmp_path):
+    """Gemma-2's template raises on a system turn: the teacher sees it in the first user turn, and the written
+    row keeps it as a system turn (sft_chat.py folds it the same way when it trains)."""
+    from tests.conftest import read_jsonl, run_in_process, write_jsonl
+    from tests.real_tokenizers import tiny_model_folder
+
+    model = tiny_model_folder("trl-gemma", tmp_path)
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Play Adele"}])
+    out = tmp_path / "out"
+    result = run_in_process("synth_data.py", "stages=[responses]", f"model={model}", f"data={data}", "test_data=",
+                            "system_prompt=Be brief.", "num_samples=1", "max_new_tokens=2", "progress_bar=false",
+                            f"output_dir={out}")
+    assert result.returncode == 0, result.stderr
+    (row,) = read_jsonl(out / "responses.jsonl")
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
