@@ -47,9 +47,10 @@ def run(strategy: str, chats, max_length: int, batch_size: int, epochs: float, e
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = load_tokenizer("builtin:tiny")
-    new_ids = prepare_tokenizer(tokenizer, "special_tokens").new_token_ids
+    chat = prepare_tokenizer(tokenizer, "special_tokens")
+    new_ids = chat.new_token_ids
     packing = strategy == "packed"
-    examples = [tokenize_chat(tokenizer, c) for c in chats]
+    examples = [tokenize_chat(tokenizer, c, spec=chat) for c in chats]
     dataset = build_dataset(examples, max_length, packing, 0, DataReport(), "train")
     model = load_model("builtin:tiny", "float32", seed=0)
     resize_embeddings(model, tokenizer, new_ids)

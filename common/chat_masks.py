@@ -10,7 +10,7 @@ they do not is refused (RowProblem), never trained with a wrong mask.
 
 from jinja2 import TemplateError
 
-from common.chat_templates import FIX, ChatSpec, has_generation_markers, prepare_messages, template_text
+from common.chat_templates import FIX, ChatSpec, chat_spec, prepare_messages
 from common.errors import RowProblem, UserError
 from common.reasoning import with_reasoning
 
@@ -18,7 +18,7 @@ from common.reasoning import with_reasoning
 def tokenize_chat(tokenizer, messages: list[dict], loss_on: str = "all_assistant",
                   spec: ChatSpec | None = None) -> tuple[list[int], list[int]]:
     """input_ids and labels for one conversation; labels are -100 except on the trained assistant tokens."""
-    spec = spec or ChatSpec("", prefix_masks=not has_generation_markers(template_text(tokenizer)))
+    spec = spec or chat_spec(tokenizer, "")
     messages = prepare_messages(with_reasoning(messages, spec.reasoning), spec)
     input_ids, mask = render_with_mask(tokenizer, messages, spec)
     turns = [m for m in messages if m["role"] == "assistant"]
@@ -114,10 +114,10 @@ def _check_trained_text(tokenizer, input_ids: list[int], mask: list[int], turns:
     trained = "\x00".join(tokenizer.decode(input_ids[a:b]) for a, b in spans(mask))
     at = 0
     for turn in turns:
-        for text in (turn.get("reasoning_content") or "", turn["content"]):
+        for text, is_reasoning in ((turn.get("reasoning_content") or "", True), (turn["content"], False)):
             text = text.strip()
             found = trained.find(text, at) if text else at
-            if found < 0 and text == (turn.get("reasoning_content") or "").strip() and text not in tokenizer.decode(input_ids):
+            if found < 0 and is_reasoning and text not in tokenizer.decode(input_ids):
                 raise RowProblem("the chat template drops the reasoning of an assistant turn (it shows only the last "
                                  "turn's); set reasoning=drop, chat_template=path/to/template.jinja or chat_format=special_tokens")
             if found < 0:

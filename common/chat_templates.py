@@ -153,6 +153,8 @@ def chat_spec(tokenizer, source: str, reasoning: str = "keep") -> ChatSpec:
 def rejects_system(tokenizer) -> bool:
     """Whether the template raises on a system turn but renders the same row with the system prompt folded into
     the first user turn (Gemma 1 and 2; Gemma 3's own template folds it itself)."""
+    if not template_text(tokenizer):
+        return False
     try:
         render(tokenizer, [_SYSTEM, *_TURNS[:2]])
         return False

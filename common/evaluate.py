@@ -99,7 +99,7 @@ def exact_match_of(model, tokenizer, examples: list, show: int = 0, template: st
     """exact_match for a model already in memory; examples as read_examples returns them."""
     from common.chat_templates import fold_system, rejects_system
 
-    fold = tokenizer.chat_template and rejects_system(tokenizer)  # as training folded it (Gemma 1 and 2)
+    fold = rejects_system(tokenizer)  # as training folded it (Gemma 1 and 2)
     prompts = [(fold_system(p) if fold else p) if isinstance(p, list) else template.format(prompt=p) for p, _ in examples]
     answers = generate_answers(model, tokenizer, prompts)
     hits = [is_exact_match(a, ref) for a, (_, ref) in zip(answers, examples)]

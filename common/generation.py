@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import torch
 from jinja2 import TemplateError
 
-from common.chat_templates import fold_system
+from common.chat_templates import fold_system, rejects_system
 from common.errors import UserError
 from common.request_cache import RequestCache, request_key
 
@@ -104,7 +104,6 @@ class HFBackend:
     def __init__(self, params: dict):
         from transformers import AutoModelForCausalLM
 
-        from common.chat_templates import rejects_system
         from common.models import load_tokenizer, resolve_dtype
 
         self.model = params["model"]
@@ -113,7 +112,7 @@ class HFBackend:
         if self.tokenizer.pad_token is None:  # Llama-3's has none; left padding under the attention mask is never read
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # a template that rejects system turns (Gemma 1 and 2) gets the system prompt in the first user turn
-        self.fold = bool(self.tokenizer.chat_template) and rejects_system(self.tokenizer)
+        self.fold = rejects_system(self.tokenizer)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.lm = AutoModelForCausalLM.from_pretrained(
             self.model, dtype=resolve_dtype(params["dtype"]), trust_remote_code=params["trust_remote_code"]

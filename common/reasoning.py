@@ -34,7 +34,7 @@ def split_reasoning(message: dict) -> tuple[str, str]:
 
 def strip_reasoning(text: str) -> str:
     """A generated answer without its leading think block (what a judge or an exact-match check compares)."""
-    return THINK_BLOCK.sub("", text, count=1) if THINK_BLOCK.match(text) else text
+    return THINK_BLOCK.sub("", text, count=1)
 
 
 def with_reasoning(messages: list[dict], mode: str) -> list[dict]:
