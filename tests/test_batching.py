@@ -55,11 +55,13 @@ def test_truncation_and_rows_without_targets_are_counted():
         (list(range(20)), [-100] * 15 + list(range(15, 20))),  # truncated to 10: nothing trained is left
         (list(range(12)), [-100] * 2 + list(range(2, 12))),  # truncated, keeps targets
         (list(range(4)), list(range(4))),
+        (list(range(30)), [-100] * 30),  # nothing trained before truncation: counted apart, not as truncated
     ]
     dataset = build_dataset(examples, max_length=10, packing=False, seed=0, report=report, split="train")
     assert len(dataset) == 2
     assert report.counts["train_truncated"] == 2
-    assert report.dropped == {"train: no trained token after truncation to max_length=10": 1}
+    assert report.dropped == {"train: no trained token after truncation to max_length=10": 1,
+                              "train: no trained token in the row": 1}
     assert report.counts["train_trained_tokens"] == 8 + 3
 
 
