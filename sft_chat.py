@@ -15,7 +15,7 @@ final/ (a plain Hugging Face folder whose generation_config stops at the end-of-
 """
 
 from common.batching import build_dataset, choose_packing, dry_run
-from common.chat_format import end_of_turn_ids, prepare_tokenizer, validate_messages
+from common.chat_format import FUNCTION_TOKENS_FILE, chat_row_problem, end_of_turn_ids, prepare_tokenizer, use_function_tokens
 from common.chat_masks import chat_examples
 from common.checkpoint import export_final, start_run
 from common.cleaning import CLEAN_DEFAULTS
@@ -33,6 +33,7 @@ PARAMS = dict(
     chat_format="special_tokens",  # or "native": the model's own chat template (README "Native chat templates")
     chat_template="",  # native: a Jinja file to use instead of the model's template (e.g. with {% generation %} markers)
     reasoning="keep",  # or "drop": remove reasoning_content / leading <think> blocks from every assistant turn
+    function_tokens="auto",  # one token per function in the tools (auto: for at most 64 functions; README "Function calling")
     data=["data/examples/chat_train.jsonl"],  # {"messages": [{"role", "content"}]} rows; ShareGPT is mapped
     eval_data=[],  # held-out rows for eval loss; when empty, eval_fraction of data is held out
     eval_fraction=0.05,
@@ -77,10 +78,6 @@ PARAMS = dict(
 )
 
 
-def chat_row_problem(row: dict) -> str | None:
-    return "row has no 'messages' field" if "messages" not in row else validate_messages(row["messages"])
-
-
 @exit_on_user_error
 def main(params: dict, trainer_class=None, row_hook=None) -> None:
     out = params["output_dir"]
@@ -95,6 +92,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     if is_main():
         print(f"chat template: {chat.source}", flush=True)
     train_rows, eval_rows = train_and_eval_rows(params, chat_row_problem, report, tokenizer, row_hook)
+    functions = use_function_tokens(tokenizer, chat, params, train_rows, report)
     packing = choose_packing(params["packing"])
 
     def dataset(rows, split):
@@ -123,7 +121,8 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     trainer = sft_trainer(params, model, tokenizer, train_set, eval_set, packing, trainer_class)
     trainer.train(resume_from_checkpoint=resume_from)
 
-    final = export_final(trainer, tokenizer, out, end_of_turn_ids(tokenizer, params["chat_format"], chat), params["lora"]["merge"])
+    final = export_final(trainer, tokenizer, out, end_of_turn_ids(tokenizer, params["chat_format"], chat), params["lora"]["merge"],
+                         {FUNCTION_TOKENS_FILE: functions} if functions else None)
     if is_main():
         plot_loss(out)
         print(f"saved {final}")

@@ -72,8 +72,8 @@ def run(strategy: str, chats, max_length: int, batch_size: int, epochs: float, e
     if exact_match:
         examples = read_examples("data/examples/chat_test.jsonl")
         model.config.use_cache = True
-        answers = generate_answers(model, tokenizer, [p for p, _ in examples])
-        result["exact_match"] = sum(is_exact_match(a, ref) for a, (_, ref) in zip(answers, examples)) / len(examples)
+        answers = generate_answers(model, tokenizer, [e.prompt for e in examples])
+        result["exact_match"] = sum(is_exact_match(a, e.reference) for a, e in zip(answers, examples)) / len(examples)
     return result
 
 

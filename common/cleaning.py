@@ -14,6 +14,7 @@ import unicodedata
 from common.data import DataReport, Row
 from common.distributed import is_main, wait_for_everyone
 from common.errors import UserError
+from common.tool_calls import arguments_of, map_strings
 
 # Defaults, and why:
 CLEAN_DEFAULTS = dict(
@@ -39,7 +40,7 @@ CLEAN_DEFAULTS = dict(
     cache_dir="outputs/clean_cache",  # cleaned rows keyed by data and settings: reruns and other ranks reuse them
 )
 HELD_OUT_KEYS = ("test_data", "exact_match_data", "eval_data")
-CACHE_VERSION = 1  # part of the cache key: raise it when a step changes what it keeps
+CACHE_VERSION = 2  # part of the cache key: raise it when a step changes what it keeps
 REFUSALS = (
     "as an ai language model", "as an ai assistant", "i'm sorry, but i can't", "i am sorry, but i cannot",
     "i cannot fulfill", "i can't assist with", "i'm unable to help", "i cannot help with that",
@@ -58,27 +59,34 @@ SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")
 def fields(row: dict) -> list[tuple[str, str, bool]]:
     """(path, text, trained) for every text in a row of any schema; trained marks answers and targets."""
     out = []
-    if "messages" in row:
-        out += [(f"messages.{i}", m["content"], m["role"] == "assistant") for i, m in enumerate(row["messages"])]
-    for key, trained in (("text", True), ("prompt", False), ("completion", True), ("chosen", True), ("rejected", True)):
+    for key, trained in (("messages", True), ("text", True), ("prompt", False), ("completion", True), ("chosen", True),
+                         ("rejected", True)):
         value = row.get(key)
         if isinstance(value, str):
             out.append((key, value, trained))
         elif isinstance(value, list):
-            out += [(f"{key}.{i}", m["content"], m["role"] == "assistant") for i, m in enumerate(value)]
+            out += [(f"{key}.{i}", _turn_text(m), m["role"] == "assistant") for i, m in enumerate(value)]
     return out
 
 
+def _turn_text(message: dict) -> str:
+    """A turn's text, with its tool calls written out (a call is an answer as much as text is)."""
+    calls = [f"{c['function']['name']}({json.dumps(arguments_of(c), ensure_ascii=False)})" for c in message.get("tool_calls") or []]
+    return "\n".join([message.get("content") or "", *calls]).strip()
+
+
 def _rewrite(row: dict, fn) -> dict:
-    """The row with fn applied to each text (and an assistant turn's reasoning_content); turns left empty are dropped
-    from message lists."""
+    """The row with fn applied to each text (an assistant turn's reasoning_content and the string values of its
+    calls' arguments too, so a value copied from the request stays equal to it); turns left empty are dropped from
+    message lists."""
     row = dict(row)
     for key in ("messages", "prompt", "chosen", "rejected"):
         if isinstance(row.get(key), list):
-            turns = [{**m, "content": fn(m["content"]),
-                      **({"reasoning_content": fn(m["reasoning_content"])} if isinstance(m.get("reasoning_content"), str) else {})}
+            turns = [{**m, "content": fn(m.get("content") or ""),
+                      **({"reasoning_content": fn(m["reasoning_content"])} if isinstance(m.get("reasoning_content"), str) else {}),
+                      **({"tool_calls": [map_strings(c, fn) for c in m["tool_calls"]]} if m.get("tool_calls") else {})}
                      for m in row[key]]
-            row[key] = [m for m in turns if m["content"]]
+            row[key] = [m for m in turns if m["content"] or m.get("tool_calls")]
     for key in ("text", "prompt", "completion", "chosen", "rejected"):
         if isinstance(row.get(key), str):
             row[key] = fn(row[key])

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from common.errors import UserError
 
 FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
+                  "observation": "tool", "tool": "tool"}
 
 
 @dataclass
@@ -196,11 +197,22 @@ def _rename(row, fields: dict | None):
             row[target] = row.pop(source)
     role, content = fields.get("role", "role"), fields.get("content", "content")
     if (role, content) != ("role", "content") and isinstance(row.get("messages"), list):
-        row["messages"] = [
-            {"role": SHAREGPT_ROLES.get(m.get(role), m.get(role)), "content": m.get(content)} if isinstance(m, dict) else m
-            for m in row["messages"]
-        ]
+        row["messages"] = [_message(m.get(role), m.get(content)) if isinstance(m, dict) else m for m in row["messages"]]
     return row
+
+
+def _message(role, content) -> dict:
+    """A ShareGPT turn as an OpenAI message. A `function_call` turn (LLaMA-Factory) holds a JSON call
+    {"name", "arguments"} or a list of them and becomes an assistant turn of tool calls; a value that is not
+    JSON stays as it is, for the row check to reject with the row's file and line."""
+    if role != "function_call":
+        return {"role": SHAREGPT_ROLES.get(role, role), "content": content}
+    try:
+        calls = json.loads(content) if isinstance(content, str) else content
+    except json.JSONDecodeError:
+        return {"role": "assistant", "content": "", "tool_calls": content}
+    calls = calls if isinstance(calls, list) else [calls]
+    return {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": c} for c in calls]}
 
 
 def check_rows(rows: list[Row], validate, on_bad_rows: str, report: DataReport) -> list[Row]:

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
 from jinja2 import TemplateError
@@ -19,18 +20,29 @@ from jinja2 import TemplateError
 TEMPLATE_FILE = "prompt_template.json"  # written into final/ by sft_completion.py
 
 
-def read_examples(path: str) -> list[tuple[list[dict] | str, str]]:
-    """(prompt, reference) per row: chat rows give the messages before the last assistant turn and that
-    turn; prompt/completion rows give the prompt string and the completion."""
+@dataclass
+class Example:
+    prompt: list[dict] | str  # the messages before the last assistant turn, or a completion prompt
+    reference: str | dict  # the expected answer, or the expected assistant message when it makes tool calls
+    tools: list | None = None  # the row's tools, passed to the chat template
+
+
+def read_examples(path: str) -> list[Example]:
+    """Chat rows give the messages before the last assistant turn and that turn (its content, or the whole
+    message when it calls tools); prompt/completion rows give the prompt string and the completion."""
+    from common.tool_calls import normalize_message, normalize_tools
+
     examples = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 row = json.loads(line)
                 if "messages" in row:
-                    examples.append((row["messages"][:-1], row["messages"][-1]["content"]))
+                    *prompt, last = row["messages"]
+                    reference = normalize_message(last) if last.get("tool_calls") else last["content"]
+                    examples.append(Example(prompt, reference, normalize_tools(row.get("tools")) or None))
                 else:
-                    examples.append((row["prompt"], row["completion"]))
+                    examples.append(Example(row["prompt"], row["completion"]))
     return examples
 
 
@@ -50,28 +62,35 @@ def is_exact_match(answer: str, reference: str) -> bool:
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, prompts: list, batch_size: int = 64, max_new_tokens: int = 64):
-    """Greedy answers; a prompt is a list of messages (chat template) or a string (tokenized as it is)."""
+def generate_answers(model, tokenizer, prompts: list, batch_size: int = 64, max_new_tokens: int = 128,
+                     tools: list | None = None, raw: bool = False) -> list[str]:
+    """Greedy answers; a prompt is a list of messages (chat template, with tools[i] when given) or a string
+    (tokenized as it is). raw: keep special tokens (a response parser reads them) up to the end of the turn."""
     tokenizer.padding_side = "left"
     model.eval()
+    texts = [p if isinstance(p, str) else _chat_prompt(tokenizer, p, (tools or [None] * len(prompts))[i])
+             for i, p in enumerate(prompts)]
+    stops = model.generation_config.eos_token_id
+    stops = set(stops if isinstance(stops, list) else [stops])
     answers = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        if isinstance(chunk[0], str):
-            batch = tokenizer(chunk, padding=True, return_tensors="pt")
-        else:
-            try:
-                batch = tokenizer.apply_chat_template(
-                    chunk, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
-                )
-            except TemplateError as e:
-                from common.errors import UserError
-
-                raise UserError(f"the saved chat template rejects a held-out prompt: {e}") from None
-        batch = batch.to(model.device)
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        batch = tokenizer(chunk, padding=True, return_tensors="pt",
+                          add_special_tokens=isinstance(prompts[start], str)).to(model.device)
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True)  # training turns it off
-        answers += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        for ids in out[:, batch["input_ids"].shape[1] :].tolist():
+            end = next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))
+            answers.append(tokenizer.decode(ids[:end], skip_special_tokens=not raw))
     return answers
+
+
+def _chat_prompt(tokenizer, messages: list[dict], tools: list | None) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+    except TemplateError as e:
+        from common.errors import UserError
+
+        raise UserError(f"the saved chat template rejects a held-out prompt: {e}") from None
 
 
 def load_plain(model_dir: str):
@@ -95,18 +114,64 @@ def exact_match(model_dir: str, data_path: str, show: int = 0, template: str | N
     return exact_match_of(model, tokenizer, read_examples(data_path), show, template)
 
 
-def exact_match_of(model, tokenizer, examples: list, show: int = 0, template: str = "{prompt}") -> float:
-    """exact_match for a model already in memory; examples as read_examples returns them."""
+def exact_match_of(model, tokenizer, examples: list[Example], show: int = 0, template: str = "{prompt}") -> float:
+    """exact_match for a model already in memory; a tool-call answer must name the same functions, in order,
+    with arguments equal as JSON values (read back with the tokenizer's response parser). Rows that call tools
+    print their accuracy per function."""
     from common.chat_templates import fold_system, rejects_system
 
     fold = rejects_system(tokenizer)  # as training folded it (Gemma 1 and 2)
-    prompts = [(fold_system(p) if fold else p) if isinstance(p, list) else template.format(prompt=p) for p, _ in examples]
-    answers = generate_answers(model, tokenizer, prompts)
-    hits = [is_exact_match(a, ref) for a, (_, ref) in zip(answers, examples)]
-    for answer, (prompt, ref), hit in list(zip(answers, examples, hits))[:show]:
-        shown = prompt[-1]["content"] if isinstance(prompt, list) else prompt
-        print(f"{'ok  ' if hit else 'MISS'} {shown!r} -> {answer.strip()!r} (expected {ref!r})")
+    prompts = [(fold_system(e.prompt) if fold else e.prompt) if isinstance(e.prompt, list)
+               else template.format(prompt=e.prompt) for e in examples]
+    calls = any(isinstance(e.reference, dict) for e in examples)
+    if calls and getattr(tokenizer, "response_template", None) is None:
+        from common.errors import UserError
+
+        raise UserError("the held-out rows call tools, but the saved tokenizer has no response_template to read "
+                        "calls back with (transformers' parse_response)")
+    answers = generate_answers(model, tokenizer, prompts, tools=[e.tools for e in examples], raw=calls)
+    hits = [_hit(tokenizer, answer, e, calls) for answer, e in zip(answers, examples)]
+    for answer, e, hit in list(zip(answers, examples, hits))[:show]:
+        shown = e.prompt[-1]["content"] if isinstance(e.prompt, list) else e.prompt
+        print(f"{'ok  ' if hit else 'MISS'} {shown!r} -> {answer.strip()!r} (expected {_shown(e.reference)!r})")
+    if calls:
+        by_function = {}
+        for e, hit in zip(examples, hits):
+            name = " + ".join(c["function"]["name"] for c in e.reference["tool_calls"]) if isinstance(e.reference, dict) else "(no call)"
+            by_function.setdefault(name, []).append(hit)
+        for name, results in sorted(by_function.items()):
+            print(f"  {name}: {sum(results) / len(results):.1%} of {len(results)}")
     return sum(hits) / max(1, len(hits))
+
+
+def _hit(tokenizer, answer: str, example: Example, parse: bool) -> bool:
+    """Whether a generated answer matches the reference: its text, or (parse) the message the tokenizer's
+    response parser reads from it, whose calls must equal the reference's."""
+    from common.tool_calls import same_calls
+
+    if not parse:
+        return is_exact_match(answer, example.reference)
+    parsed = _parsed(tokenizer, answer)
+    if parsed is None:
+        return False
+    if isinstance(example.reference, str):
+        return not parsed.get("tool_calls") and is_exact_match(parsed.get("content") or "", example.reference)
+    return same_calls(parsed.get("tool_calls") or [], example.reference["tool_calls"])
+
+
+def _parsed(tokenizer, answer: str) -> dict | None:
+    """The answer as an assistant message, or None when it does not parse (a broken call is a miss)."""
+    try:
+        return tokenizer.parse_response(answer, prefix="")
+    except ValueError:
+        return None
+
+
+def _shown(reference) -> str:
+    if isinstance(reference, str):
+        return reference
+    return "; ".join(f"{c['function']['name']}({json.dumps(c['function']['arguments'], ensure_ascii=False)})"
+                     for c in reference["tool_calls"])
 
 
 def main(argv=None) -> None:

@@ -20,6 +20,7 @@ CHOICES = {
     "loss_on": ("all_assistant", "last_assistant"),
     "reasoning": ("keep", "drop"),
     "packing": ("auto", True, False),
+    "function_tokens": ("auto", True, False),
     "report_to": ("auto", "wandb", "none"),
     "on_bad_rows": ("error", "skip"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),

@@ -1,24 +1,31 @@
 """Preference data and the DPO reference: row checks, chat formatting, and reference log-probs cached on disk.
 
-Rows are {"prompt", "chosen", "rejected"}, each a string or a list of messages. With a model whose
-tokenizer has a chat template (an sft_chat.py output has ours), string rows become messages, so TRL
-renders them with that template and the end-of-turn token closes chosen and rejected.
+Rows are {"prompt", "chosen", "rejected", "tools"?}, each a string or a list of messages; chosen and rejected
+may be assistant messages with tool_calls, rendered with the row's tools. With a model whose tokenizer has a
+chat template (an sft_chat.py output has ours), string rows become messages, so they are rendered with that
+template and the end-of-turn token closes chosen and rejected.
 """
 
 import hashlib
 import json
 import os
+import re
 
 import torch
 
+from common.chat_format import validate_messages
 from common.chat_masks import prompt_and_answer
 from common.distributed import is_main, wait_for_everyone
 from common.errors import RowProblem, UserError
-from common.reasoning import reasoning_problem
+from common.tool_calls import normalize_tools, same_calls, tool_names, tools_problem
 
 
 def preference_row_problem(row: dict) -> str | None:
-    """Why a preference row is unusable, or None when it is fine."""
+    """Why a preference row is unusable, or None when it is fine. Message lists follow the chat rules (tool calls
+    name the row's tools, a tool result follows a call); chosen and rejected are assistant turns."""
+    problem = tools_problem(row.get("tools"))
+    if problem:
+        return problem
     for name in ("prompt", "chosen", "rejected"):
         if name not in row:
             return f"row has no '{name}' field"
@@ -26,59 +33,68 @@ def preference_row_problem(row: dict) -> str | None:
         if isinstance(value, str):
             if name != "prompt" and not value.strip():
                 return f"'{name}' is empty"
-        elif isinstance(value, list):
-            problem = _messages_problem(value, name)
-            if problem:
-                return problem
-        else:
+        elif not isinstance(value, list):
             return f"'{name}' must be a string or a list of messages, got {type(value).__name__}"
+        elif not value:
+            return f"'{name}' is an empty list"
     if isinstance(row["chosen"], str) != isinstance(row["rejected"], str):
         return "'chosen' and 'rejected' must both be strings or both be message lists"
-    if _text(row["chosen"]).strip() == _text(row["rejected"]).strip():
+    chat, names = as_chat(row, True), set(tool_names(row.get("tools")))
+    for name in ("chosen", "rejected"):
+        problem = _conversation_problem(chat["prompt"], chat[name], name, names)
+        if problem:
+            return problem
+    if chat["prompt"][-1]["role"] not in ("user", "tool"):
+        return "the prompt's last message must be from the user (or a tool result)"
+    if _same_answer(chat["chosen"], chat["rejected"]):
         return "'chosen' and 'rejected' are identical, so there is no preference to learn"
     return None
 
 
-def _messages_problem(messages: list, name: str) -> str | None:
-    if not messages:
-        return f"'{name}' is an empty list"
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
-            return f"{name}[{i}] must be a message with role system, user or assistant"
-        if not isinstance(message.get("content"), str):
-            return f"{name}[{i}] content must be a string"
-        problem = reasoning_problem(message) if message["role"] == "assistant" else None
-        if problem:
-            return f"{name}[{i}] {problem}"
-    if name == "prompt":
-        return None if messages[-1]["role"] == "user" else "the prompt's last message must be from the user"
-    if any(m["role"] != "assistant" for m in messages):
+def _conversation_problem(prompt: list, answer: list, name: str, names: set) -> str | None:
+    """The chat rules over prompt + answer, naming a bad message by where it is in the row (prompt[i], chosen[j])."""
+    if any(not isinstance(m, dict) or m.get("role") != "assistant" for m in answer):
         return f"'{name}' must hold assistant messages only"
-    return None if any(m["content"].strip() for m in messages) else f"'{name}' is empty"
+    problem = validate_messages(prompt + answer, names)
+    at = re.match(r"messages\[(\d+)\]", problem or "")
+    if at:
+        i = int(at[1])
+        problem = (f"prompt[{i}]" if i < len(prompt) else f"{name}[{i - len(prompt)}]") + problem[at.end():]
+    if not problem and not any((m.get("content") or "").strip() or m.get("tool_calls") for m in answer):
+        return f"'{name}' is empty"
+    return problem
 
 
-def _text(value) -> str:
-    return value if isinstance(value, str) else "\n".join(m["content"] for m in value)
+def _same_answer(a: list[dict], b: list[dict]) -> bool:
+    def calls(answer):
+        return [c for m in answer for c in m.get("tool_calls") or []]
+
+    def text(answer):
+        return "\n".join(m.get("content") or "" for m in answer).strip()
+
+    return text(a) == text(b) and same_calls(calls(a), calls(b))
 
 
 def as_chat(row: dict, has_chat_template: bool) -> dict:
-    """The row as TRL's conversational format when the model has a chat template, else as it is."""
+    """The row as TRL's conversational format (with its tools, when it has some) when the model has a chat
+    template, else as it is."""
     if not has_chat_template:
         return {k: row[k] for k in ("prompt", "chosen", "rejected")}
 
     def messages(value, role):
         return [{"role": role, "content": value}] if isinstance(value, str) else value
 
+    tools = {"tools": row["tools"]} if row.get("tools") else {}
     return {"prompt": messages(row["prompt"], "user"), "chosen": messages(row["chosen"], "assistant"),
-            "rejected": messages(row["rejected"], "assistant")}
+            "rejected": messages(row["rejected"], "assistant"), **tools}
 
 
 def check_plain_rows(rows, has_chat_template: bool) -> None:
-    """Message lists need a chat template to be rendered; say so once instead of failing deep in TRL."""
+    """Message lists and tools need a chat template to be rendered; say so once instead of failing deep in TRL."""
     if not has_chat_template:
         for row in rows:
-            if any(isinstance(row.data[k], list) for k in ("prompt", "chosen", "rejected")):
-                raise UserError(f"{row.where}: message lists need a model with a chat template; this one has none")
+            if any(isinstance(row.data[k], list) for k in ("prompt", "chosen", "rejected")) or normalize_tools(row.data.get("tools")):
+                raise UserError(f"{row.where}: message lists and tools need a model with a chat template; this one has none")
 
 
 def cached_reference(trainer_class, cache_dir: str, tokenizer):
@@ -165,8 +181,8 @@ def tokenize_preference(tokenizer, row: dict, spec=None) -> dict:
         prompt = tokenizer(row["prompt"])["input_ids"]
         return {"prompt_ids": prompt, **{f"{k}_ids": tokenizer(row[k] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
                                          for k in ("chosen", "rejected")}}
-    prompt, chosen = prompt_and_answer(tokenizer, row["prompt"], row["chosen"], spec)
-    prompt_again, rejected = prompt_and_answer(tokenizer, row["prompt"], row["rejected"], spec)
+    prompt, chosen = prompt_and_answer(tokenizer, row["prompt"], row["chosen"], spec, row.get("tools"))
+    prompt_again, rejected = prompt_and_answer(tokenizer, row["prompt"], row["rejected"], spec, row.get("tools"))
     if prompt != prompt_again:
         raise RowProblem("the chat template renders the prompt differently before chosen and before rejected")
     return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}

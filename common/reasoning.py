@@ -38,15 +38,19 @@ def strip_reasoning(text: str) -> str:
 
 
 def with_reasoning(messages: list[dict], mode: str) -> list[dict]:
-    """Messages as {role, content} plus `reasoning_content` on assistant turns that have some (mode keep), or
-    with every turn's reasoning removed (mode drop)."""
+    """Messages as {role, content} (with their tool calls, and a tool result's name and call id) plus
+    `reasoning_content` on assistant turns that have some (mode keep), or with every turn's reasoning removed
+    (mode drop)."""
     out = []
     for message in messages:
         if message["role"] != "assistant":
-            out.append({"role": message["role"], "content": message["content"]})
+            out.append({key: message[key] for key in ("role", "content", "name", "tool_call_id")
+                        if key in message and (key in ("role", "content") or message["role"] == "tool")})
             continue
         reasoning, answer = split_reasoning(message)
         turn = {"role": "assistant", "content": answer}
+        if message.get("tool_calls"):
+            turn["tool_calls"] = message["tool_calls"]
         if reasoning.strip() and mode == "keep":
             turn["reasoning_content"] = reasoning.strip("\n")
         out.append(turn)

@@ -13,6 +13,20 @@ CHAT = {"messages": [{"role": "user", "content": "Play Adele"}, {"role": "assist
 COMPLETION = {"prompt": "Play Adele", "completion": 'play_music(artist="Adele")'}
 PAIR = {"prompt": "Play Adele", "chosen": 'play_music(artist="Adele")', "rejected": 'play_music(artist="Sade")'}
 LONG_PROMPT = {"messages": [{"role": "user", "content": "Play " * 20}, {"role": "assistant", "content": "play_music()"}]}
+TOOLS = [{"type": "function", "function": {"name": "play_music", "parameters": {"type": "object", "properties": {"artist": {"type": "string"}}}}}]
+ASK = {"role": "user", "content": "Play Adele"}
+TOOL_ROWS = [  # (what is wrong, messages, the reason given)
+    ("tool_calls not a list", [ASK, {"role": "assistant", "content": "", "tool_calls": {"name": "play_music"}}],
+     "messages[1] tool_calls must be a list"),
+    ("arguments not JSON", [ASK, {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "play_music", "arguments": "{artist: Adele}"}}]}],
+     "messages[1] tool_calls[0] arguments of 'play_music' are not valid JSON"),
+    ("result before any call", [ASK, {"role": "tool", "content": "ok"}, {"role": "assistant", "content": "Done."}],
+     "messages[1] is a tool result with no assistant tool call before it"),
+    ("unknown function", [ASK, {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "stop_music", "arguments": {}}}]}],
+     "messages[1] tool_calls[0] calls 'stop_music', which is not in the row's tools"),
+]
 GOOD = {"sft_chat.py": CHAT, "sft_completion.py": COMPLETION, "dpo.py": PAIR, "synth_data.py": CHAT}
 
 
@@ -106,6 +120,9 @@ CASES = [
     ("sft_chat.py", "reasoning not a string", rows("t.jsonl", {"messages": [{"role": "user", "content": "x"}, {"role": "assistant",
      "content": "b", "reasoning_content": ["a"]}]}), "t.jsonl:2: messages[1] reasoning_content must be a string"),
     ("sft_chat.py", "no assistant turn", rows("a.jsonl", {"messages": [{"role": "user", "content": "x"}]}), "a.jsonl:2: conversation has no assistant turn"),
+    *[("sft_chat.py", f"tool row: {what}", rows("f.jsonl", {"tools": TOOLS, "messages": messages}), f"f.jsonl:2: {reason}")
+      for what, messages, reason in TOOL_ROWS],
+    ("sft_chat.py", "tools not JSON", rows("j.jsonl", {"tools": "[{", "messages": CHAT["messages"]}), "j.jsonl:2: 'tools' is a string but not valid JSON"),
     ("sft_chat.py", "ShareGPT with an unknown speaker", rows("s.jsonl", {"conversations": [{"from": "robot", "value": "x"}]}), "s.jsonl:2:"),
     ("sft_completion.py", "both forms", rows("b.jsonl", {"text": "x", "prompt": "p", "completion": "c"}), "b.jsonl:2: row has both 'text'"),
     ("sft_completion.py", "neither form", rows("n.jsonl", {"input": "p", "output": "c"}), "n.jsonl:2: row has neither 'text' nor"),

@@ -42,6 +42,46 @@ def test_sharegpt_and_field_mapping(tmp_path):
     assert load_sources([spec], DataReport())[0].data == CHAT
 
 
+CALL = {"name": "get_weather", "arguments": {"city": "Paris"}}
+OSLO = {"name": "get_weather", "arguments": {"city": "Oslo"}}
+TOOLS = json.dumps([{"name": "get_weather", "description": "Weather in a city",
+                     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}])
+
+
+@pytest.mark.parametrize(
+    "turn, message",
+    [
+        ({"from": "function_call", "value": json.dumps(CALL)},
+         {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": CALL}]}),
+        ({"from": "function_call", "value": json.dumps([CALL, OSLO])},  # parallel calls
+         {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": CALL},
+                                                            {"type": "function", "function": OSLO}]}),
+        ({"from": "function_call", "value": "get_weather(city='Paris')"},  # not JSON: left for the row check
+         {"role": "assistant", "content": "", "tool_calls": "get_weather(city='Paris')"}),
+        ({"from": "observation", "value": '{"temperature": 18}'}, {"role": "tool", "content": '{"temperature": 18}'}),
+        ({"from": "tool", "value": "18 degrees"}, {"role": "tool", "content": "18 degrees"}),
+    ],
+)
+def test_sharegpt_tool_turns_become_openai_messages(tmp_path, turn, message):
+    turns = [{"from": "human", "value": "hi"}, turn]
+    path = write_jsonl(tmp_path / "s.jsonl", [{"tools": TOOLS, "conversations": turns}])
+    row = load_sources([path], DataReport())[0].data
+    assert row == {"tools": TOOLS, "messages": [{"role": "user", "content": "hi"}, message]}  # tools kept as is
+
+
+def test_a_sharegpt_call_that_is_not_json_is_rejected_by_the_row_check(tmp_path):
+    from common.chat_format import validate_messages
+
+    turns = [{"from": "human", "value": "hi"}, {"from": "function_call", "value": "get_weather(city='Paris')"}]
+    path = write_jsonl(tmp_path / "s.jsonl", [{"conversations": turns}])
+    def problem(row):
+        return validate_messages(row["messages"])
+
+    with pytest.raises(UserError) as err:
+        check_rows(load_sources([path], DataReport()), problem, "error", DataReport())
+    assert "s.jsonl:1: messages[1] tool_calls must be a list" in str(err.value)
+
+
 @pytest.mark.parametrize(
     "lines, message",
     [

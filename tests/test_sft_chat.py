@@ -237,3 +237,66 @@ def test_native_template_errors_stop_before_the_model_loads(tmp_path):
     assert report["system_turns_folded_into_user"] == 1 and report["train_rows"] == 2
     assert report["dropped"] == {"bad row: the chat template rejects this row: Conversation roles must alternate "
                                  "user/assistant/user/assistant/...": 1}
+
+
+# Plain transformers on a tool-calling final/: the held-out rows' tools and prompts through the saved chat
+# template, generation, and the saved response parser; calls compared as JSON values.
+PLAIN_TOOLS_EVAL = textwrap.dedent("""
+    import json, sys, torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    final, data = sys.argv[1], sys.argv[2]
+    tok = AutoTokenizer.from_pretrained(final)
+    model = AutoModelForCausalLM.from_pretrained(final).eval()
+    hits = rows = 0
+    for line in open(data):
+        row = json.loads(line)
+        enc = tok.apply_chat_template(row["messages"][:-1], tools=row["tools"], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=128, do_sample=False)
+        try:
+            message = tok.parse_response(out[0, enc["input_ids"].shape[1]:], prefix="")
+        except ValueError:
+            message = {}
+        calls = [(c["function"]["name"], c["function"]["arguments"]) for c in message.get("tool_calls", [])]
+        want = [(c["function"]["name"], c["function"]["arguments"]) for c in row["messages"][-1]["tool_calls"]]
+        hits, rows = hits + (calls == want), rows + 1
+    assert not any("common" == m or m.startswith("common.") for m in sys.modules)
+    print(json.dumps({"exact_match": hits / rows}))
+""")
+
+
+def readme_inference_snippet(final) -> str:
+    """The README's function-calling inference code, pointed at final."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    code = re.search(r"<!-- tool inference -->\n```python\n(.*?)```", text, re.S).group(1)
+    assert 'final = "outputs/sft_chat/final"' in code
+    return code.replace('"outputs/sft_chat/final"', repr(str(final)))
+
+
+@pytest.mark.slow
+def test_tool_form_of_the_example_reaches_98_percent_and_plain_transformers_agrees(tmp_path):
+    """The README's function-calling command: held-out calls scored by common.evaluate (per function too), by
+    plain transformers with parse_response, and the README's inference lines run as written."""
+    out = tmp_path / "out"
+    result = run(["accelerate", "launch", "sft_chat.py", "data=[data/examples/tools_train.jsonl]",
+                  "test_data=data/examples/tools_test.jsonl", f"output_dir={out}", "progress_bar=false"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    accuracy = float(re.search(r"held-out exact match: ([\d.]+)%", result.stdout).group(1)) / 100
+    assert accuracy >= 0.98, result.stdout[-3000:]
+    per_function = re.findall(r"^  (\w+): ([\d.]+)% of (\d+)$", result.stdout, re.M)
+    assert sorted(name for name, _, _ in per_function) == ["add_event", "convert_currency", "get_weather",
+                                                           "play_music", "send_message", "set_timer"]
+    assert sum(int(n) for _, _, n in per_function) == 200
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
+    plain = subprocess.run([sys.executable, "-c", PLAIN_TOOLS_EVAL, str(out / "final"),
+                            os.path.join(ROOT, "data/examples/tools_test.jsonl")],
+                           cwd="/", env=env, capture_output=True, text=True, timeout=600)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert abs(json.loads(plain.stdout.strip().splitlines()[-1])["exact_match"] - accuracy) < 1e-9
+    snippet = readme_inference_snippet(out / "final") + (
+        "\nimport sys\nassert not any(m == 'common' or m.startswith('common.') for m in sys.modules)\n")
+    shown = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    first = read_jsonl(os.path.join(ROOT, "data/examples/tools_test.jsonl"))[0]["messages"][-1]["tool_calls"][0]["function"]
+    assert f"'name': '{first['name']}', 'arguments': {first['arguments']!r}" in shown.stdout

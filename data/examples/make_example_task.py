@@ -18,12 +18,20 @@ Writes, next to this file:
     completion_train.jsonl / completion_test.jsonl  {"prompt": ..., "completion": ...}
     preference_train.jsonl / preference_test.jsonl  {"prompt": [...], "chosen": [...], "rejected": [...]}
                                                     (chosen: the right call; rejected: one slot wrong)
+    tools_train.jsonl / tools_test.jsonl            {"tools": [...], "messages": [...]}, OpenAI / TRL function
+                                                    calling: the six functions as JSON-schema tools, and each
+                                                    request answered by one tool call with the same slot values
+                                                    (numbers as JSON numbers); about a fifth of the training
+                                                    rows go on with the tool's result and a short reply
 
 The test split is held out: its 200 requests are distinct, and no test request
 string appears anywhere in the training data (including second turns of
-multi-turn rows). Training requests may repeat, as in real traffic.
+multi-turn rows). Training requests may repeat, as in real traffic. The tool
+files hold the same requests as the completion files, train and test alike, so
+tools_test.jsonl asks exactly what chat_test.jsonl asks.
 """
 
+import ast
 import json
 import random
 from pathlib import Path
@@ -226,9 +234,9 @@ def sample_unique(rng, n, forbidden, used=None):
     return pairs
 
 
-def maybe_system(rng, messages):
+def maybe_system(rng, messages, prompts=SYSTEM_PROMPTS):
     if rng.random() < SYSTEM_FRACTION:
-        return [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] + messages
+        return [{"role": "system", "content": rng.choice(prompts)}] + messages
     return messages
 
 
@@ -255,6 +263,82 @@ def preference_rows(rng, chat_rows):
         rejected = wrong_call(rng, answer["content"])
         assert rejected != answer["content"]
         rows.append({"prompt": prompt, "chosen": [answer], "rejected": [{"role": "assistant", "content": rejected}]})
+    return rows
+
+
+# ------------------------------------------------------------------ tool rows
+def tool(name, description, **types):
+    """A JSON-schema tool; parameters carry only their type, since every row carries every schema."""
+    properties = {param: {"type": kind} for param, kind in types.items()}
+    parameters = {"type": "object", "properties": properties, "required": list(types)}
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": parameters}}
+
+
+# The same list in the same order on every row, as a product sends it.
+TOOLS = [
+    tool("get_weather", "Get the weather forecast for a city.", city="string", day="string"),
+    tool("set_timer", "Start a countdown timer.", minutes="integer"),
+    tool("send_message", "Send a text message to a contact.", contact="string", text="string"),
+    tool("play_music", "Play music by an artist.", artist="string"),
+    tool("convert_currency", "Convert an amount between currency codes.", amount="number", source="string",
+         target="string"),
+    tool("add_event", "Add an event to the calendar.", title="string", day="string", time="string"),
+]
+TOOL_SYSTEM_PROMPTS = [
+    "You are an assistant that can call functions.",
+    "Use the tools to help the user.",
+    "You are a helpful phone assistant.",
+]
+MULTI_STEP_FRACTION = 0.2
+SKIES = ["sunny", "cloudy", "rainy", "windy", "foggy"]
+PER_USD = {"USD": 1, "EUR": 0.92, "GBP": 0.79, "JPY": 151, "CHF": 0.9, "CAD": 1.37, "AUD": 1.53, "INR": 83.4,
+           "CNY": 7.24, "BRL": 5.05}
+
+# Each function's result for a multi-step row, (rng, arguments) -> dict, and the reply that reads it.
+RESULTS = {
+    "get_weather": (lambda rng, a: {"temperature_c": rng.randint(4, 32), "sky": rng.choice(SKIES)},
+                    "It will be {temperature_c} degrees and {sky} in {city} {dayp}."),
+    "set_timer": (lambda rng, a: {"status": "started"}, "Your {minutes} minute timer has started."),
+    "send_message": (lambda rng, a: {"status": "sent"}, "Your message to {contact} was sent."),
+    "play_music": (lambda rng, a: {"status": "playing"}, "Now playing {artist}."),
+    "convert_currency": (lambda rng, a: {"result": round(a["amount"] * PER_USD[a["target"]] / PER_USD[a["source"]], 2)},
+                         "{amount} {source} is {result} {target}."),
+    "add_event": (lambda rng, a: {"status": "added"}, "I added {title} to your calendar {dayp} at {time}."),
+}
+
+
+def tool_call(call):
+    """The string call as a tool call: it is a Python call expression, so its literals are the slot values,
+    numbers already numbers."""
+    node = ast.parse(call, mode="eval").body
+    arguments = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}
+    return {"type": "function", "id": "call_1", "function": {"name": node.func.id, "arguments": arguments}}
+
+
+def tool_result(rng, call):
+    """The tool's message for `call` and the assistant's short reply about it."""
+    name, arguments = call["function"]["name"], call["function"]["arguments"]
+    result, reply = RESULTS[name]
+    content = result(rng, arguments)
+    fill = {**arguments, **content}
+    if "day" in arguments:
+        fill["dayp"] = day_phrase(arguments["day"])
+    return [
+        {"role": "tool", "tool_call_id": call["id"], "name": name, "content": json.dumps(content)},
+        {"role": "assistant", "content": reply.format(**fill)},
+    ]
+
+
+def tool_rows(rng, pairs, n_multi_step=0):
+    """One row per (request, call): the request, the call; n_multi_step rows also get the result and a reply."""
+    multi_at = set(rng.sample(range(len(pairs)), n_multi_step))
+    rows = []
+    for i, (request, call) in enumerate(pairs):
+        answer = {"role": "assistant", "content": "", "tool_calls": [tool_call(call)]}
+        messages = [{"role": "user", "content": request}, answer]
+        if i in multi_at:
+            messages += tool_result(rng, answer["tool_calls"][0])
+        rows.append({"tools": TOOLS, "messages": maybe_system(rng, messages, TOOL_SYSTEM_PROMPTS)})
     return rows
 
 
@@ -310,6 +394,11 @@ def main():
     preference_rng = random.Random(SEED + 1)  # its own stream, so the files above do not change
     write_jsonl(OUT_DIR / "preference_train.jsonl", preference_rows(preference_rng, chat_train[:N_PREFERENCE_TRAIN]))
     write_jsonl(OUT_DIR / "preference_test.jsonl", preference_rows(preference_rng, chat_test))
+    tools_rng = random.Random(SEED + 2)  # and its own again
+    train_pairs = [(row["prompt"], row["completion"]) for row in completion_train]
+    n_multi_step = round(N_TRAIN * MULTI_STEP_FRACTION)
+    write_jsonl(OUT_DIR / "tools_train.jsonl", tool_rows(tools_rng, train_pairs, n_multi_step))
+    write_jsonl(OUT_DIR / "tools_test.jsonl", tool_rows(tools_rng, test_pairs))
     print(
         f"wrote {len(chat_train)} train rows ({n_multi} multi-turn) and "
         f"{len(chat_test)} test rows to {OUT_DIR}"

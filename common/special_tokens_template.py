@@ -1,0 +1,83 @@
+"""The special-tokens chat template (Jinja) and the response parser that reads its assistant turns back.
+
+    <system>get_weather(city: string, day?: string) Weather forecast.<eot>      the row's tools, if any
+    <system>You are brief.<eot><user>Weather in Paris?<eot>
+    <assistant><call>get_weather{"city": "Paris"}<eot>                      trained: calls, content, <eot>
+    <tool>{"sky": "sunny"}<eot><assistant>Sunny.<eot>
+"""
+
+FUNCTION_TOKEN = "<fn:{}>"  # function_tokens=true: one token per function, standing for <call>name
+
+# The tools, one line each before the conversation, as compact signatures: `name(city: string, days?: integer)
+# description`. A JSON schema per tool would cost hundreds of tokens in every row; the signature keeps the names,
+# types, enums, optional marks and descriptions a model needs to choose and fill a call. A function with its own
+# token is listed as that token alone: its schema is learned into the token (as in Octopus v2), so every row
+# is shorter by its signature.
+_TOOLS = (
+    "{%- macro type_of(p) -%}"
+    "{%- if p['enum'] is defined -%}{%- for v in p['enum'] -%}{{ v | tojson }}{{ '|' if not loop.last }}{%- endfor -%}"
+    "{%- elif p['type'] == 'array' and p['items'] is defined -%}{{ type_of(p['items']) }}[]"
+    "{%- elif p['type'] is string -%}{{ p['type'] }}"
+    "{%- elif p['type'] is defined -%}{{ p['type'] | join('|') }}"
+    "{%- else -%}any{%- endif -%}"
+    "{%- if p['description'] is defined and p['description'] %} ({{ p['description'] }}){%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- if tools -%}<system>"
+    "{%- for tool in tools -%}"
+    "{%- set f = tool['function'] if tool['function'] is defined else tool -%}"
+    "{%- set schema = f['parameters'] if f['parameters'] is defined and f['parameters'] else {} -%}"
+    "{%- set required = schema['required'] if schema['required'] is defined else [] -%}"
+    "{%- if f['name'] in function_tokens -%}<fn:{{ f['name'] }}>"
+    "{%- else -%}{{ f['name'] }}("
+    "{%- for name, p in (schema['properties'] if schema['properties'] is defined else {}).items() -%}"
+    "{{ name }}{{ '' if name in required else '?' }}: {{ type_of(p) }}{{ ', ' if not loop.last }}"
+    "{%- endfor -%})"
+    "{%- if f['description'] is defined and f['description'] %} {{ f['description'] }}{%- endif -%}"
+    "{{ '\\n' if not loop.last }}"
+    "{%- endif -%}"
+    "{%- endfor -%}<eot>"
+    "{%- endif -%}"
+)
+# `{% generation %}` marks what the loss is taken on: assistant reasoning (as a <think> block), content, tool calls
+# and the end-of-turn token, on every assistant turn, so a conversation renders the same at inference as in
+# training. A call is `<call>name{"arg": value}` (or `<fn:name>{...}` with function tokens): the name bare, since
+# the call token already says a name follows, and the arguments as JSON, which any value type survives and
+# transformers' response parser reads back as a dict.
+_MESSAGES = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "<assistant>{% generation %}"
+    "{%- if message['reasoning_content'] is string and message['reasoning_content'] -%}"
+    "<think>{{ message['reasoning_content'] }}</think>"
+    "{%- endif -%}"
+    "{{ message['content'] if message['content'] is string else '' }}"
+    "{%- for call in (message['tool_calls'] if message['tool_calls'] is defined and message['tool_calls'] else []) -%}"
+    "{%- set c = call['function'] if call['function'] is defined else call -%}"
+    "{{ ('<fn:' ~ c['name'] ~ '>') if c['name'] in function_tokens else ('<call>' ~ c['name']) }}"
+    "{{ c['arguments'] if c['arguments'] is string else (c['arguments'] | tojson) }}"
+    "{%- endfor -%}"
+    "<eot>{% endgeneration %}"
+    "{%- else -%}"
+    "<{{ message['role'] }}>{{ message['content'] }}<eot>"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<assistant>{%- endif -%}"
+)
+
+
+def special_tokens_template(function_names=()) -> str:
+    """Our chat template; function_names render as their function tokens."""
+    return "{%- set function_tokens = " + repr(sorted(function_names)) + " -%}" + _TOOLS + _MESSAGES
+
+# How tokenizer.parse_response reads a generated assistant turn back (transformers' response_template).
+RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant", "content": ""},
+    "start_anchor": "<assistant>",
+    "fields": {
+        "reasoning_content": {"open": "<think>", "close": "</think>", "content": "text"},
+        "tool_calls": {"open_pattern": r"(?:<call>|<fn:)(?P<name>[^\s{}<>]+)>?", "close_pattern": r"(?=<call>|<fn:|<eot>)|\Z",
+                       "repeats": True, "content": "json",
+                       "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{content}"}}},
+        "content": {"close_pattern": r"<eot>.*", "content": "text"},
+    },
+}
