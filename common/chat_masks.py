@@ -13,36 +13,46 @@ from jinja2 import TemplateError
 from common.chat_templates import FIX, ChatSpec, chat_spec, prepare_messages
 from common.errors import RowProblem, UserError
 from common.reasoning import with_reasoning
+from common.tool_calls import calls_text, normalize_message, normalize_tools
 
 
 def tokenize_chat(tokenizer, messages: list[dict], loss_on: str = "all_assistant",
-                  spec: ChatSpec | None = None) -> tuple[list[int], list[int]]:
-    """input_ids and labels for one conversation; labels are -100 except on the trained assistant tokens."""
+                  spec: ChatSpec | None = None, tools=None) -> tuple[list[int], list[int]]:
+    """input_ids and labels for one (checked) conversation and its tools; labels are -100 except on the trained
+    assistant tokens (reasoning, content, tool calls, end of turn)."""
     spec = spec or chat_spec(tokenizer, "")
-    messages = prepare_messages(with_reasoning(messages, spec.reasoning), spec)
-    input_ids, mask = render_with_mask(tokenizer, messages, spec)
+    tools = normalize_tools(tools)
+    messages = rendered_messages(messages, spec, tools)
+    input_ids, mask = render_with_mask(tokenizer, messages, spec, tools)
     turns = [m for m in messages if m["role"] == "assistant"]
+    _turn_spans(mask, turns)
     if loss_on == "last_assistant":
         mask, turns = _last_span_only(mask), turns[-1:]
     _check_trained_text(tokenizer, input_ids, mask, turns)
     return input_ids, [t if m else -100 for t, m in zip(input_ids, mask)]
 
 
-def render_with_mask(tokenizer, messages: list[dict], spec: ChatSpec) -> tuple[list[int], list[int]]:
+def rendered_messages(messages: list[dict], spec: ChatSpec, tools: list) -> list[dict]:
+    """Checked messages as the template renders them: reasoning kept or dropped, calls normalized."""
+    return prepare_messages([normalize_message(m) for m in with_reasoning(messages, spec.reasoning)], spec, tools)
+
+
+def render_with_mask(tokenizer, messages: list[dict], spec: ChatSpec, tools: list | None = None) -> tuple[list[int], list[int]]:
     """Token ids of the rendered messages and a 0/1 mask of the assistant tokens the template trains."""
     try:
         if spec.prefix_masks:
-            return prefix_mask(tokenizer, messages)
-        out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+            return prefix_mask(tokenizer, messages, tools)
+        out = tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
         return list(out["input_ids"]), list(out["assistant_masks"])
     except (TemplateError, TypeError) as e:  # the template's raise_exception, or an operation it cannot do on the row
         raise RowProblem(f"the chat template rejects this row: {e}") from None
 
 
-def prefix_mask(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+def prefix_mask(tokenizer, messages: list[dict], tools: list | None = None) -> tuple[list[int], list[int]]:
     """Assistant spans as the tokens each assistant turn adds to the rendered prefix, checked to be exact."""
     def ids(msgs, generation_prompt):
-        return list(tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True,
+        return list(tokenizer.apply_chat_template(msgs, tools=tools or None, tokenize=True, return_dict=True,
                                                   add_generation_prompt=generation_prompt)["input_ids"])
 
     full = ids(messages, False)
@@ -63,15 +73,15 @@ def prefix_mask(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
     return full, mask
 
 
-def prompt_and_answer(tokenizer, prompt: list[dict], answer: list[dict], spec: ChatSpec) -> tuple[list[int], list[int]]:
+def prompt_and_answer(tokenizer, prompt: list[dict], answer: list[dict], spec: ChatSpec,
+                      tools=None) -> tuple[list[int], list[int]]:
     """(prompt_ids, answer_ids) of a conversation rendered whole: the answer is its assistant turns' trained
     tokens (with the end-of-turn token), the prompt everything before them, as in training (DPO's pairs)."""
-    messages = prepare_messages(with_reasoning(prompt + answer, spec.reasoning), spec)
-    input_ids, mask = render_with_mask(tokenizer, messages, spec)
+    tools = normalize_tools(tools)
+    messages = rendered_messages(prompt + answer, spec, tools)
+    input_ids, mask = render_with_mask(tokenizer, messages, spec, tools)
     turns = [m for m in messages if m["role"] == "assistant"]
-    found = spans(mask)
-    if len(found) != len(turns):
-        raise RowProblem(f"the chat template's mask does not separate the assistant turns; {FIX}")
+    found = _turn_spans(mask, turns)
     first = len(turns) - sum(m["role"] == "assistant" for m in answer)
     start, end = found[first][0], found[-1][1]
     _check_trained_text(tokenizer, input_ids, [1 if start <= i < end else 0 for i in range(len(mask))], turns[first:])
@@ -103,6 +113,17 @@ def spans(mask: list[int]) -> list[tuple[int, int]]:
     return out
 
 
+def _turn_spans(mask: list[int], turns: list[dict]) -> list[tuple[int, int]]:
+    """The mask's spans, one per assistant turn, as loss_on=last_assistant and DPO's answers take them. A template
+    can split a turn (DiffusionGemma's training variant trains the text of a turn with calls after the tool results,
+    unterminated) or join two: such a row is refused."""
+    found = spans(mask)
+    if len(found) != len(turns):
+        raise RowProblem(f"the chat template's mask does not give each assistant turn a span of its own ({len(found)} "
+                         f"trained spans for {len(turns)} assistant turns); {FIX}")
+    return found
+
+
 def _last_span_only(mask: list[int]) -> list[int]:
     found = spans(mask)
     start, end = found[-1] if found else (0, 0)
@@ -110,19 +131,37 @@ def _last_span_only(mask: list[int]) -> list[int]:
 
 
 def _check_trained_text(tokenizer, input_ids: list[int], mask: list[int], turns: list[dict]) -> None:
-    """Every trained turn's reasoning and answer (stripped) appear in the trained tokens, in order."""
+    """Every trained turn's reasoning, answer (stripped) and calls (names and plain string values) appear in the
+    trained tokens, turn after turn, reasoning first. A turn's answer and calls may come in either order (Gemma 4
+    writes the calls first) and a call's values in any order after its name (some templates sort them)."""
     trained = "\x00".join(tokenizer.decode(input_ids[a:b]) for a, b in spans(mask))
+    shown = tokenizer.decode(input_ids)
+
+    def end_of(text: str, at: int, part: str) -> int:
+        """Where text ends in the trained text, searched from at. Missing, it is refused for the mask when the
+        template shows it, for the template when it does not."""
+        text = text.strip()
+        found = trained.find(text, at) if text else at
+        if found >= 0:
+            return found + len(text)
+        if text in shown:
+            raise RowProblem(f"the chat template's mask leaves out part of an assistant turn; {FIX}")
+        if part == "reasoning":
+            raise RowProblem("the chat template drops the reasoning of an assistant turn (it shows only the last "
+                             "turn's); set reasoning=drop, chat_template=path/to/template.jinja or "
+                             "chat_format=special_tokens")
+        raise RowProblem(f"the chat template does not show {part} of an assistant turn; {FIX}")
+
     at = 0
     for turn in turns:
-        for text, is_reasoning in ((turn.get("reasoning_content") or "", True), (turn["content"], False)):
-            text = text.strip()
-            found = trained.find(text, at) if text else at
-            if found < 0 and is_reasoning and text not in tokenizer.decode(input_ids):
-                raise RowProblem("the chat template drops the reasoning of an assistant turn (it shows only the last "
-                                 "turn's); set reasoning=drop, chat_template=path/to/template.jinja or chat_format=special_tokens")
-            if found < 0:
-                raise RowProblem(f"the chat template's mask leaves out part of an assistant turn; {FIX}")
-            at = found + len(text)
+        at = end_of(turn.get("reasoning_content") or "", at, "reasoning")
+        answer = end_of(turn["content"], at,
+                        "the text next to the tool calls" if turn.get("tool_calls") else "the text")
+        call = at
+        for name, *values in (calls_text([c]) for c in turn.get("tool_calls") or []):
+            call = end_of(name, call, "every tool call")
+            call = max([call, *(end_of(value, call, "the arguments of every tool call") for value in values)])
+        at = max(answer, call)
 
 
 def chat_examples(tokenizer, rows, spec: ChatSpec, loss_on: str, on_bad_rows: str, report):
@@ -133,7 +172,7 @@ def chat_examples(tokenizer, rows, spec: ChatSpec, loss_on: str, on_bad_rows: st
     for row in rows:
         messages = row.data["messages"]
         try:
-            yield tokenize_chat(tokenizer, messages, loss_on, spec)
+            yield tokenize_chat(tokenizer, messages, loss_on, spec, row.data.get("tools"))
         except RowProblem as e:
             if on_bad_rows == "error":
                 raise UserError(f"{row.where}: {e}") from None

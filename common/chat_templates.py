@@ -10,9 +10,12 @@ For chat_format=native the template is chosen once, before any row is read:
     4. Any other template is masked by rendering growing prefixes, which is exact only where each prefix's
        tokens are a literal prefix of the whole row's tokens; common.chat_masks checks it on every row, and a
        user turn and its answer are checked here, so a template that cannot even mask that stops the run now.
-The chosen template is the tokenizer's from then on, so final/ keeps what was trained.
+The chosen template is the tokenizer's from then on, so final/ keeps what was trained. A family TRL has a response
+parser for (Qwen, Llama 3.1 and 3.2, Gemma 4, GLM, gpt-oss, ...) also gives the tokenizer that parser, so that
+tokenizer.parse_response reads generated tool calls back.
 """
 
+import json
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -33,6 +36,15 @@ _TURNS = [{"role": "user", "content": "Name three primary colours."},
 PROBES = [_TURNS[:2], [_SYSTEM, *_TURNS[:2]], _TURNS, [_SYSTEM, *_TURNS],
           [_TURNS[0], {**_TURNS[1], "reasoning_content": "Primaries."}, *_TURNS[2:]],
           [_TURNS[0], {**_TURNS[1], "content": "<think>\nPrimaries.\n</think>\n\nRed, yellow and blue."}]]
+# A tool-calling exchange with distinct marks, to see which parts a template shows (and, rendered with
+# PROBE_TOOLS, to tell templates apart that differ only there). Its call id is nine letters and digits, the only
+# form Mistral's templates accept, so that no template rejects the probe for its id.
+PROBE_TOOLS = [{"type": "function", "function": {"name": "zq_tool_name", "description": "zq-tool-doc", "parameters": {
+    "type": "object", "properties": {"zq_arg": {"type": "string"}}, "required": ["zq_arg"]}}}]
+_CALL = {"type": "function", "id": "zqcallid1", "function": {"name": "zq_tool_name", "arguments": {"zq_arg": "zq-value"}}}
+TOOL_PROBE = [_TURNS[0], {"role": "assistant", "content": "", "tool_calls": [_CALL]},
+              {"role": "tool", "name": "zq_tool_name", "tool_call_id": _CALL["id"], "content": "zq-result"},
+              {"role": "assistant", "content": "Done."}]
 
 
 @dataclass
@@ -44,6 +56,10 @@ class ChatSpec:
     reasoning_style: str = "field"  # "field": reasoning_content; "inline": <think> in content; "none": not shown
     fold_system: bool = False  # the template rejects a system turn: it goes into the first user turn
     reasoning: str = "keep"  # PARAMS reasoning: keep or drop
+    shows_tools: bool = True  # the template renders a row's tools (schemas)
+    call_arguments: str = "dict"  # how it takes tool-call arguments: "dict", "string" (JSON text), "" (calls not shown)
+    shows_tool_results: bool = True  # it renders tool messages
+    several_calls: bool = True  # it renders each of several calls in a turn (gpt-oss shows one, Llama 3.1 raises)
     new_token_ids: list = field(default_factory=list)  # tokens the format added to the vocabulary
 
 
@@ -58,9 +74,10 @@ def has_generation_markers(template: str) -> bool:
     return markers(template)
 
 
-def render(tokenizer, messages: list[dict], template: str | None = None, generation_prompt: bool = False) -> str:
+def render(tokenizer, messages: list[dict], template: str | None = None, generation_prompt: bool = False,
+           tools: list | None = None) -> str:
     return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                         add_generation_prompt=generation_prompt)
+                                         add_generation_prompt=generation_prompt, tools=tools or None)
 
 
 @lru_cache(maxsize=1)
@@ -75,10 +92,10 @@ def known_templates() -> list[tuple[str, str, str]]:
 
 def _probe_renders(tokenizer, template: str):
     """The template's text for every probe, with and without the generation prompt (an error is a result too)."""
-    for messages in PROBES:
+    for messages, tools in [*((p, None) for p in PROBES), (TOOL_PROBE, PROBE_TOOLS)]:
         for prompt, generation_prompt in ((messages, False), (messages[:-1], True)):
             try:
-                yield render(tokenizer, prompt, template, generation_prompt)
+                yield render(tokenizer, prompt, template, generation_prompt, tools)
             except Exception as e:  # a template's own error (a rejected role) is part of its behaviour
                 yield f"error: {type(e).__name__}"
 
@@ -128,9 +145,13 @@ def use_training_template(tokenizer, template_file: str = "") -> str:
         return f"{origin}, its own {{% generation %}} markers"
     known = recognise(tokenizer, template)
     if known:
+        from trl import chat_template_utils
+
+        add_response_parser(tokenizer, getattr(chat_template_utils, known[0] + "_chat_template"))
         tokenizer.chat_template = known[1]
         return f"TRL's {known[0]} training template ({origin} {known[2]} {known[0]})"
     tokenizer.chat_template = template
+    add_response_parser(tokenizer, template)  # a TRL original without a training variant (Llama 3.1, Gemma 4)
     from common.chat_masks import prefix_mask
 
     try:  # one user turn and its answer; every other shape is checked on each row that has it
@@ -143,11 +164,56 @@ def use_training_template(tokenizer, template_file: str = "") -> str:
     return f"{origin}, masks from prefix rendering verified on every row"
 
 
+def add_response_parser(tokenizer, original: str) -> None:
+    """TRL's response parser for the family whose original template this is, so that tokenizer.parse_response reads
+    generated calls back; TRL matches a parser to the original, not to its training variant."""
+    from trl.chat_template_utils import add_response_schema
+
+    template = tokenizer.chat_template
+    tokenizer.chat_template = original
+    try:
+        add_response_schema(tokenizer)
+    except ValueError:
+        pass  # a family TRL has no parser for
+    finally:
+        tokenizer.chat_template = template
+
+
 def chat_spec(tokenizer, source: str, reasoning: str = "keep") -> ChatSpec:
     """The rules for rendering rows with the tokenizer's current template."""
     template = template_text(tokenizer)
     return ChatSpec(source=source, prefix_masks=not has_generation_markers(template),
-                    reasoning_style=reasoning_style(tokenizer), fold_system=rejects_system(tokenizer), reasoning=reasoning)
+                    reasoning_style=reasoning_style(tokenizer), fold_system=rejects_system(tokenizer), reasoning=reasoning,
+                    **tool_support(tokenizer))
+
+
+def tool_support(tokenizer) -> dict:
+    """ChatSpec's tool fields for the tokenizer's template. Templates take tools= and render calls and results in
+    their own syntax, or silently leave some out (Phi-3 shows no tool results, Llama 3's first template no calls,
+    gpt-oss only a turn's first call), or want arguments as a JSON string (DeepSeek-V3)."""
+    if not template_text(tokenizer):
+        return {"shows_tools": False, "call_arguments": "", "shows_tool_results": False}
+
+    def shown(messages) -> str:
+        try:
+            return render(tokenizer, messages, tools=PROBE_TOOLS)
+        except (TemplateError, TypeError):
+            return ""
+
+    def exchange(style: str, *values: str, results=TOOL_PROBE[2:]) -> str:
+        """The probe exchange with one call per value, arguments in the given style."""
+        calls = [{**_CALL, "id": f"zqcallid{i + 1}", "function": {**_CALL["function"], "arguments": (
+            {"zq_arg": value} if style == "dict" else json.dumps({"zq_arg": value}))}} for i, value in enumerate(values)]
+        return shown([TOOL_PROBE[0], {**TOOL_PROBE[1], "tool_calls": calls}, *results])
+
+    shows_tools = "zq_tool_name" in shown(_TURNS[:2])  # a conversation without calls: the name comes from the schema
+    for style in ("dict", "string"):
+        text = exchange(style, "zq-value")
+        if all(mark in text for mark in ("zq_tool_name", "zq_arg", "zq-value")):
+            return {"shows_tools": shows_tools, "call_arguments": style, "shows_tool_results": "zq-result" in text,
+                    "several_calls": "zq-other" in exchange(style, "zq-value", "zq-other", results=[])}
+    return {"shows_tools": shows_tools, "call_arguments": "",
+            "shows_tool_results": "zq-result" in exchange("dict", "zq-value")}
 
 
 def rejects_system(tokenizer) -> bool:
@@ -188,11 +254,17 @@ def reasoning_style(tokenizer) -> str:
     return "none"
 
 
-def prepare_messages(messages: list[dict], spec: ChatSpec) -> list[dict]:
-    """Messages (reasoning already in reasoning_content) in the form the template renders: the system turn
-    folded when it must be, reasoning inline when the template reads it there."""
+def prepare_messages(messages: list[dict], spec: ChatSpec, tools: list | None = None) -> list[dict]:
+    """Messages (reasoning already in reasoning_content, tool calls normalized) in the form the template renders:
+    the system turn folded when it must be, reasoning inline when the template reads it there, call arguments as
+    the template takes them. A row with tools, calls or results the template would silently leave out is refused."""
     if spec.fold_system:
         messages = fold_system(messages)
+    _check_tool_support(messages, spec, tools)
+    if spec.call_arguments == "string":
+        messages = [{**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": json.dumps(
+            c["function"]["arguments"], ensure_ascii=False)}} for c in m["tool_calls"]]} if m.get("tool_calls") else m
+            for m in messages]
     if spec.reasoning_style == "field":
         return messages
     out = []
@@ -202,6 +274,20 @@ def prepare_messages(messages: list[dict], spec: ChatSpec) -> list[dict]:
             raise RowProblem("the chat template does not show reasoning (reasoning_content or <think>); set "
                              "reasoning=drop, chat_template=path/to/template.jinja or chat_format=special_tokens")
         if reasoning and spec.reasoning_style == "inline":
-            message = {"role": "assistant", "content": f"<think>\n{reasoning}\n</think>\n\n{message['content']}"}
+            message = {key: value for key, value in message.items() if key != "reasoning_content"}
+            message["content"] = f"<think>\n{reasoning}\n</think>\n\n{message['content']}"
         out.append(message)
     return out
+
+
+def _check_tool_support(messages: list[dict], spec: ChatSpec, tools: list | None) -> None:
+    fix = "set chat_template=path/to/template.jinja (one that renders tools) or chat_format=special_tokens"
+    if tools and not spec.shows_tools:
+        raise RowProblem(f"the chat template does not show the row's tools; {fix}")
+    if not spec.call_arguments and any(m.get("tool_calls") for m in messages):
+        raise RowProblem(f"the chat template does not show tool calls; {fix}")
+    if not spec.several_calls and any(len(m.get("tool_calls") or []) > 1 for m in messages):
+        raise RowProblem(f"the chat template takes one tool call per assistant turn and this row has a turn with "
+                         f"more; {fix}")
+    if not spec.shows_tool_results and any(m["role"] == "tool" for m in messages):
+        raise RowProblem(f"the chat template does not show tool results; {fix}")

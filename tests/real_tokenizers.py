@@ -35,7 +35,8 @@ def shared_folder(family: str, root: str) -> str:
 
 # Templates of other families, written here in the shape their models ship (no TRL training variant exists):
 # plain ChatML (SmolLM2, Hermes, many fine-tunes), Zephyr, and Mistral-7B-Instruct-v0.3, which moves the system
-# prompt into the last user turn.
+# prompt and the tools into the last user turn, leaves out text next to tool calls and raises on a call id that is
+# not nine characters long.
 OTHER_TEMPLATES = {
     "chatml": "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
               "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
@@ -45,22 +46,33 @@ OTHER_TEMPLATES = {
               "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}{% endfor %}",
     "mistral": "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}"
                "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}{%- endif %}"
+               "{%- set user_messages = loop_messages | selectattr('role', 'equalto', 'user') | list %}"
                "{{- bos_token }}{%- for message in loop_messages %}{%- if message['role'] == 'user' %}"
+               "{%- if tools and message == user_messages[-1] %}{{- '[AVAILABLE_TOOLS] ' + tools | tojson + '[/AVAILABLE_TOOLS]' }}{%- endif %}"
                "{%- if loop.last and system_message is defined %}{{- '[INST] ' + system_message + '\\n\\n' + message['content'] + '[/INST]' }}"
                "{%- else %}{{- '[INST] ' + message['content'] + '[/INST]' }}{%- endif %}"
-               "{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content'] + eos_token }}{%- endif %}{%- endfor %}",
+               "{%- elif message['tool_calls'] %}{{- '[TOOL_CALLS] [' }}{%- for call in message['tool_calls'] %}"
+               "{%- if call['id'] is not defined or call['id'] | length != 9 %}"
+               "{{- raise_exception('Tool call IDs should be alphanumeric strings with length 9!') }}{%- endif %}"
+               "{{- (call['function'] | tojson)[:-1] + ', \"id\": \"' + call['id'] + '\"}' }}"
+               "{{- ', ' if not loop.last else ']' + eos_token }}{%- endfor %}"
+               "{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content'] + eos_token }}"
+               "{%- elif message['role'] == 'tool' %}{%- if message['tool_call_id'] is not defined or message['tool_call_id'] | length != 9 %}"
+               "{{- raise_exception('Tool call IDs should be alphanumeric strings with length 9!') }}{%- endif %}"
+               "{{- '[TOOL_RESULTS] {\"content\": ' + message['content'] + ', \"call_id\": \"' + message['tool_call_id'] + '\"}[/TOOL_RESULTS]' }}"
+               "{%- endif %}{%- endfor %}",
 }
 OTHER_FAMILIES = sorted(f"other-{name}" for name in OTHER_TEMPLATES)
 
 
 @lru_cache(maxsize=None)
 def template_folder(name: str, template: str, root: str) -> str:
-    """Llama-3's vocabulary with a template and the special tokens its text names (<|im_start|>,
-    <start_of_turn>, <｜Assistant｜>, [INST], ...), so each renders as one token as in the family's own vocabulary."""
+    """Llama-3's vocabulary with a template and the special tokens its text names (<|im_start|>, <start_of_turn>,
+    <｜Assistant｜>, [INST], [TOOL_CALLS], ...), so each renders as one token as in the family's own vocabulary."""
     out = Path(root, name)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tokenizer.json").write_bytes(lzma.open(SHARED / "llama3" / "tokenizer.json.xz").read())
-    found = set(re.findall(r"<[^<>\s'\"{}]{1,40}>|\[/?INST\]", template))
+    found = set(re.findall(r"<[^<>\s'\"{}]{1,40}>|\[/?(?:INST|AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS)\]", template))
     config = {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "chat_template": template,
               "additional_special_tokens": sorted(found - {"<|begin_of_text|>", "<|end_of_text|>"}),
               "tokenizer_class": "PreTrainedTokenizerFast"}

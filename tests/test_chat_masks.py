@@ -1,16 +1,17 @@
 """Loss masks on real chat templates: every family in ../shared/real_tokenizers/ and trl/chat_templates/, on
-single and multi-turn rows, system turns, reasoning, whitespace, unicode and assistant text repeated in a user
-turn. A row is either masked exactly (checked token by token against the family's TRL training template where
-there is one, and on the decoded text always) or refused with a reason; never trained with a wrong mask."""
+single and multi-turn rows, system turns, reasoning, whitespace, unicode, assistant text repeated in a user turn and
+function calling. A row is either masked exactly (checked token by token against the family's TRL training template
+where there is one, and on the decoded text always) or refused with a reason; never trained with a wrong mask."""
 
 import pytest
 
 from common.chat_format import prepare_tokenizer
-from common.chat_masks import chat_examples, spans, tokenize_chat
-from common.chat_templates import prepare_messages
+from common.chat_masks import chat_examples, rendered_messages, spans, tokenize_chat
+from common.chat_templates import chat_spec, render
 from common.data import DataReport, Row
 from common.errors import RowProblem, UserError
-from common.reasoning import split_reasoning, with_reasoning
+from common.reasoning import split_reasoning
+from common.tool_calls import normalize_tools
 from tests.real_tokenizers import OTHER_FAMILIES, SHARED_FAMILIES, TRL_FAMILIES, TRL_TEMPLATES, load
 
 
@@ -34,8 +35,49 @@ CONVERSATIONS = {
     "unicode": [user("Ça coûte combien ? 日本語で"), assistant("5 € — 😀 ünïcödé, 価格は五ユーロ")],
     "echo": [user(f"Say exactly {CALL}"), assistant(CALL), user(f"Again: {CALL}"), assistant(CALL)],
 }
+
+
+def call(name, arguments, id=None):
+    return {"type": "function", **({"id": id} if id else {}), "function": {"name": name, "arguments": arguments}}
+
+
+def calls(text, *tool_calls):
+    return {"role": "assistant", "content": text, "tool_calls": list(tool_calls)}
+
+
+def result(id, name, text):
+    return {"role": "tool", "tool_call_id": id, "name": name, "content": text}
+
+
+TOOLS = [{"type": "function", "function": {"name": name, "description": doc, "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "description": "City name."}}, "required": ["city"]}}}
+    for name, doc in (("get_weather", "Weather forecast for a city."), ("get_time", "Local time in a city."))]
+# Call ids are nine letters and digits, the only form Mistral's template takes; call_only has none.
+WEATHER, TIME = call("get_weather", {"city": "Oslo"}, "call00001"), call("get_time", {"city": "Lima"}, "call00002")
+RAIN, NOON = result("call00001", "get_weather", '{"sky": "drizzle", "celsius": 7}'), result("call00002", "get_time", "12:05")
+ASK = user("Weather in Oslo, time in Lima?")
+# One row per shape of function calling: (messages, tools).
+TOOL_CONVERSATIONS = {
+    "call_only": ([ASK, calls("", call("get_weather", {"city": "Oslo"}))], TOOLS),
+    "text_two_calls": ([ASK, calls("Checking both.", WEATHER, TIME)], TOOLS),
+    "text_one_call": ([ASK, calls("Let me look.", WEATHER), RAIN, assistant("Drizzle, 7 °C.")], TOOLS),
+    "call_result_answer": ([ASK, calls("", WEATHER), RAIN, assistant("Drizzle, 7 °C.")], TOOLS),
+    "two_rounds": ([ASK, calls("", WEATHER), RAIN, calls("", TIME), NOON, assistant("Drizzle in Oslo; 12:05 in Lima.")],
+                   TOOLS),
+    "string_arguments": ([ASK, calls("", call("get_weather", '{"city": "Oslo"}', "call00001")), RAIN,
+                          assistant("Drizzle, 7 °C.")], TOOLS),
+    "system_tools": ([{"role": "system", "content": "You answer in few words."}, ASK, calls("", WEATHER), RAIN,
+                      assistant("Drizzle, 7 °C.")], TOOLS),
+}
+ROWS = {**{name: (messages, None) for name, messages in CONVERSATIONS.items()}, **TOOL_CONVERSATIONS}
+
+
+def refused_tool_rows(families, reason, rows=tuple(TOOL_CONVERSATIONS)):
+    return {(family, row): reason for family in families for row in rows}
+
+
 # A family without a training variant of its own that renders as another family's original on every probe.
-TRAINING_OF = {"qwen2.5": "qwen2_5", **{f: "diffusion_gemma" for f in TRL_FAMILIES if f.startswith("trl-gemma4")}}
+TRAINING_OF = {"qwen2.5": "qwen2_5"}
 # Rows a family's template cannot render: refused with this reason (the run stops or counts them), never trained.
 REFUSED = {
     # vision templates read content as a list of blocks: a string's text is not rendered
@@ -44,10 +86,43 @@ REFUSED = {
     # thinking shown only after the last user turn (in TRL's training variants too): an earlier turn's reasoning
     # would vanish unnoticed
     **{(f, "reasoning"): "drops the reasoning" for f in TRL_FAMILIES
-       if f.removeprefix("trl-").startswith(("gemma4", "diffusion_gemma", "glm4moe", "gptoss", "lfm2_2_5", "nemotron"))},
-    # the system prompt moves to the last user turn, so an earlier turn's prefix is not a prefix of the row
+       if f.removeprefix("trl-").startswith(("diffusion_gemma", "glm4moe", "gptoss", "lfm2_2_5", "nemotron"))},
+    # Gemma 4 (no training variant in TRL: prefix masks): its last revision shows reasoning_content only after the
+    # last user turn, so an earlier turn's reasoning leaves later prefixes; the earlier revisions show no
+    # reasoning_content, so reasoning goes inline into the content as with any template that prints content as it is
+    ("trl-gemma4_v5", "reasoning"): "not prefix-stable",
+    # Mistral writes the system prompt into the user turn only while that turn is the conversation's last
     ("other-mistral", "system_multi"): "not prefix-stable",
+    ("other-mistral", "system_tools"): "not prefix-stable",
+    # Mistral takes only nine-character call ids (call_only has none) and drops text next to calls
+    ("other-mistral", "call_only"): "Tool call IDs should be alphanumeric strings with length 9",
+    ("other-mistral", "text_two_calls"): "does not show the text next to the tool calls",
+    # plain ChatML (no longer taken for Qwen3-2507, which renders tools): the "\n" ending the generation prompt and
+    # the answer's leading "\n" merge into one token
+    ("other-chatml", "whitespace"): "not prefix-stable",
+    # templates that leave out the tool schemas: DeepSeek-V3 and R1 render no tools at all, nor do Llama 3.0,
+    # Gemma 1 to 3, Phi-3, Cohere, Qwen2.5-VL, the other vision templates and the plain ones
+    **refused_tool_rows(["llama3", "phi3", "other-chatml", "other-zephyr", *(f"trl-{f}" for f in (
+        "cohere", "cohere2", "deepseek_r1_distill", "deepseekv3", "gemma", "gemma3", "idefics3", "llama3", "llava_next",
+        "phi3", "phi3_5", "qwen2_5_vl", "smolvlm"))], "does not show the row's tools"),
+    # SmolLM3 and LFM2's first template expect calls written into the content: tool_calls are not rendered
+    **refused_tool_rows(["smollm3", "trl-lfm2"], "does not show tool calls"),
+    # one call per turn: Llama 3.1 and 3.2 raise on more, gpt-oss shows the first
+    **refused_tool_rows(["trl-gptoss", "trl-llama3_1", "trl-llama3_2"], "takes one tool call per assistant turn",
+                        ["text_two_calls"]),
+    # text next to calls: dropped (and gpt-oss drops it when a final answer follows)
+    **refused_tool_rows(["trl-gptoss", "trl-llama3_1", "trl-llama3_2", "trl-muse_glimmer", "other-mistral"],
+                        "does not show the text next to the tool calls", ["text_one_call"]),
+    ("trl-muse_glimmer", "text_two_calls"): "does not show the text next to the tool calls",
+    # text next to a call goes after the call's results once they follow: Gemma 4's rendering of the turn then changes
+    # (not prefix-stable), and DiffusionGemma's leaves the text unterminated before a new turn (two spans, one turn)
+    **refused_tool_rows([f for f in TRL_FAMILIES if f.startswith("trl-gemma4") and f != "trl-gemma4_v2"],
+                        "not prefix-stable", ["text_one_call"]),
+    ("trl-diffusion_gemma", "text_one_call"): "a span of its own",
 }
+# TRL's DiffusionGemma training variant counts the <|tool_response> that ends a turn of calls as the environment's and
+# leaves it out of the loss, so there a call turn's span ends on the call (or the text after it), not on a stop token.
+CALL_STOP_UNTRAINED = {"trl-diffusion_gemma"}
 # What the eight families of the issue train on the system_multi row (the second assistant turn).
 GOLDEN = {
     "qwen3": "<think>\n\n</think>\n\nMarseille.<|im_end|>\n",
@@ -66,28 +141,37 @@ def expected_training_template(family):
     return path.read_text(encoding="utf-8") if path.exists() else None
 
 
-def check_exact(tokenizer, spec, family, messages, input_ids, labels):
-    prepared = prepare_messages(with_reasoning(messages, spec.reasoning), spec)
+def schema_texts(tools):
+    return [text for tool in normalize_tools(tools) for text in (
+        tool["function"]["description"], *(p["description"] for p in tool["function"]["parameters"]["properties"].values()))]
+
+
+def check_exact(tokenizer, spec, family, messages, input_ids, labels, tools=None):
+    prepared = rendered_messages(messages, spec, normalize_tools(tools))
     mask = [int(label != -100) for label in labels]
     training = expected_training_template(family)
     if training is not None:  # token by token against the family's training template
-        out = tokenizer.apply_chat_template(prepared, chat_template=training, tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
+        out = tokenizer.apply_chat_template(prepared, tools=normalize_tools(tools) or None, chat_template=training,
+                                            tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
         assert list(out["input_ids"]) == input_ids and list(out["assistant_masks"]) == mask
     turns = [m for m in messages if m["role"] == "assistant"]
     found = spans(mask)
     assert len(found) == len(turns), [tokenizer.decode(input_ids[a:b]) for a, b in found]
     added = set(tokenizer.get_added_vocab().values())
-    others = [m["content"].strip() for m in messages if m["role"] != "assistant"]
+    # nothing of a user, system or tool turn, nor of the schemas
+    others = [m["content"].strip() for m in messages if m["role"] != "assistant"] + schema_texts(tools)
     for (start, end), turn in zip(found, turns):
         text = tokenizer.decode(input_ids[start:end])
         reasoning, answer = split_reasoning(turn)
         assert answer.strip() in text
+        assert all(c["function"]["name"] in text for c in turn.get("tool_calls") or []), text
         assert (reasoning.strip() in text) == (spec.reasoning == "keep") or not reasoning.strip()
         rest = text.replace(answer.strip(), "").replace(reasoning.strip(), "")
-        assert not any(other in rest for other in others if other), rest  # nothing of a user or system turn
+        assert not any(other in rest for other in others if other), rest
         if training is None:  # and no role header of another turn
             assert "user" not in rest.lower(), rest
+        if turn.get("tool_calls") and family in CALL_STOP_UNTRAINED:
+            continue
         ending = [t for t in input_ids[start:end] if tokenizer.decode([t]).strip()][-1]
         assert ending in added, f"span ends on {tokenizer.decode([ending])!r}, not an end-of-turn token"
     return found
@@ -102,18 +186,38 @@ def root(tmp_path_factory):
 def test_native_masks_are_exact_or_refused(family, root):
     tokenizer = load(family, root)
     spec = prepare_tokenizer(tokenizer, "native")
-    for name, messages in CONVERSATIONS.items():
+    for name, (messages, tools) in ROWS.items():
         refused = REFUSED.get((family, name)) or REFUSED.get((family, "*"))
         if refused:
             with pytest.raises(RowProblem, match=refused):
-                tokenize_chat(tokenizer, messages, "all_assistant", spec)
+                tokenize_chat(tokenizer, messages, "all_assistant", spec, tools)
             continue
-        input_ids, labels = tokenize_chat(tokenizer, messages, "all_assistant", spec)
-        found = check_exact(tokenizer, spec, family, messages, input_ids, labels)
+        input_ids, labels = tokenize_chat(tokenizer, messages, "all_assistant", spec, tools)
+        found = check_exact(tokenizer, spec, family, messages, input_ids, labels, tools)
         if name == "system_multi" and family in GOLDEN:
             assert tokenizer.decode(input_ids[found[-1][0]:found[-1][1]]) == GOLDEN[family]
-        _, last = tokenize_chat(tokenizer, messages, "last_assistant", spec)
+        _, last = tokenize_chat(tokenizer, messages, "last_assistant", spec, tools)
         assert spans([int(x != -100) for x in last]) == found[-1:]
+
+
+@pytest.mark.parametrize("family, generated", [
+    ("qwen3", '<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call><|im_end|>'),  # trained with TRL's variant
+    ("trl-llama3_2", '{"name": "f", "parameters": {"a": 1}}<|eot_id|>'),  # its own template, prefix masks
+])
+def test_native_tokenizer_parses_generated_calls(family, generated, root):
+    tokenizer = load(family, root)
+    prepare_tokenizer(tokenizer, "native")
+    assert tokenizer.parse_response(generated, prefix="")["tool_calls"] == [
+        {"type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]
+
+
+def test_arguments_reach_a_template_in_the_form_it_takes(root):
+    """DeepSeek-V3's own template joins arguments as text and raises TypeError on a dict: they go as JSON text."""
+    tokenizer = load("trl-deepseekv3", root)  # its original, before prepare_tokenizer swaps in TRL's variant
+    spec = chat_spec(tokenizer, "")
+    assert spec.call_arguments == "string"
+    messages = rendered_messages(TOOL_CONVERSATIONS["call_result_answer"][0], spec, [])
+    assert '<｜tool▁sep｜>get_weather\n```json\n{"city": "Oslo"}\n```' in render(tokenizer, messages)
 
 
 @pytest.mark.parametrize("family", ["qwen3", "trl-deepseek_r1_distill", "trl-llama3_2"])
