@@ -13,7 +13,7 @@ from common.special_tokens_template import FUNCTION_TOKEN, RESPONSE_TEMPLATE, sp
 from common.tool_calls import call_problem, tool_names, tools_problem
 
 ROLE_TOKENS = {"system": "<system>", "user": "<user>", "assistant": "<assistant>", "tool": "<tool>"}
-CALL = "<call>"  # opens a tool call inside an assistant turn: <call>name{"arg": value}
+CALL = "<call>"  # opens a tool call inside an assistant turn: <call>name{arg:"value"}
 END_OF_TURN = "<eot>"
 # End-of-turn tokens of common instruct models, for chat_format="native".
 NATIVE_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")

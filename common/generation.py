@@ -7,12 +7,15 @@
             exponential backoff on 429, 5xx and connection errors (the client's own); the API key comes
             from an environment variable only
 
-A request's prompt is a list of messages (the model's chat template applies) or a string, sent as it is
-(a rendered template prefix, as Magpie uses). Every backend's `run(requests, done)` calls `done(request,
-result)` as each request finishes; `generate` puts the cache in front and keeps the tallies.
+A request's prompt is a list of messages (the model's chat template applies, with the request's tools) or a
+string, sent as it is (a rendered template prefix, as Magpie uses). Every backend's `run(requests, done)` calls
+`done(request, result)` as each request finishes; `generate` puts the cache in front and keeps the tallies. A
+result is {"text", "tool_calls"?, "prompt_tokens", "completion_tokens"}: the answer's text (reasoning as a
+leading <think> block) and the calls it makes, as the server or the tokenizer's response parser reads them.
 """
 
 import asyncio
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1")
 class Request:
     prompt: list | str
     sample: int
+    tools: list | None = None  # the row's tools (normalized), offered to the model
     key: str = ""
 
 
@@ -68,11 +72,13 @@ def make_backend(params: dict):
 def generate(backend, requests: list[Request], sampling: dict, cache: RequestCache, tally: Tally, label: str,
              progress: bool = True) -> dict:
     """{key: result} for every request; finished ones come from the cache, the rest from the backend, each
-    written to the cache as it arrives. A result is {"text", "prompt_tokens", "completion_tokens"}."""
+    written to the cache as it arrives."""
     from tqdm.auto import tqdm
 
     for r in requests:
-        r.key = request_key(backend.name, backend.model, r.prompt, sampling, r.sample)
+        # tools change the answer, so they are part of the key; a request without them keeps the key it had
+        prompt = {"messages": r.prompt, "tools": r.tools} if r.tools else r.prompt
+        r.key = request_key(backend.name, backend.model, prompt, sampling, r.sample)
     results = cache.get_many([r.key for r in requests])
     pending = [r for r in requests if r.key not in results]
     tally.requests += len(requests)
@@ -118,6 +124,10 @@ class HFBackend:
             self.model, dtype=resolve_dtype(params["dtype"]), trust_remote_code=params["trust_remote_code"]
         ).to(device).eval()
         self.batch_size, self.seed = params["batch_size"], params["seed"]
+        stops = self.lm.generation_config.eos_token_id
+        self.stops = set(stops if isinstance(stops, list) else [stops])
+        # a tokenizer with a response parser (an sft_chat.py output has one) reads calls back from the answer
+        self.parse = getattr(self.tokenizer, "response_template", None) is not None
 
     @torch.no_grad()
     def run(self, requests: list[Request], sampling: dict, done) -> None:
@@ -125,27 +135,38 @@ class HFBackend:
         order = sorted(requests, key=lambda r: len(str(r.prompt)))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            if isinstance(chunk[0].prompt, str):  # a rendered template already holds its special tokens
-                batch = self.tokenizer([r.prompt for r in chunk], padding=True, add_special_tokens=False, return_tensors="pt")
-            else:
-                try:
-                    prompts = [fold_system(r.prompt) if self.fold else r.prompt for r in chunk]
-                    batch = self.tokenizer.apply_chat_template(prompts, add_generation_prompt=True,
-                                                               padding=True, return_tensors="pt", return_dict=True)
-                except TemplateError as e:
-                    raise UserError(f"the chat template of {self.model} rejects a prompt: {e}") from None
-            batch = batch.to(self.lm.device)
+            # each prompt rendered alone, as each has its own tools; the rendered text holds its special tokens
+            texts = [r.prompt if isinstance(r.prompt, str) else self._render(r) for r in chunk]
+            batch = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt").to(self.lm.device)
             torch.manual_seed(self.seed + int(chunk[0].key[:8], 16))  # the same batch samples the same answers
             sample = sampling["temperature"] > 0
             out = self.lm.generate(**batch, max_new_tokens=sampling["max_new_tokens"], do_sample=sample,
                                    temperature=sampling["temperature"] if sample else None,
                                    top_p=sampling["top_p"] if sample else None, use_cache=True)
-            new = out[:, batch["input_ids"].shape[1] :]
-            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-            pad = self.tokenizer.pad_token_id
-            for i, (request, text) in enumerate(zip(chunk, texts)):
-                done(request, {"text": text, "prompt_tokens": int(batch["attention_mask"][i].sum()),
-                               "completion_tokens": int((new[i] != pad).sum())})
+            for i, (request, ids) in enumerate(zip(chunk, out[:, batch["input_ids"].shape[1] :].tolist())):
+                end = next((j + 1 for j, t in enumerate(ids) if t in self.stops), len(ids))  # the rest is padding
+                done(request, {**self._answer(ids[:end]), "prompt_tokens": int(batch["attention_mask"][i].sum()),
+                               "completion_tokens": end})
+
+    def _render(self, request: Request) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(fold_system(request.prompt) if self.fold else request.prompt,
+                                                      tools=request.tools, add_generation_prompt=True, tokenize=False)
+        except TemplateError as e:
+            raise UserError(f"the chat template of {self.model} rejects a prompt: {e}") from None
+
+    def _answer(self, ids: list[int]) -> dict:
+        """The answer's text and calls, as the tokenizer's response parser reads them from the text with its special
+        tokens; without a parser, or when it cannot read the answer (a call cut short), the plain text."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        if not self.parse:
+            return {"text": text}
+        try:
+            message = self.tokenizer.parse_response(self.tokenizer.decode(ids, skip_special_tokens=False), prefix="")
+        except ValueError:
+            return {"text": text}
+        calls = {"tool_calls": message["tool_calls"]} if message.get("tool_calls") else {}
+        return {"text": with_think(message.get("reasoning_content"), message.get("content") or ""), **calls}
 
 
 class VLLMBackend:
@@ -161,6 +182,10 @@ class VLLMBackend:
 
     def run(self, requests: list[Request], sampling: dict, done) -> None:
         from vllm import SamplingParams
+
+        if any(r.tools for r in requests):
+            raise UserError("backend=vllm does not offer rows' tools to the model; serve it (vllm serve MODEL "
+                            "--enable-auto-tool-choice --tool-call-parser ...) and use backend=openai")
 
         def params_of(r):  # a seed per request: a rerun samples the same answer
             return SamplingParams(temperature=sampling["temperature"], top_p=sampling["top_p"],
@@ -224,17 +249,17 @@ class OpenAIBackend:
                 try:
                     if isinstance(request.prompt, str):
                         reply = await client.completions.create(prompt=request.prompt, seed=seed, **common)
-                        text = reply.choices[0].text
+                        answer = {"text": reply.choices[0].text or ""}
                     else:
-                        reply = await client.chat.completions.create(messages=request.prompt, seed=seed, **common)
-                        message = reply.choices[0].message
-                        reasoning = getattr(message, "reasoning_content", None)  # servers with a reasoning parser
-                        text = f"<think>\n{reasoning}\n</think>\n\n{message.content or ''}" if reasoning else message.content
+                        tools = {"tools": request.tools} if request.tools else {}
+                        reply = await client.chat.completions.create(messages=_wire(request.prompt), seed=seed,
+                                                                     **tools, **common)
+                        answer = _answer_of(reply.choices[0].message)
                 except openai.APIError as e:
                     failures.append(e)
                     return
                 usage = reply.usage
-                done(request, {"text": text or "", "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
+                done(request, {**answer, "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
                                "completion_tokens": getattr(usage, "completion_tokens", 0) or 0})
 
         try:
@@ -247,3 +272,28 @@ class OpenAIBackend:
             raise UserError(f"{self.base_url} failed a request after {self.retries} retries "
                             f"({f'HTTP {status}' if status else type(error).__name__}: {str(error).splitlines()[0][:200]}); "
                             "finished results are kept in the request cache: run again to continue")
+
+
+def with_think(reasoning: str | None, content: str) -> str:
+    """An answer with its separately returned reasoning put back as a leading <think> block."""
+    return f"<think>\n{reasoning}\n</think>\n\n{content}" if reasoning else content
+
+
+def _wire(messages: list[dict]) -> list[dict]:
+    """Messages as the OpenAI API takes them: call arguments as JSON text (rows may hold them as objects)."""
+    def call(c):
+        arguments = c["function"].get("arguments")
+        text = arguments if isinstance(arguments, str) else json.dumps(arguments or {}, ensure_ascii=False)
+        return {**c, "function": {**c["function"], "arguments": text}}
+
+    return [{**m, "tool_calls": [call(c) for c in m["tool_calls"]]} if m.get("tool_calls") else m for m in messages]
+
+
+def _answer_of(message) -> dict:
+    """A chat reply's text (a server's separate reasoning_content as a <think> block) and its calls, with their ids
+    and arguments as the server sent them (JSON text; common.synthesis.answer_message reads them)."""
+    text = with_think(getattr(message, "reasoning_content", None), message.content or "")
+    calls = [{"type": "function", **({"id": c.id} if c.id else {}),
+              "function": {"name": c.function.name, "arguments": c.function.arguments}}
+             for c in message.tool_calls or [] if getattr(c, "function", None)]
+    return {"text": text, **({"tool_calls": calls} if calls else {})}

@@ -38,11 +38,30 @@ _TOOLS = (
     "{%- endfor -%}<eot>"
     "{%- endif -%}"
 )
+# A call's arguments as compact JSON with bare keys, `{city:"Paris",days:2}`: the parser's unquoted_keys dialect
+# quotes them back. The key sits right before its value, as in `city="Paris"`, which a small model learns to fill
+# far sooner than `"city": "Paris"` (BENCHMARKS.md). The dialect quotes any `{word:` or `,word:`, so inside
+# strings `,` `{` (and `<`, which could open a special token) are written as JSON \u escapes: every value parses
+# back exactly. Keys that are not plain words stay quoted.
+_ARGUMENTS = (
+    "{%- macro json_value(v) -%}"
+    "{%- if v is string -%}{{ (v | tojson).replace(',', '\\\\u002c').replace('{', '\\\\u007b').replace('<', '\\\\u003c') }}"
+    "{%- elif v is mapping -%}{{ '{' }}{%- for k, x in v.items() -%}"
+    "{{ json_value(k ~ '') }}:{{ json_value(x) }}{{ ',' if not loop.last }}{%- endfor -%}{{ '}' }}"
+    "{%- elif v is iterable -%}[{%- for x in v -%}{{ json_value(x) }}{{ ',' if not loop.last }}{%- endfor -%}]"
+    "{%- else -%}{{ v | tojson }}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- macro arguments(a) -%}"
+    "{%- if a is string -%}{{ a }}{%- else -%}{{ '{' }}{%- for k, x in a.items() -%}"
+    "{{ k if k and (k | list | reject('in', 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_') | list | length == 0)"
+    " else json_value(k ~ '') }}:{{ json_value(x) }}{{ ',' if not loop.last }}{%- endfor -%}{{ '}' }}{%- endif -%}"
+    "{%- endmacro -%}"
+)
 # `{% generation %}` marks what the loss is taken on: assistant reasoning (as a <think> block), content, tool calls
 # and the end-of-turn token, on every assistant turn, so a conversation renders the same at inference as in
-# training. A call is `<call>name{"arg": value}` (or `<fn:name>{...}` with function tokens): the name bare, since
-# the call token already says a name follows, and the arguments as JSON, which any value type survives and
-# transformers' response parser reads back as a dict.
+# training. A call is `<call>name{city:"Paris"}` (or `<fn:name>{...}` with function tokens): the name bare, since
+# the call token already says a name follows, and the arguments as JSON (above), which any value type survives
+# and transformers' response parser reads back as a dict.
 _MESSAGES = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'assistant' -%}"
@@ -54,7 +73,7 @@ _MESSAGES = (
     "{%- for call in (message['tool_calls'] if message['tool_calls'] is defined and message['tool_calls'] else []) -%}"
     "{%- set c = call['function'] if call['function'] is defined else call -%}"
     "{{ ('<fn:' ~ c['name'] ~ '>') if c['name'] in function_tokens else ('<call>' ~ c['name']) }}"
-    "{{ c['arguments'] if c['arguments'] is string else (c['arguments'] | tojson) }}"
+    "{{ arguments(c['arguments']) }}"
     "{%- endfor -%}"
     "<eot>{% endgeneration %}"
     "{%- else -%}"
@@ -67,7 +86,7 @@ _MESSAGES = (
 
 def special_tokens_template(function_names=()) -> str:
     """Our chat template; function_names render as their function tokens."""
-    return "{%- set function_tokens = " + repr(sorted(function_names)) + " -%}" + _TOOLS + _MESSAGES
+    return "{%- set function_tokens = " + repr(sorted(function_names)) + " -%}" + _TOOLS + _ARGUMENTS + _MESSAGES
 
 # How tokenizer.parse_response reads a generated assistant turn back (transformers' response_template).
 RESPONSE_TEMPLATE = {
@@ -76,7 +95,7 @@ RESPONSE_TEMPLATE = {
     "fields": {
         "reasoning_content": {"open": "<think>", "close": "</think>", "content": "text"},
         "tool_calls": {"open_pattern": r"(?:<call>|<fn:)(?P<name>[^\s{}<>]+)>?", "close_pattern": r"(?=<call>|<fn:|<eot>)|\Z",
-                       "repeats": True, "content": "json",
+                       "repeats": True, "content": "json", "content_args": {"unquoted_keys": True},
                        "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{content}"}}},
         "content": {"close_pattern": r"<eot>.*", "content": "text"},
     },

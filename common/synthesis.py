@@ -3,21 +3,26 @@
 Judges score each sampled answer of a prompt; higher is better:
     verifier      a Python function named "module:function" or "path/file.py:function", called as
                   fn(row, answer) -> bool or number, where row is the prompt's source row (with its reference)
+                  and answer the answer's text, or for a row with tools the assistant message (with its tool_calls)
     llm           a model asked `rubric` (with {prompt} and {answer}); the first number of its reply is the score
     reward_model  an AutoModelForSequenceClassification; its first logit on the conversation is the score
 """
 
 import importlib
 import importlib.util
+import json
 import os
 import random
 import re
 
+from common.chat_format import validate_messages
 from common.errors import UserError
+from common.tool_calls import call_problem, normalize_message, normalize_tools, same_calls, tool_names, tools_problem
 
 SELF_INSTRUCT = ("Here are requests that users sent to an assistant:\n{examples}\n"
                  "Write one new request of the same kind, different from all of these. Reply with the request only.")
 MARK = "\u2063USER-TURN\u2063"  # where the user's text would go in a rendered template
+ANSWER = {"role": "assistant", "content": ""}  # stands for the answer to come where a check wants an assistant turn
 
 
 def prompt_of(row: dict, system_prompt: str = "") -> list[dict]:
@@ -37,15 +42,38 @@ def prompt_of(row: dict, system_prompt: str = "") -> list[dict]:
 
 
 def prompt_problem(row) -> str | None:
-    """Why a row cannot give a prompt, or None."""
+    """Why a row cannot give a prompt, or None. Its messages follow the chat rules (calls, a reference's too, name
+    the row's tools; a tool result follows a call) and the prompt ends with a user turn or a tool result."""
     if not isinstance(row, dict):
         return "row must be a JSON object"
     if "messages" not in row and "prompt" not in row:
         return "row has neither 'messages' nor 'prompt'"
-    messages = prompt_of(row)
-    if not messages or messages[-1].get("role") != "user" or not str(messages[-1].get("content", "")).strip():
-        return "the prompt must end with a non-empty user turn"
+    problem = tools_problem(row.get("tools"))
+    if problem:
+        return problem
+    conversation = row["messages"] if "messages" in row else prompt_of(row)
+    if not isinstance(conversation, list):
+        return "'messages' must be a list of messages"
+    # a request-only row has no assistant turn: the answer to come stands in (harmless after a reference)
+    problem = validate_messages([*conversation, ANSWER], set(tool_names(row.get("tools"))))
+    if problem:
+        return problem
+    last = (prompt_of(row) or [{}])[-1]
+    if last.get("role") != "tool" and not (last.get("role") == "user" and last["content"].strip()):
+        return "the prompt must end with a non-empty user turn or a tool result"
     return None
+
+
+def with_tools(tools: list, row: dict) -> dict:
+    """A row to write, with the tools its prompt was offered (first, as in the example files) when there are some."""
+    return {"tools": tools, **row} if tools else row
+
+
+def shared_tools(rows: list[dict]) -> list[dict]:
+    """The tools of the seed rows when they all list the same ones (as one product's traffic does), so new requests
+    can carry them; [] when they differ or there are none."""
+    found = {json.dumps(normalize_tools(row.get("tools")), sort_keys=True) for row in rows}
+    return json.loads(found.pop()) if len(found) == 1 else []
 
 
 def last_request(row: dict) -> str:
@@ -121,8 +149,9 @@ def load_function(spec: str, key: str):
     return fn
 
 
-def reward_scores(model_name: str, prompts: list[list[dict]], answers: list[str], trust_remote_code: bool) -> list[float]:
-    """The reward model's first logit for each (prompt, answer) conversation."""
+def reward_scores(model_name: str, asks: list[tuple[list[dict], list, dict]], trust_remote_code: bool) -> list[float]:
+    """The reward model's first logit for each (prompt, tools, answer message): the conversation rendered with its
+    tools."""
     import torch
     from jinja2 import TemplateError
     from transformers import AutoModelForSequenceClassification
@@ -133,15 +162,16 @@ def reward_scores(model_name: str, prompts: list[list[dict]], answers: list[str]
     model = AutoModelForSequenceClassification.from_pretrained(model_name, trust_remote_code=trust_remote_code).eval()
     scores = []
     with torch.no_grad():
-        for prompt, answer in zip(prompts, answers):
-            conversation = [*prompt, {"role": "assistant", "content": answer}]
+        for prompt, tools, answer in asks:
+            conversation = [*prompt, answer]
             if tokenizer.chat_template:
                 try:
-                    ids = tokenizer.apply_chat_template(conversation, return_tensors="pt", return_dict=True)
+                    ids = tokenizer.apply_chat_template(conversation, tools=tools or None, return_tensors="pt",
+                                                        return_dict=True)
                 except TemplateError as e:
                     raise UserError(f"the reward model's chat template rejects a conversation: {e}") from None
             else:
-                ids = tokenizer("\n".join(m["content"] for m in conversation), return_tensors="pt")
+                ids = tokenizer("\n".join(answer_text(m) for m in conversation), return_tensors="pt")
             scores.append(float(model(**ids).logits[0, 0]))
     return scores
 
@@ -152,11 +182,31 @@ def judge_rubric_reply(reply: str) -> float:
     return float(found.group()) if found else float("-inf")
 
 
-def best_and_worst(answers: list[str], scores: list[float]) -> tuple[str, str] | None:
-    """(chosen, rejected): the highest- and lowest-scored distinct answers, or None when no score is higher
+def answer_message(result: dict, names: set) -> dict:
+    """A backend's result as the assistant message to write. Calls the row cannot hold (arguments that are not a
+    JSON object, a function not among names, the row's tools) are kept as text after the answer's, so every written
+    row passes the checks and a judge still sees what the model wrote."""
+    message, calls = {"role": "assistant", "content": result["text"].strip()}, result.get("tool_calls") or []
+    if calls and not any(call_problem(call, names) for call in calls):
+        return normalize_message({**message, "tool_calls": calls})
+    return {**message, "content": answer_text({**message, "tool_calls": calls})}
+
+
+def answer_text(message: dict) -> str:
+    """A message as one text (for judges that read text): its content, then each call as name{arguments}."""
+    def call_text(call):
+        arguments = call["function"].get("arguments") or {}
+        return call["function"]["name"] + (arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False))
+
+    return "\n".join([message.get("content") or "", *map(call_text, message.get("tool_calls") or [])]).strip()
+
+
+def best_and_worst(answers: list[dict], scores: list[float]) -> tuple[dict, dict] | None:
+    """(chosen, rejected): the highest- and lowest-scored distinct answer messages, or None when no score is higher
     than another (nothing to prefer)."""
     ranked = sorted(zip(scores, range(len(answers))), key=lambda p: (-p[0], p[1]))
-    best, worst = ranked[0], ranked[-1]
-    if best[0] <= worst[0] or answers[best[1]].strip() == answers[worst[1]].strip():
-        return None
-    return answers[best[1]], answers[worst[1]]
+    (top, best), (bottom, worst) = ranked[0], ranked[-1]
+    chosen, rejected = answers[best], answers[worst]
+    same = chosen["content"].strip() == rejected["content"].strip() and same_calls(
+        chosen.get("tool_calls") or [], rejected.get("tool_calls") or [])
+    return None if top <= bottom or same else (chosen, rejected)

@@ -107,8 +107,9 @@ def calls_text(calls: list[dict]) -> list[str]:
     texts = []
     for call in calls:
         texts.append(call["function"]["name"])
-        # a value JSON escapes may show either way, so only plain ones are looked for
-        texts += [v for v in arguments_of(call).values() if isinstance(v, str) and v.strip() and json.dumps(v)[1:-1] == v]
+        # a value with characters JSON (or our call syntax) escapes may show either way, so only plain ones are looked for
+        texts += [v for v in arguments_of(call).values()
+                  if isinstance(v, str) and v.strip() and json.dumps(v)[1:-1] == v and not set(v) & set(",{<")]
     return texts
 
 

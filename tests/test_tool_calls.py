@@ -37,21 +37,21 @@ RESULT = {"role": "tool", "tool_call_id": "c1", "name": "get_weather", "content"
 SHAPES = {
     "one call, content empty": (
         [USER, {"role": "assistant", "content": "", "tool_calls": [PARIS]}], TOOLS,
-        ['<call>get_weather{"city": "Paris", "days": 2}<eot>']),
+        ['<call>get_weather{city:"Paris",days:2}<eot>']),
     "content null, two calls": (
         [USER, {"role": "assistant", "content": None, "tool_calls": [PARIS, TIMER_CALL]}], TOOLS,
-        ['<call>get_weather{"city": "Paris", "days": 2}<call>set_timer{"minutes": 5}<eot>']),
+        ['<call>get_weather{city:"Paris",days:2}<call>set_timer{minutes:5}<eot>']),
     "text and a call": (
         [USER, {"role": "assistant", "content": "Checking.", "tool_calls": [PARIS]}], TOOLS,
-        ['Checking.<call>get_weather{"city": "Paris", "days": 2}<eot>']),
+        ['Checking.<call>get_weather{city:"Paris",days:2}<eot>']),
     "call, result, answer": (
         [USER, {"role": "assistant", "content": "", "tool_calls": [PARIS]}, RESULT,
          {"role": "assistant", "content": "Sunny in Paris."}], TOOLS,
-        ['<call>get_weather{"city": "Paris", "days": 2}<eot>', "Sunny in Paris.<eot>"]),
+        ['<call>get_weather{city:"Paris",days:2}<eot>', "Sunny in Paris.<eot>"]),
     "system, tools as a JSON string, reasoning": (
         [{"role": "system", "content": "Be brief."}, USER,
          {"role": "assistant", "content": "", "reasoning_content": "Two tools.", "tool_calls": [TIMER_CALL]}],
-        json.dumps(TOOLS), ['<think>Two tools.</think><call>set_timer{"minutes": 5}<eot>']),
+        json.dumps(TOOLS), ['<think>Two tools.</think><call>set_timer{minutes:5}<eot>']),
     "no tools at all": ([USER, {"role": "assistant", "content": "I cannot."}], None, ["I cannot.<eot>"]),
 }
 
@@ -88,6 +88,17 @@ def test_a_rendered_answer_parses_back_to_the_message(tokenizer, shape):
     want = [(c["function"]["name"], c["function"]["arguments"] if isinstance(c["function"]["arguments"], dict)
              else json.loads(c["function"]["arguments"])) for c in expected.get("tool_calls", [])]
     assert got == want
+
+
+def test_any_argument_value_parses_back_exactly(tokenizer):
+    """Bare keys are quoted back by the parser's unquoted_keys dialect, which would also quote `,word:` inside a
+    string: such characters are written escaped, so every value survives."""
+    arguments = {"city": "Paris, FR", "n": 2, "x": 1.5, "ok": True, "none": None, "tricky": 'a,b:c {d:e} <eot> "q" \\ \n é',
+                 "list": ["x,y:z", {"k-1": "v,w:1"}], "my-key": {"in": [1, 2]}, "é": 1}
+    messages = [USER, {"role": "assistant", "content": "", "tool_calls": [call("f", arguments)]}]
+    answer = tokenizer.apply_chat_template(messages, tokenize=False).split("<assistant>")[1]
+    assert answer.startswith('<call>f{city:"Paris\\u002c FR",n:2,x:1.5,ok:true,none:null,')
+    assert tokenizer.parse_response(answer, prefix="")["tool_calls"][0]["function"]["arguments"] == arguments
 
 
 BAD_ROWS = [
@@ -130,7 +141,7 @@ def test_function_tokens_make_each_name_one_token_and_parse_back_to_the_plain_na
     text = tokenizer.decode(input_ids)
     assert text.startswith("<system><fn:get_weather><fn:set_timer><eot><user>")  # a tokenized function's schema is its token
     answer = tokenizer.decode(trained)
-    assert answer == '<fn:get_weather>{"city": "Paris", "days": 2}<fn:set_timer>{"minutes": 5}<eot>'
+    assert answer == '<fn:get_weather>{city:"Paris",days:2}<fn:set_timer>{minutes:5}<eot>'
     parsed = tokenizer.parse_response(answer, prefix="")
     assert [c["function"]["name"] for c in parsed["tool_calls"]] == ["get_weather", "set_timer"]
     # a tool the tokens do not cover still renders as a signature, and its call as <call>name
@@ -174,7 +185,7 @@ def test_cleaning_keeps_calls_and_scrubs_argument_values_like_the_request():
     ('<call>get_weather{"city": "Paris", "days": 2.0}<eot>', True),  # equal as JSON values
     ('<call>get_weather{"city": "Paris", "days": "2"}<eot>', False),
     ('<call>get_weather{"city": "Paris"}<eot>', False),
-    ('<call>get_forecast{"city": "Paris", "days": 2}<eot>', False),
+    ('<call>get_forecast{city:"Paris",days:2}<eot>', False),
     ('<call>get_weather{"city": "Par<eot>', False),  # broken JSON is a miss, not a crash
     ('get_weather(city="Paris", days=2)<eot>', False),
 ])
