@@ -7,7 +7,8 @@
     python dpo.py dry_run=true                                     # preview the data, train nothing
 
 Rows are {"prompt", "chosen", "rejected"}, strings or message lists, rendered with the model's own chat
-template (an sft_chat.py output keeps its special tokens, so <eot> closes chosen and rejected). Under
+template (an sft_chat.py output keeps its special tokens, so <eot> closes chosen and rejected). A row may carry
+`tools`: chosen and rejected are then assistant messages with tool_calls, and the scored tokens are the calls. Under
 LoRA the reference is the adapter-disabled model; for full fine-tuning, reference log-probs are computed
 once and cached in ref_cache_dir, so reruns and resumed runs skip them. Held-out preference accuracy and
 exact match are printed before and after. Outputs: params.yaml, data_report.json, metrics.jsonl (loss,
@@ -31,7 +32,7 @@ from common.training import dpo_trainer
 
 PARAMS = dict(
     model="outputs/sft_chat/final",  # the default sft_chat.py run's output; or any hub id or local folder
-    data=["data/examples/preference_train.jsonl"],  # {"prompt", "chosen", "rejected"} rows
+    data=["data/examples/preference_train.jsonl"],  # {"prompt", "chosen", "rejected", "tools"?} rows
     chat_template="",  # a Jinja file to render the pairs with instead of the model's template (README "Native chat templates")
     reasoning="keep",  # or "drop": remove reasoning_content / leading <think> blocks from chosen and rejected
     eval_data=[],  # held-out rows for eval loss and rewards; when empty, eval_fraction of data is held out

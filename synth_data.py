@@ -14,6 +14,9 @@ Stages run in this order, any of them alone, each feeding the next:
                   "rejected"} rows dpo.py reads as they are (best against worst; prompts with no difference skipped)
     clean         common/cleaning over the last stage's output (the raw rows stay in <stage>.raw.jsonl)
 
+A row's `tools` are offered to the model with its prompt (and carried into new requests when every seed row lists
+the same ones); its answers are assistant messages with their tool_calls, and the written rows keep the tools.
+
 Every request is cached in output_dir/requests.sqlite by (backend, model, prompt, sampling, sample index):
 a killed run started again re-sends no finished request, and output files are written whole, then renamed.
 """
@@ -28,8 +31,10 @@ from common.models import load_tokenizer
 from common.reasoning import strip_reasoning
 from common.params import CHOICES, resolve, save_params
 from common.request_cache import RequestCache
-from common.synthesis import (best_and_worst, judge_rubric_reply, last_request, load_function, magpie_prefix, novel,
-                              prompt_of, prompt_problem, reward_scores, self_instruct_prompts)
+from common.synthesis import (answer_message, answer_text, best_and_worst, judge_rubric_reply, last_request, load_function,
+                              magpie_prefix, novel, prompt_of, prompt_problem, reward_scores, self_instruct_prompts,
+                              shared_tools, with_tools)
+from common.tool_calls import normalize_tools, tool_names
 
 PARAMS = dict(
     stages=["preferences", "clean"],  # any of instructions, responses, preferences, clean (in that order)
@@ -56,7 +61,7 @@ PARAMS = dict(
     max_similarity=0.7,  # instructions: estimated Jaccard (word 1-2-grams) to every kept request must stay below this
     judge="verifier",  # verifier, llm or reward_model
     keep_reasoning=False,  # the judge sees answers without a leading <think> block unless true
-    verifier="data/examples/verify.py:verify",  # fn(row, answer) -> bool or number
+    verifier="data/examples/verify.py:verify",  # fn(row, answer) -> bool or number; answer is a message for rows with tools
     judge_model="",  # llm: a model on the same backend; reward_model: an AutoModelForSequenceClassification
     rubric="Rate from 1 to 10 how well the answer serves the request. Reply with the number only.\n"
            "Request: {prompt}\nAnswer: {answer}",
@@ -86,24 +91,26 @@ def check(params: dict) -> list[str]:
     return stages
 
 
-def score(params: dict, backend, prompts: list, answers: list[list[str]], rows: list[Row], gen) -> list[list[float]]:
+def score(params: dict, backend, prompts: list, tools: list, answers: list[list[dict]], rows: list[Row], gen) -> list[list[float]]:
     """The judge's score of every answer of every prompt (of the answer alone, without its reasoning, unless
-    keep_reasoning=true)."""
+    keep_reasoning=true). The verifier gets the answer's text, or for a row with tools the whole message."""
     if not params["keep_reasoning"]:
-        answers = [[strip_reasoning(a) for a in row_answers] for row_answers in answers]
+        answers = [[{**a, "content": strip_reasoning(a["content"])} for a in row_answers] for row_answers in answers]
     if params["judge"] == "verifier":
         verify = load_function(params["verifier"], "verifier")
         try:
-            return [[float(verify(row.data, a)) for a in row_answers] for row, row_answers in zip(rows, answers)]
+            return [[float(verify(row.data, a if row_tools else a["content"])) for a in row_answers]
+                    for row, row_tools, row_answers in zip(rows, tools, answers)]
         except Exception as e:  # the user's function: say where it broke, in one line
             raise UserError(f"verifier {params['verifier']} failed: {type(e).__name__}: {e}") from None
-    flat = [(p, a) for p, row_answers in zip(prompts, answers) for a in row_answers]
+    flat = [(p, t, a) for p, t, row_answers in zip(prompts, tools, answers) for a in row_answers]
     if params["judge"] == "reward_model":
-        scores = reward_scores(params["judge_model"], [p for p, _ in flat], [a for _, a in flat], params["trust_remote_code"])
+        scores = reward_scores(params["judge_model"], flat, params["trust_remote_code"])
     else:
         judge = backend if params["judge_model"] == params["model"] else make_backend({**params, "model": params["judge_model"]})
-        asks = [Request([{"role": "user", "content": params["rubric"].format(prompt=p[-1]["content"], answer=a)}], 0)
-                for p, a in flat]
+        rubric = params["rubric"]
+        asks = [Request([{"role": "user", "content": rubric.format(prompt=answer_text(p[-1]), answer=answer_text(a))}], 0)
+                for p, _, a in flat]
         replies = gen(judge, asks, {**sampling_of(params), "temperature": 0.0}, "judge")
         scores = [judge_rubric_reply(replies[r.key]["text"]) for r in asks]
     per = params["num_samples"]
@@ -127,12 +134,14 @@ def main(params: dict) -> None:
     def gen(model, requests, settings, label):
         return generate(model, requests, settings, cache, tally, label, params["progress_bar"])
 
-    def answers_of(rows):  # num_samples answers per row, in row order
+    def answers_of(rows):  # prompts, tools and num_samples answer messages per row, in row order
         prompts = [prompt_of(r.data, params["system_prompt"]) for r in rows]
-        requests = [Request(p, s) for p in prompts for s in range(params["num_samples"])]
+        tools = [normalize_tools(r.data.get("tools")) for r in rows]
+        requests = [Request(p, s, t or None) for p, t in zip(prompts, tools) for s in range(params["num_samples"])]
         results = gen(backend, requests, sampling, "answers")
-        texts = [results[r.key]["text"].strip() for r in requests]
-        return prompts, [texts[i : i + params["num_samples"]] for i in range(0, len(texts), params["num_samples"])]
+        messages = [answer_message(results[r.key], set(tool_names(r.tools))) for r in requests]
+        per = params["num_samples"]
+        return prompts, tools, [messages[i : i + per] for i in range(0, len(messages), per)]
 
     last, written = "clean", 0
     try:
@@ -147,25 +156,26 @@ def main(params: dict) -> None:
                 requests = [Request(p, i) for i, p in enumerate(prompts)]
             results = gen(backend, requests, sampling, "instructions")
             kept = novel([results[r.key]["text"] for r in requests], seeds, params["max_similarity"], params["num_instructions"])
-            rows = [Row({"messages": [{"role": "user", "content": text}]}, f"instructions: {i + 1}") for i, text in enumerate(kept)]
+            tools = shared_tools([r.data for r in rows])
+            rows = [Row(with_tools(tools, {"messages": [{"role": "user", "content": text}]}), f"instructions: {i + 1}")
+                    for i, text in enumerate(kept)]
             report.counts["instructions"] = {"asked": len(requests), "kept": len(kept)}
             last = "instructions"
             write_rows(os.path.join(out, "instructions.jsonl"), [r.data for r in rows])
 
         if "responses" in stages:
-            prompts, answers = answers_of(rows)
-            rows = [Row({"messages": [*p, {"role": "assistant", "content": a}]}, f"responses: {i + 1}")
-                    for i, (p, row_answers) in enumerate(zip(prompts, answers)) for a in row_answers]
+            prompts, tools, answers = answers_of(rows)
+            rows = [Row(with_tools(t, {"messages": [*p, a]}), f"responses: {i + 1}")
+                    for i, (p, t, row_answers) in enumerate(zip(prompts, tools, answers)) for a in row_answers]
             last = "responses"
             write_rows(os.path.join(out, "responses.jsonl"), [r.data for r in rows])
 
         if "preferences" in stages:
-            prompts, answers = answers_of(rows)
-            scores = score(params, backend, prompts, answers, rows, gen)
-            pairs = [(p, best_and_worst(a, s)) for p, a, s in zip(prompts, answers, scores)]
-            rows = [Row({"prompt": p, "chosen": [{"role": "assistant", "content": pair[0]}],
-                         "rejected": [{"role": "assistant", "content": pair[1]}]}, f"preferences: {i + 1}")
-                    for i, (p, pair) in enumerate(pairs) if pair]
+            prompts, tools, answers = answers_of(rows)
+            scores = score(params, backend, prompts, tools, answers, rows, gen)
+            pairs = [best_and_worst(a, s) for a, s in zip(answers, scores)]
+            rows = [Row(with_tools(t, {"prompt": p, "chosen": [pair[0]], "rejected": [pair[1]]}), f"preferences: {i + 1}")
+                    for i, (p, t, pair) in enumerate(zip(prompts, tools, pairs)) if pair]
             flat = [s for row_scores in scores for s in row_scores]
             passed = sum(s > 0 for s in flat)
             report.counts["preferences"] = {"prompts": len(prompts), "samples": len(flat), "pairs": len(rows),

@@ -27,6 +27,19 @@ TOOL_ROWS = [  # (what is wrong, messages, the reason given)
         {"type": "function", "function": {"name": "stop_music", "arguments": {}}}]}],
      "messages[1] tool_calls[0] calls 'stop_music', which is not in the row's tools"),
 ]
+ADELE_CALL = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "play_music", "arguments": {"artist": "Adele"}}}]}
+TOOL_PAIRS = [  # (what is wrong, pair, the reason given)
+    ("tool_calls not a list", {"prompt": [ASK], "chosen": [ADELE_CALL], "rejected": [{"role": "assistant", "content": "", "tool_calls": {"name": "play_music"}}]},
+     "rejected[0] tool_calls must be a list"),
+    ("arguments not JSON", {"prompt": [ASK], "chosen": [ADELE_CALL], "rejected": [{"role": "assistant", "content": None, "tool_calls": [
+        {"type": "function", "function": {"name": "play_music", "arguments": "{artist: Sade}"}}]}]},
+     "rejected[0] tool_calls[0] arguments of 'play_music' are not valid JSON"),
+    ("result before any call", {"prompt": [ASK, {"role": "tool", "content": "ok"}], "chosen": "Done.", "rejected": "Failed."},
+     "prompt[1] is a tool result with no assistant tool call before it"),
+    ("unknown function", {"prompt": [ASK], "chosen": [ADELE_CALL], "rejected": [{"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "stop_music", "arguments": {}}}]}]},
+     "rejected[0] tool_calls[0] calls 'stop_music', which is not in the row's tools"),
+]
 GOOD = {"sft_chat.py": CHAT, "sft_completion.py": COMPLETION, "dpo.py": PAIR, "synth_data.py": CHAT}
 
 
@@ -121,6 +134,9 @@ CASES = [
      "content": "b", "reasoning_content": ["a"]}]}), "t.jsonl:2: messages[1] reasoning_content must be a string"),
     ("sft_chat.py", "no assistant turn", rows("a.jsonl", {"messages": [{"role": "user", "content": "x"}]}), "a.jsonl:2: conversation has no assistant turn"),
     *[("sft_chat.py", f"tool row: {what}", rows("f.jsonl", {"tools": TOOLS, "messages": messages}), f"f.jsonl:2: {reason}")
+      for what, messages, reason in TOOL_ROWS],
+    *[("dpo.py", f"tool pair: {what}", rows("f.jsonl", {"tools": TOOLS, **pair}), f"f.jsonl:2: {reason}") for what, pair, reason in TOOL_PAIRS],
+    *[("synth_data.py", f"tool row: {what}", rows("f.jsonl", {"tools": TOOLS, "messages": messages}), f"f.jsonl:2: {reason}")
       for what, messages, reason in TOOL_ROWS],
     ("sft_chat.py", "tools not JSON", rows("j.jsonl", {"tools": "[{", "messages": CHAT["messages"]}), "j.jsonl:2: 'tools' is a string but not valid JSON"),
     ("sft_chat.py", "ShareGPT with an unknown speaker", rows("s.jsonl", {"conversations": [{"from": "robot", "value": "x"}]}), "s.jsonl:2:"),

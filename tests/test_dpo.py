@@ -9,13 +9,44 @@ import sys
 import pytest
 
 from tests.conftest import (
-    ROOT, read_jsonl, run, run_script, trained_spans,
+    ROOT, read_jsonl, run, run_in_process, run_script, trained_spans,
     write_jsonl,
 )
 
 SCRIPT = "dpo.py"
 NO_EVAL = ["test_data=", "exact_match_data="]
 PAIR = {"prompt": "Play Adele", "chosen": 'play_music(artist="Adele")', "rejected": 'play_music(artist="Sade")'}
+TOOLS_TEST = f"{ROOT}/data/examples/tools_test.jsonl"
+TOOLS = read_jsonl(TOOLS_TEST)[0]["tools"]
+
+
+def call_turn(name, **arguments):
+    return {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}]}
+
+
+def wrong_call_pairs(rows):
+    """Tool rows as pairs: chosen the row's call, rejected that call with one argument value wrong."""
+    pairs = []
+    for row in rows:
+        *prompt, answer = row["messages"]
+        function = answer["tool_calls"][0]["function"]
+        (key, value), *_ = function["arguments"].items()
+        wrong = {**function["arguments"], key: value + 1 if isinstance(value, (int, float)) else value + "x"}
+        pairs.append({"tools": row["tools"], "prompt": prompt, "chosen": [answer], "rejected": [call_turn(function["name"], **wrong)]})
+    return pairs
+
+
+def tool_pairs():
+    """Tool-calling pairs: a hand-written call pair, a pair that answers the call's result with text, then the
+    example's held-out rows as wrong-call pairs."""
+    user = {"role": "user", "content": "What's the weather in Paris today?"}
+    return [{"tools": TOOLS, "prompt": [user], "chosen": [call_turn("get_weather", city="Paris", day="today")],
+             "rejected": [call_turn("get_weather", city="Paris", day="tomorrow")]},
+            {"tools": TOOLS, "prompt": [user, call_turn("get_weather", city="Paris", day="today"),
+                                        {"role": "tool", "content": '{"temperature_c": 21, "sky": "sunny"}'}],
+             "chosen": [{"role": "assistant", "content": "It will be 21 degrees and sunny."}],
+             "rejected": [{"role": "assistant", "content": "It will be 12 degrees and rainy."}]},
+            *wrong_call_pairs(read_jsonl(TOOLS_TEST)[:14])]
 
 
 @pytest.fixture()
@@ -127,6 +158,70 @@ def test_dry_run_preview_scores_exactly_the_answers_and_end_of_turn(tmp_path, sf
     assert sorted(scored) == sorted(['play_music(artist="Adele")<eot>', 'play_music(artist="Sade")<eot>',
                                      "set_timer(minutes=5)<eot>", "set_timer(minutes=50)<eot>"])
     assert not (out / "final").exists()
+
+
+def test_tool_pairs_score_exactly_the_calls_and_start_at_ln2(tmp_path, sft_model):
+    """Pairs with tools: the scored tokens are each answer's call (or text) and <eot>, never the tools' signatures
+    or the prompt; the first step's loss is ln 2; held-out preference accuracy and exact match run on tool rows."""
+    from transformers import AutoTokenizer
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", tool_pairs())
+    # held out: other rows, as training rows that overlap held-out ones are dropped (decontamination)
+    held_out_pairs = write_jsonl(tmp_path / "held_out_pairs.jsonl", wrong_call_pairs(read_jsonl(TOOLS_TEST)[14:20]))
+    held_out = write_jsonl(tmp_path / "held_out.jsonl", read_jsonl(TOOLS_TEST)[20:24])
+    common = [f"model={sft_model}", f"data={data}", "eval_fraction=0", f"ref_cache_dir={tmp_path / 'cache'}", "progress_bar=false"]
+    preview = tmp_path / "preview"
+    result = run_in_process(SCRIPT, *common, *NO_EVAL, "dry_run=true", f"output_dir={preview}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"\[\[<call>get_weather[^\]]*Paris[^\]]*today[^\]]*<eot>\]\]", result.stdout), result.stdout[-2000:]
+    tokenizer = AutoTokenizer.from_pretrained(preview / "tokenizer")
+    previews = read_jsonl(preview / "data_preview.jsonl")
+    scored = [[trained_spans(tokenizer, {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]})
+               for ids, mask in zip(row["input_ids"], row["completion_mask"])] for row in previews]
+    assert scored[1] == [["It will be 21 degrees and sunny.<eot>"], ["It will be 12 degrees and rainy.<eot>"]]
+    # every other scored span is one call and <eot> (whatever the template's call syntax), read back as the pair's call
+    for pair, spans in zip([p for i, p in enumerate(tool_pairs()) if i != 1], scored[:1] + scored[2:]):
+        for side, (span,) in zip(("chosen", "rejected"), spans):
+            assert span.startswith("<call>") and span.endswith("<eot>"), span
+            assert tokenizer.parse_response(span, prefix="")["tool_calls"] == [
+                {"type": "function", "function": pair[side][0]["tool_calls"][0]["function"]}], span
+    prompt = tokenizer.decode(previews[0]["prompt_ids"])
+    assert prompt.startswith("<system>get_weather(city: string, day: string) Get the weather forecast for a city.\n")
+    assert prompt.endswith("<eot><user>What's the weather in Paris today?<eot><assistant>")
+
+    out = tmp_path / "out"
+    result = run_in_process(SCRIPT, *common, f"test_data={held_out_pairs}", f"exact_match_data={held_out}", f"output_dir={out}",
+                            "max_steps=1", "logging_steps=1", "batch_size=4", "grad_accum=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert first_loss(out) == pytest.approx(math.log(2), abs=1e-4)
+    for stage in ("before", "after"):
+        assert re.search(rf"{stage}: held-out preference accuracy [\d.]+%.* on {held_out_pairs}", result.stdout), result.stdout[-2000:]
+        assert re.search(rf"{stage}: held-out exact match [\d.]+% on {held_out}", result.stdout), result.stdout[-2000:]
+
+
+@pytest.mark.parametrize("row, problem", [
+    (tool_pairs()[0], None),
+    (tool_pairs()[1], None),  # the prompt ends with a tool result
+    ({**tool_pairs()[0], "tools": json.dumps(TOOLS)}, None),
+    ({**tool_pairs()[0], "tools": "[{"}, "'tools' is a string but not valid JSON"),
+    ({**tool_pairs()[0], "rejected": [{"role": "assistant", "content": "", "tool_calls": {"name": "get_weather"}}]},
+     "rejected[0] tool_calls must be a list"),
+    ({**tool_pairs()[0], "rejected": [{"role": "assistant", "content": None, "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"'}}]}]},
+     "rejected[0] tool_calls[0] arguments of 'get_weather' are not valid JSON"),
+    ({**tool_pairs()[0], "chosen": [call_turn("get_forecast", city="Paris")]}, "chosen[0] tool_calls[0] calls 'get_forecast', which is not in the row's tools"),
+    ({k: v for k, v in tool_pairs()[0].items() if k != "tools"}, "chosen[0] tool_calls[0] calls 'get_weather', which is not in the row's tools"),
+    ({**tool_pairs()[1], "prompt": tool_pairs()[1]["prompt"][::2]}, "prompt[1] is a tool result with no assistant tool call before it"),
+    ({**tool_pairs()[0], "chosen": [{"role": "tool", "content": "{}"}]}, "'chosen' must hold assistant messages only"),
+    ({**tool_pairs()[0], "chosen": [{"role": "assistant", "content": " "}]}, "'chosen' is empty"),
+    ({**tool_pairs()[0], "rejected": [call_turn("get_weather", day="today", city="Paris")]}, "'chosen' and 'rejected' are identical"),
+    ({**tool_pairs()[1], "prompt": tool_pairs()[1]["prompt"][:2]}, "the prompt's last message must be from the user (or a tool result)"),
+])
+def test_preference_row_problem_with_tools(row, problem):
+    from common.preference import preference_row_problem
+
+    found = preference_row_problem(row)
+    assert found == problem if problem is None else found.startswith(problem), found
 
 
 def test_preview_tokens_are_what_the_trainer_prepares(sft_model):

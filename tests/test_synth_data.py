@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.conftest import ENV, ROOT, assert_one_line_exit_2, free_port, read_jsonl, run, run_script, write_jsonl
+from tests.conftest import ENV, ROOT, assert_one_line_exit_2, free_port, read_jsonl, run, run_in_process, run_script, write_jsonl
 
 SCRIPT = "synth_data.py"
 QUIET = ["progress_bar=false", "test_data="]
@@ -199,6 +199,70 @@ def test_llm_judge_scores_answers_on_the_same_endpoint(tmp_path, flaky):
     assert "requests 36, cache hits 0, answered 36" in result.stdout
 
 
+class ToolServer(Flaky):
+    """An OpenAI-style endpoint for rows with tools; it keeps every request body. A request offered tools is answered
+    with a call (play_music with the request's last word on an odd seed, a wrong artist on an even one), a request
+    that ends with a tool result with a short text."""
+
+    bodies: list = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).bodies.append(body)
+        last = body["messages"][-1]
+        if last["role"] == "tool":
+            message = {"role": "assistant", "content": "Now playing."}
+        else:
+            artist = last["content"].split()[-1] if body["seed"] % 2 else "Nobody"
+            message = {"role": "assistant", "content": None, "tool_calls": [{"id": f"call_{body['seed']}", "type": "function",
+                       "function": {"name": "play_music", "arguments": json.dumps({"artist": artist})}}]}
+        self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                         "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+                         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+
+
+@pytest.fixture()
+def tool_server():
+    handler = type("Handler", (ToolServer,), {"bodies": []})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield handler, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+
+
+def test_openai_backend_offers_the_tools_and_keeps_the_calls(tmp_path, tool_server):
+    """Rows with tools: the endpoint gets the row's tools (and earlier calls with JSON-text arguments, as the API
+    takes them); the written rows keep the tools and the returned calls (arguments as objects, ids kept), pairs
+    are judged by the example verifier's tool rule, and every written row passes sft_chat.py's and dpo.py's checks."""
+    from common.chat_format import chat_row_problem
+    from common.preference import preference_row_problem
+    from tests.test_synthesis import ADELE, RESULT, TOOLS, USER, calls, tool_call
+
+    handler, url = tool_server
+    artists = ["Adele", "Sade", "Shakira", "Queen"]
+    rows = [{"tools": TOOLS, "messages": [{"role": "user", "content": f"Play {a}"}, calls(tool_call(artist=a))]} for a in artists]
+    data = write_jsonl(tmp_path / "tools.jsonl", rows)
+    after_call = write_jsonl(tmp_path / "after_call.jsonl", [{"tools": json.dumps(TOOLS), "messages": [USER, ADELE, RESULT]}])
+    common = ["backend=openai", f"base_url={url}", "model=m", "concurrency=4", *QUIET]
+    pairs_run = run_in_process(SCRIPT, f"data={data}", f"output_dir={tmp_path / 'pairs'}", "stages=[preferences]", *common)
+    reply_run = run_in_process(SCRIPT, f"data={after_call}", f"output_dir={tmp_path / 'reply'}", "stages=[responses]",
+                               "num_samples=1", *common)
+    assert pairs_run.returncode == 0 and reply_run.returncode == 0, pairs_run.stderr + reply_run.stderr
+    assert len(handler.bodies) == 4 * 4 + 1 and all(body["tools"] == TOOLS for body in handler.bodies)
+    assert handler.bodies[-1]["messages"][1]["tool_calls"][0]["function"]["arguments"] == '{"artist": "Adele"}'
+
+    pairs = read_jsonl(tmp_path / "pairs" / "preferences.jsonl")
+    assert pairs and all(preference_row_problem(pair) is None and pair["tools"] == TOOLS for pair in pairs)
+    for pair in pairs:
+        artist = pair["prompt"][-1]["content"].split()[-1]
+        (chosen,), (rejected,) = pair["chosen"], pair["rejected"]
+        assert chosen["tool_calls"][0]["function"]["arguments"] == {"artist": artist}
+        assert rejected["tool_calls"][0]["function"]["arguments"] == {"artist": "Nobody"}
+        assert chosen["tool_calls"][0]["id"].startswith("call_")
+    (reply,) = read_jsonl(tmp_path / "reply" / "responses.jsonl")
+    assert reply["messages"][-1] == {"role": "assistant", "content": "Now playing."} and chat_row_problem(reply) is None
+
+
 @pytest.mark.parametrize("style", ["self_instruct", "magpie"])
 def test_instructions_then_responses(tmp_path, sft_model, prompts, style):
     out = tmp_path / "out"
@@ -211,6 +275,22 @@ def test_instructions_then_responses(tmp_path, sft_model, prompts, style):
     assert all(len(m) == 1 and m[0]["role"] == "user" and m[0]["content"] for m in requests)
     responses = read_jsonl(out / "responses.jsonl")
     assert [r["messages"][:1] for r in responses] == requests and all(r["messages"][1]["role"] == "assistant" for r in responses)
+
+
+def test_new_requests_carry_the_tools_their_seeds_share(tmp_path, sft_model):
+    """Seed rows that all list the same tools: the new requests carry them, the hf backend offers them with each
+    prompt, and the responses are chat rows sft_chat.py reads."""
+    from common.chat_format import chat_row_problem
+
+    seeds = write_jsonl(tmp_path / "seeds.jsonl", read_jsonl(f"{ROOT}/data/examples/tools_train.jsonl")[:20])
+    out = tmp_path / "out"
+    result = run_in_process(SCRIPT, f"model={sft_model}", f"data={seeds}", f"output_dir={out}", "stages=[instructions,responses]",
+                            "num_instructions=3", "num_samples=1", "max_new_tokens=24", *QUIET)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tools = read_jsonl(seeds)[0]["tools"]
+    assert all(r["tools"] == tools and len(r["messages"]) == 1 for r in read_jsonl(out / "instructions.jsonl"))
+    responses = read_jsonl(out / "responses.jsonl")
+    assert responses and all(r["tools"] == tools and chat_row_problem(r) is None for r in responses)
 
 
 def test_reward_model_judge(tmp_path, sft_model, prompts):

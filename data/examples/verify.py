@@ -1,7 +1,9 @@
-"""Grader for the example function-calling task: exact string match.
+"""Grader for the example function-calling task: exact string match, or for rows with tools, the right calls.
 
 synth_data.py uses it as its verifier: verifier="data/examples/verify.py:verify".
 """
+
+from common.tool_calls import arguments_of, call_problem, same_calls, tool_names
 
 
 def exact_match(prediction: str, reference: str) -> bool:
@@ -9,7 +11,35 @@ def exact_match(prediction: str, reference: str) -> bool:
     return prediction.strip() == reference.strip()
 
 
-def verify(row: dict, answer: str) -> bool:
-    """synth_data.py's verifier: is the answer the row's reference (its last assistant turn, or its completion)?"""
+def verify(row: dict, answer: str | dict) -> bool:
+    """synth_data.py's verifier: is the answer the row's reference (its last assistant turn, or its completion)?
+    For a row with tools the answer is the assistant message, graded by tool_answer_ok."""
+    if isinstance(answer, dict):
+        return tool_answer_ok(row, answer)
     reference = row["messages"][-1]["content"] if "messages" in row else row["completion"]
     return exact_match(answer, reference)
+
+
+def tool_answer_ok(row: dict, answer: dict) -> bool:
+    """The answer makes the reference's calls (same functions in order, arguments equal as JSON values), or answers a
+    text reference with that text and no call. A row with no reference (a request alone, as synth_data.py's
+    instructions stage writes) needs at least one call, each to one of the row's tools and with every string
+    argument copied verbatim from the request: the example task's slot values are always the request's words."""
+    calls, conversation = answer.get("tool_calls") or [], _conversation(row)
+    reference = conversation[-1]
+    if reference["role"] == "assistant":
+        if reference.get("tool_calls"):
+            return same_calls(calls, reference["tool_calls"])
+        return not calls and exact_match(answer.get("content") or "", reference["content"])
+    request = next(m["content"] for m in reversed(conversation) if m["role"] == "user")
+    names = set(tool_names(row.get("tools")))
+    return bool(calls) and all(call_problem(call, names) is None and all(
+        value in request for value in arguments_of(call).values() if isinstance(value, str)) for call in calls)
+
+
+def _conversation(row: dict) -> list[dict]:
+    """The row as messages: a chat row's, or its prompt (a string is a user turn) and its completion, if any."""
+    if "messages" in row:
+        return row["messages"]
+    prompt = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
+    return prompt + ([{"role": "assistant", "content": row["completion"]}] if "completion" in row else [])
