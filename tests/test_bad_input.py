@@ -150,7 +150,7 @@ CASES = [
     ("dpo.py", "missing rejected", rows("r.jsonl", {"prompt": "p", "chosen": "c"}), "r.jsonl:2: row has no 'rejected' field"),
     ("dpo.py", "identical", rows("i.jsonl", {"prompt": "p", "chosen": "same", "rejected": " same"}), "i.jsonl:2: 'chosen' and 'rejected' are identical"),
     ("dpo.py", "empty chosen", rows("e.jsonl", {"prompt": "p", "chosen": "", "rejected": "r"}), "e.jsonl:2: 'chosen' is empty"),
-    ("dpo.py", "empty rejected message", rows("m.jsonl", {"prompt": "p", "chosen": "c", "rejected": [{"role": "assistant", "content": " "}]}),
+    ("dpo.py", "empty rejected message", rows("m.jsonl", {"prompt": "p", "chosen": [{"role": "assistant", "content": "c"}], "rejected": [{"role": "assistant", "content": " "}]}),
      "m.jsonl:2: 'rejected' is empty"),
     ("dpo.py", "mixed forms", rows("x.jsonl", {"prompt": "p", "chosen": "c", "rejected": [{"role": "assistant", "content": "r"}]}),
      "x.jsonl:2: 'chosen' and 'rejected' must both be strings or both be message lists"),

@@ -13,7 +13,7 @@ def test_resize_to_multiple_of_64_with_mean_rows():
     old_in = model.get_input_embeddings().weight.detach().clone()
     old_out = model.get_output_embeddings().weight.detach().clone()
     new_ids = prepare_tokenizer(base, "special_tokens").new_token_ids
-    assert len(new_ids) == 5  # <system> <user> <assistant> <eot> <pad>
+    assert len(new_ids) == 7  # <system> <user> <assistant> <tool> <call> <eot> <pad>
     resize_embeddings(model, base, new_ids)
     rows = model.get_input_embeddings().weight
     assert rows.shape[0] % 64 == 0 and rows.shape[0] >= len(base)

@@ -48,7 +48,8 @@ def test_exact_match_and_the_judge_see_the_answer_without_its_reasoning(tmp_path
     verifier = tmp_path / "v.py"
     verifier.write_text("def verify(row, answer):\n    return answer == 'play()'\n")
     params = {**synth_data.PARAMS, "verifier": f"{verifier}:verify"}
-    answers = [["<think>\nThe user wants music.\n</think>\n\nplay()", "stop()"]]
+    answers = [[{"role": "assistant", "content": "<think>\nThe user wants music.\n</think>\n\nplay()"},
+                {"role": "assistant", "content": "stop()"}]]
     rows = [Row({"prompt": "Play"}, "p.jsonl:1")]
-    assert synth_data.score(params, None, [[]], answers, rows, None) == [[1.0, 0.0]]
-    assert synth_data.score({**params, "keep_reasoning": True}, None, [[]], answers, rows, None) == [[0.0, 0.0]]
+    assert synth_data.score(params, None, [[]], [None], answers, rows, None) == [[1.0, 0.0]]
+    assert synth_data.score({**params, "keep_reasoning": True}, None, [[]], [None], answers, rows, None) == [[0.0, 0.0]]

@@ -1,5 +1,6 @@
 """sft_chat.py end to end, as a user runs it: subprocesses, outputs on disk, exit codes."""
 
+import ast
 import json
 import os
 import re
@@ -299,4 +300,5 @@ def test_tool_form_of_the_example_reaches_98_percent_and_plain_transformers_agre
     shown = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0, shown.stderr[-3000:]
     first = read_jsonl(os.path.join(ROOT, "data/examples/tools_test.jsonl"))[0]["messages"][-1]["tool_calls"][0]["function"]
-    assert f"'name': '{first['name']}', 'arguments': {first['arguments']!r}" in shown.stdout
+    message = ast.literal_eval(shown.stdout.strip().splitlines()[-1])
+    assert message["tool_calls"][0]["function"] == {"name": first["name"], "arguments": first["arguments"]}
