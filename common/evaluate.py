@@ -70,8 +70,6 @@ def generate_answers(model, tokenizer, prompts: list, batch_size: int = 64, max_
     model.eval()
     texts = [p if isinstance(p, str) else _chat_prompt(tokenizer, p, (tools or [None] * len(prompts))[i])
              for i, p in enumerate(prompts)]
-    stops = model.generation_config.eos_token_id
-    stops = set(stops if isinstance(stops, list) else [stops])
     answers = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
@@ -79,9 +77,15 @@ def generate_answers(model, tokenizer, prompts: list, batch_size: int = 64, max_
                           add_special_tokens=isinstance(prompts[start], str)).to(model.device)
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True)  # training turns it off
         for ids in out[:, batch["input_ids"].shape[1] :].tolist():
-            end = next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))
-            answers.append(tokenizer.decode(ids[:end], skip_special_tokens=not raw))
+            answers.append(tokenizer.decode(until_stop(ids, model.generation_config), skip_special_tokens=not raw))
     return answers
+
+
+def until_stop(ids: list[int], generation_config) -> list[int]:
+    """Generated ids up to and with the first stop (eos) token; what follows in a batch is padding."""
+    stops = generation_config.eos_token_id
+    stops = set(stops if isinstance(stops, list) else [stops])
+    return ids[: next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))]
 
 
 def _chat_prompt(tokenizer, messages: list[dict], tools: list | None) -> str:

@@ -26,6 +26,7 @@ from jinja2 import TemplateError
 
 from common.chat_templates import fold_system, rejects_system
 from common.errors import UserError
+from common.evaluate import until_stop
 from common.request_cache import RequestCache, request_key
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1")
@@ -124,8 +125,6 @@ class HFBackend:
             self.model, dtype=resolve_dtype(params["dtype"]), trust_remote_code=params["trust_remote_code"]
         ).to(device).eval()
         self.batch_size, self.seed = params["batch_size"], params["seed"]
-        stops = self.lm.generation_config.eos_token_id
-        self.stops = set(stops if isinstance(stops, list) else [stops])
         # a tokenizer with a response parser (an sft_chat.py output has one) reads calls back from the answer
         self.parse = getattr(self.tokenizer, "response_template", None) is not None
 
@@ -144,9 +143,9 @@ class HFBackend:
                                    temperature=sampling["temperature"] if sample else None,
                                    top_p=sampling["top_p"] if sample else None, use_cache=True)
             for i, (request, ids) in enumerate(zip(chunk, out[:, batch["input_ids"].shape[1] :].tolist())):
-                end = next((j + 1 for j, t in enumerate(ids) if t in self.stops), len(ids))  # the rest is padding
-                done(request, {**self._answer(ids[:end]), "prompt_tokens": int(batch["attention_mask"][i].sum()),
-                               "completion_tokens": end})
+                ids = until_stop(ids, self.lm.generation_config)
+                done(request, {**self._answer(ids), "prompt_tokens": int(batch["attention_mask"][i].sum()),
+                               "completion_tokens": len(ids)})
 
     def _render(self, request: Request) -> str:
         try:
