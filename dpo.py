@@ -17,16 +17,18 @@ rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins), loss.png
 
 import json
 import os
+from functools import partial
 
 from common.chat_templates import chat_spec, use_training_template
 from common.checkpoint import export_final, start_run
 from common.cleaning import CLEAN_DEFAULTS
-from common.data import DataReport, train_and_eval_rows
+from common.data import DataReport
 from common.distributed import is_main, shutdown
 from common.errors import UserError, exit_on_user_error
 from common.models import apply_lora, load_model, load_tokenizer
 from common.params import resolve, save_params
-from common.preference import as_chat, check_plain_rows, preference_examples, preference_row_problem, write_preference_preview
+from common.prepare import Recipe, prepare
+from common.preference import as_chat, plain_row_problem, preference_example, write_preference_preview
 from common.tracking import plot_loss
 from common.training import dpo_trainer
 
@@ -69,6 +71,8 @@ PARAMS = dict(
     report_to="auto",  # auto: wandb when WANDB_PROJECT is set
     progress_bar=True,
     on_bad_rows="error",  # or "skip": drop and count them in data_report.json
+    num_proc=0,  # processes that prepare the data (0: every core available to this process)
+    data_cache_dir="outputs/data_cache",  # prepared (tokenized, packed) data keyed by data, tokenizer and settings
     clean=dict(CLEAN_DEFAULTS),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning"; clean.enabled=false)
     trust_remote_code=False,
     lora=dict(
@@ -117,20 +121,22 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     resume_from = start_run(params, ("test_data", "exact_match_data"))
 
     # Data: read and check the pairs, then render each whole with the model's chat template (the training variant
-    # sft_chat.py would use), so the scored tokens are exactly each answer and its end-of-turn token
+    # sft_chat.py would use), so the scored tokens are exactly each answer and its end-of-turn token; in Arrow on
+    # every core, once (common/prepare.py)
     report = DataReport()
     tokenizer = load_tokenizer(params["model"], params["trust_remote_code"])
     chat = None
     if tokenizer.chat_template or params["chat_template"]:
         chat = chat_spec(tokenizer, use_training_template(tokenizer, params["chat_template"]), params["reasoning"])
         report.counts["chat_template"] = chat.source
-    train_rows, eval_rows = train_and_eval_rows(params, preference_row_problem, report, tokenizer, row_hook)
-    check_plain_rows(train_rows + eval_rows, chat is not None)
-    train = preference_examples(tokenizer, train_rows, chat, params, report)
-    evals = preference_examples(tokenizer, eval_rows, chat, params, report)
-    if not train:
+    recipe = Recipe("dpo", partial(plain_row_problem, chat is not None),
+                    partial(preference_example, tokenizer, chat, params["max_length"]), hook=row_hook,
+                    columns=("prompt_ids", "chosen_ids", "rejected_ids"))
+    data = prepare(params, recipe, tokenizer, report)
+    train, evals = data.train, data.eval
+    if not len(train):
         raise UserError("no training pairs left after checks (see data_report.json)")
-    report.counts.update(train_pairs=len(train), eval_pairs=len(evals))
+    report.counts.update(train_pairs=len(train), eval_pairs=len(evals) if evals else 0)
     if is_main():
         save_params(params, out)
         report.write(out)

@@ -14,16 +14,19 @@ Outputs land in output_dir: params.yaml, data_report.json, metrics.jsonl, loss.p
 final/ (a plain Hugging Face folder whose generation_config stops at the end-of-turn token).
 """
 
-from common.batching import build_dataset, choose_packing, dry_run
+from functools import partial
+
+from common.batching import choose_packing, dry_run
 from common.chat_format import FUNCTION_TOKENS_FILE, chat_row_problem, end_of_turn_ids, prepare_tokenizer, use_function_tokens
-from common.chat_masks import chat_examples
+from common.chat_masks import chat_example
 from common.checkpoint import export_final, start_run
 from common.cleaning import CLEAN_DEFAULTS
-from common.data import DataReport, train_and_eval_rows
+from common.data import DataReport
 from common.distributed import is_main, shutdown
 from common.errors import UserError, exit_on_user_error
 from common.models import apply_lora, load_model, load_tokenizer, resize_embeddings
 from common.params import resolve, save_params
+from common.prepare import Recipe, prepare
 from common.tracking import plot_loss
 from common.training import sft_trainer
 
@@ -65,6 +68,8 @@ PARAMS = dict(
     report_to="auto",  # auto: wandb when WANDB_PROJECT is set
     progress_bar=True,
     on_bad_rows="error",  # or "skip": drop and count them in data_report.json
+    num_proc=0,  # processes that prepare the data (0: every core available to this process)
+    data_cache_dir="outputs/data_cache",  # prepared (tokenized, packed) data keyed by data, tokenizer and settings
     clean=dict(CLEAN_DEFAULTS),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning"; clean.enabled=false)
     trust_remote_code=False,
     lora=dict(
@@ -83,24 +88,20 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     out = params["output_dir"]
     resume_from = start_run(params)
 
-    # Data: read, check, split, tokenize with the chat template (loss masks come from its generation markers, or
-    # from prefix rendering verified on every row; common/chat_templates.py says which)
+    # Data: read, check, clean, split, tokenize with the chat template (loss masks come from its generation markers,
+    # or from prefix rendering verified on every row; common/chat_templates.py says which) and pack, in Arrow on
+    # every core, once: reruns and other ranks memory-map the result (common/prepare.py)
     report = DataReport()
     tokenizer = load_tokenizer(params["model"], params["trust_remote_code"])
     chat = prepare_tokenizer(tokenizer, params["chat_format"], params["chat_template"], params["reasoning"])
     report.counts["chat_template"] = chat.source
     if is_main():
         print(f"chat template: {chat.source}", flush=True)
-    train_rows, eval_rows = train_and_eval_rows(params, chat_row_problem, report, tokenizer, row_hook)
-    functions = use_function_tokens(tokenizer, chat, params, train_rows, report)
     packing = choose_packing(params["packing"])
-
-    def dataset(rows, split):
-        examples = chat_examples(tokenizer, rows, chat, params["loss_on"], params["on_bad_rows"], report)
-        return build_dataset(examples, params["max_length"], packing, params["seed"], report, split, params["batch_size"])
-
-    train_set = dataset(train_rows, "train")
-    eval_set = dataset(eval_rows, "eval") if eval_rows else None
+    recipe = Recipe("sft_chat", chat_row_problem, partial(chat_example, tokenizer, chat, params["loss_on"]),
+                    lambda names, report: use_function_tokens(tokenizer, chat, params, names, report), packing, row_hook)
+    data = prepare(params, recipe, tokenizer, report)
+    train_set, eval_set, functions = data.train, data.eval, data.extra
     if not len(train_set):
         raise UserError("no training rows left after checks and truncation (see data_report.json)")
     if is_main():

@@ -13,16 +13,19 @@ file may mix both. Outputs land in output_dir: params.yaml, data_report.json, me
 checkpoint-N/, and final/ (a plain Hugging Face folder that stops at EOS, with prompt_template.json).
 """
 
-from common.batching import build_dataset, choose_packing, dry_run
+from functools import partial
+
+from common.batching import choose_packing, dry_run
 from common.checkpoint import export_final, start_run
 from common.cleaning import CLEAN_DEFAULTS
-from common.completion_format import check_template, completion_row_problem, tokenize_completion_row
-from common.data import DataReport, train_and_eval_rows
+from common.completion_format import check_template, completion_example, completion_row_problem
+from common.data import DataReport
 from common.distributed import is_main, shutdown
 from common.errors import UserError, exit_on_user_error
 from common.evaluate import TEMPLATE_FILE
 from common.models import apply_lora, load_model, load_tokenizer
 from common.params import resolve, save_params
+from common.prepare import Recipe, prepare
 from common.tracking import plot_loss
 from common.training import sft_trainer
 
@@ -59,6 +62,8 @@ PARAMS = dict(
     report_to="auto",  # auto: wandb when WANDB_PROJECT is set
     progress_bar=True,
     on_bad_rows="error",  # or "skip": drop and count them in data_report.json
+    num_proc=0,  # processes that prepare the data (0: every core available to this process)
+    data_cache_dir="outputs/data_cache",  # prepared (tokenized, packed) data keyed by data, tokenizer and settings
     clean=dict(CLEAN_DEFAULTS),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning"; clean.enabled=false)
     trust_remote_code=False,
     lora=dict(
@@ -77,22 +82,18 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     out = params["output_dir"]
     resume_from = start_run(params)
 
-    # Data: read, check, split; prompt and completion are tokenized apart, so the mask is exact
+    # Data: read, check, clean, split; prompt and completion are tokenized apart, so the mask is exact; then packed,
+    # in Arrow on every core, once: reruns and other ranks memory-map the result (common/prepare.py)
     report = DataReport()
     tokenizer = load_tokenizer(params["model"], params["trust_remote_code"])
     template = check_template(params["template"], tokenizer)
     if tokenizer.pad_token is None:  # harmless here: labels are set before padding, so EOS keeps its loss
         tokenizer.pad_token = tokenizer.eos_token
-    train_rows, eval_rows = train_and_eval_rows(params, completion_row_problem, report, tokenizer, row_hook)
     packing = choose_packing(params["packing"])
-
-    def dataset(rows, split):
-        examples = [ex for row in rows for ex in tokenize_completion_row(tokenizer, row.data, template, params["max_length"])]
-        report.counts[f"{split}_text_pieces"] = len(examples) - len(rows)  # extra pieces from text cut at max_length
-        return build_dataset(examples, params["max_length"], packing, params["seed"], report, split, params["batch_size"])
-
-    train_set = dataset(train_rows, "train")
-    eval_set = dataset(eval_rows, "eval") if eval_rows else None
+    recipe = Recipe("sft_completion", completion_row_problem, partial(completion_example, tokenizer, template,
+                                                                      params["max_length"]), packing=packing, hook=row_hook)
+    data = prepare(params, recipe, tokenizer, report)
+    train_set, eval_set = data.train, data.eval
     if not len(train_set):
         raise UserError("no training rows left after checks and truncation (see data_report.json)")
     if is_main():

@@ -23,10 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from common.attention import use_varlen_attention  # noqa: E402
-from common.batching import build_dataset  # noqa: E402
+from common.batching import pack_in_random_order  # noqa: E402
 from common.chat_format import prepare_tokenizer  # noqa: E402
 from common.chat_masks import tokenize_chat  # noqa: E402
-from common.data import DataReport  # noqa: E402
 from common.evaluate import generate_answers, is_exact_match, read_examples  # noqa: E402
 from common.models import load_model, load_tokenizer, resize_embeddings  # noqa: E402
 
@@ -50,8 +49,11 @@ def run(strategy: str, chats, max_length: int, batch_size: int, epochs: float, e
     chat = prepare_tokenizer(tokenizer, "special_tokens")
     new_ids = chat.new_token_ids
     packing = strategy == "packed"
-    examples = [tokenize_chat(tokenizer, c, spec=chat) for c in chats]
-    dataset = build_dataset(examples, max_length, packing, 0, DataReport(), "train")
+    from datasets import Dataset
+
+    rows = [{"input_ids": ids[:max_length], "labels": labels[:max_length]}
+            for ids, labels in (tokenize_chat(tokenizer, c, spec=chat) for c in chats)]
+    dataset = Dataset.from_list(pack_in_random_order(rows, max_length, 0) if packing else rows)
     model = load_model("builtin:tiny", "float32", seed=0)
     resize_embeddings(model, tokenizer, new_ids)
     if packing:
@@ -63,12 +65,12 @@ def run(strategy: str, chats, max_length: int, batch_size: int, epochs: float, e
                      max_length=max_length, packing=packing, padding_free=packing, disable_tqdm=True,
                      train_sampling_strategy="group_by_length" if strategy == "grouped" else "random")
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    real = sum(len(ids) for ids, _ in examples)
+    real = sum(len(row["input_ids"]) for row in rows)
     padded = sum(b["input_ids"].numel() for b in trainer.get_train_dataloader())
     start = time.perf_counter()
     trainer.train()
     result = {"strategy": strategy, "epochs": epochs, "train_s": round(time.perf_counter() - start, 1),
-              "rows": len(examples), "tokens": real, "padding_share": round(1 - real / padded, 3)}
+              "rows": len(rows), "tokens": real, "padding_share": round(1 - real / padded, 3)}
     if exact_match:
         examples = read_examples("data/examples/chat_test.jsonl")
         model.config.use_cache = True

@@ -95,16 +95,21 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
         f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """This machine's fp32 matmul rate with all of torch's threads: the best of `repeats` square matmuls."""
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10, device: str = "cpu", dtype=None) -> float:
+    """The best of `repeats` square matmuls, in GFLOP/s: by default this machine's fp32 rate with all of torch's
+    threads; `device="cuda", dtype=torch.bfloat16` (and a size of ~8192) gives a GPU's bf16 peak for MFU."""
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
+    for _ in range(1 if device == "cpu" else repeats):  # a GPU needs a few products to raise its clocks
+        a @ b
+    sync()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
 

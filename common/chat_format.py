@@ -44,14 +44,14 @@ def prepare_tokenizer(tokenizer, chat_format: str, chat_template: str = "", reas
     return spec
 
 
-def use_function_tokens(tokenizer, spec: ChatSpec, params: dict, rows, report) -> dict[str, str]:
-    """PARAMS function_tokens: a token for each function the training rows' tools name, or none ({}). "auto" takes
+def use_function_tokens(tokenizer, spec: ChatSpec, params: dict, names, report) -> dict[str, str]:
+    """PARAMS function_tokens: a token for each function the training rows' tools name (names), or none ({}). "auto" takes
     them for a specialist's closed set of functions (at most AUTO_FUNCTION_TOKENS names) in the special-tokens
     format, and not for broad tool data, whose model must read schemas it has never seen."""
     setting = params["function_tokens"]
     if setting is True and params["chat_format"] != "special_tokens":
         raise UserError("function_tokens=true needs chat_format=special_tokens: a native template writes names as text")
-    names = {name for row in rows for name in tool_names(row.data.get("tools"))}
+    names = set(names)
     if setting == "auto":
         setting = params["chat_format"] == "special_tokens" and 0 < len(names) <= AUTO_FUNCTION_TOKENS
     if not setting or not names:

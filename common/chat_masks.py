@@ -11,7 +11,7 @@ they do not is refused (RowProblem), never trained with a wrong mask.
 from jinja2 import TemplateError
 
 from common.chat_templates import FIX, ChatSpec, chat_spec, prepare_messages
-from common.errors import RowProblem, UserError
+from common.errors import RowProblem
 from common.reasoning import with_reasoning
 from common.tool_calls import calls_text, normalize_message, normalize_tools
 
@@ -135,7 +135,6 @@ def _check_trained_text(tokenizer, input_ids: list[int], mask: list[int], turns:
     trained tokens, turn after turn, reasoning first. A turn's answer and calls may come in either order (Gemma 4
     writes the calls first) and a call's values in any order after its name (some templates sort them)."""
     trained = "\x00".join(tokenizer.decode(input_ids[a:b]) for a, b in spans(mask))
-    shown = tokenizer.decode(input_ids)
 
     def end_of(text: str, at: int, part: str) -> int:
         """Where text ends in the trained text, searched from at. Missing, it is refused for the mask when the
@@ -144,7 +143,7 @@ def _check_trained_text(tokenizer, input_ids: list[int], mask: list[int], turns:
         found = trained.find(text, at) if text else at
         if found >= 0:
             return found + len(text)
-        if text in shown:
+        if text in tokenizer.decode(input_ids):
             raise RowProblem(f"the chat template's mask leaves out part of an assistant turn; {FIX}")
         if part == "reasoning":
             raise RowProblem("the chat template drops the reasoning of an assistant turn (it shows only the last "
@@ -164,24 +163,15 @@ def _check_trained_text(tokenizer, input_ids: list[int], mask: list[int], turns:
         at = max(answer, call)
 
 
-def chat_examples(tokenizer, rows, spec: ChatSpec, loss_on: str, on_bad_rows: str, report):
-    """(input_ids, labels) per row; a row the template cannot render exactly stops the run with its file:line
-    (on_bad_rows=error) or is dropped and counted under its reason. Folded system turns and reasoning turns are
-    counted in the report."""
-    folded = reasoning_turns = 0
-    for row in rows:
-        messages = row.data["messages"]
-        try:
-            yield tokenize_chat(tokenizer, messages, loss_on, spec, row.data.get("tools"))
-        except RowProblem as e:
-            if on_bad_rows == "error":
-                raise UserError(f"{row.where}: {e}") from None
-            report.drop(f"bad row: {e}")
-            continue
-        folded += spec.fold_system and len(messages) > 1 and messages[0]["role"] == "system"
-        reasoning_turns += sum(bool(m.get("reasoning_content")) for m in with_reasoning(messages, "keep"))
-    if folded:
-        report.counts["system_turns_folded_into_user"] = report.counts.get("system_turns_folded_into_user", 0) + folded
+def chat_example(tokenizer, spec: ChatSpec, loss_on: str, row: dict) -> tuple[list[dict], dict]:
+    """A checked chat row as its one example, and the counts it adds to the report (system turns folded into the
+    user turn, reasoning turns); raises RowProblem when the template cannot render it exactly."""
+    messages = row["messages"]
+    input_ids, labels = tokenize_chat(tokenizer, messages, loss_on, spec, row.get("tools"))
+    counts = {}
+    if spec.fold_system and len(messages) > 1 and messages[0]["role"] == "system":
+        counts["system_turns_folded_into_user"] = 1
+    reasoning_turns = sum(bool(m.get("reasoning_content")) for m in with_reasoning(messages, "keep"))
     if reasoning_turns:
-        key = f"assistant_turns_with_reasoning_{'trained' if spec.reasoning == 'keep' else 'dropped'}"
-        report.counts[key] = report.counts.get(key, 0) + reasoning_turns
+        counts[f"assistant_turns_with_reasoning_{'trained' if spec.reasoning == 'keep' else 'dropped'}"] = reasoning_turns
+    return [{"input_ids": input_ids, "labels": labels}], counts

@@ -141,12 +141,7 @@ def clean_once(rows: list[Row], params: dict, report: DataReport, tokenizer=None
     by_tokens = settings["min_tokens"] or settings["max_tokens"]
     if by_tokens and tokenizer is None:
         raise UserError("clean.min_tokens and clean.max_tokens need the model's tokenizer (not loaded for this stage)")
-    eval_sets = list(settings["eval_sets"])
-    if settings["decontaminate_held_out"]:
-        for key in HELD_OUT_KEYS:
-            value = params.get(key)
-            eval_sets += [value] if isinstance(value, str) and value else value if isinstance(value, list) else []
-    eval_inputs = eval_set_inputs(eval_sets)  # every rank reads them, so a missing file stops every rank alike
+    eval_inputs = eval_set_inputs(eval_sets_of(params))  # every rank reads them, so a missing file stops every rank alike
     steps = {k: v for k, v in settings.items() if k != "cache_dir"}
     counter = [tokenizer.name_or_path, len(tokenizer)] if by_tokens else None
     content = json.dumps([CACHE_VERSION, steps, counter, eval_inputs, [[r.data, r.where] for r in rows]], sort_keys=True)
@@ -169,6 +164,17 @@ def clean_once(rows: list[Row], params: dict, report: DataReport, tokenizer=None
     if is_main():
         print(cleaning_table(result["cleaning"], result["dropped"], path if cached else None), flush=True)
     return [Row(data, where) for data, where in result["rows"]]
+
+
+def eval_sets_of(params: dict) -> list:
+    """The sources decontamination checks against: clean.eval_sets, and the script's own held-out files."""
+    settings = params["clean"]
+    eval_sets = list(settings["eval_sets"])
+    if settings["decontaminate_held_out"]:
+        for key in HELD_OUT_KEYS:
+            value = params.get(key)
+            eval_sets += [value] if isinstance(value, str) and value else value if isinstance(value, list) else []
+    return eval_sets
 
 
 def cleaning_table(counts: dict, dropped: dict, reused: str | None) -> str:
@@ -195,29 +201,117 @@ def clean_rows(rows: list[Row], settings: dict, report: DataReport, eval_inputs:
                tokenizer=None) -> list[Row]:
     """The rows that survive every enabled step, rewritten (normalised, scrubbed); counts go into the report.
 
-    eval_inputs maps an eval-set name to its input texts (see eval_set_inputs) for decontamination.
+    eval_inputs maps an eval-set name to its input texts (see eval_set_inputs) for decontamination. The same
+    per-row steps and selection run over Arrow batches in common.prepare; this is the in-memory form.
     """
+    import numpy as np
+
     if not settings["enabled"]:
         return rows
+    checks = RowCleaner(settings, eval_inputs, tokenizer)
+    results = [checks(row.data) for row in rows]
     counts = report.counts.setdefault("cleaning", {"rows_in": len(rows)})
-    kept = []
-    for row in rows:
-        data = _rewrite(row.data, normalize) if settings["normalize"] else row.data
+    counts["pii_texts_scrubbed"] = counts.get("pii_texts_scrubbed", 0) + sum(r["pii"] for r in results)
+    for r in results:
+        if r["reason"]:
+            report.drop(f"cleaning: {r['reason']}")
+    kept = select_rows(np.array([not r["reason"] for r in results], dtype=bool),
+                       np.array([r["exact"] for r in results], dtype=np.int64),
+                       np.array([r["bands"] for r in results], dtype=np.int64).reshape(len(rows), -1),
+                       np.array([r["contaminated"] for r in results], dtype=np.int32), checks, report)
+    return [Row(results[i]["row"], rows[i].where) for i in kept]
+
+
+class RowCleaner:
+    """The per-row half of cleaning, for any number of rows at a time: a row rewritten (normalised, scrubbed), why
+    a filter drops it, and the hashes and eval-set hit that select_rows decides duplicates and contamination from.
+    Picklable, so preparation runs it on every core."""
+
+    def __init__(self, settings: dict, eval_inputs: dict | None = None, tokenizer=None):
+        from datasketch import MinHash, MinHashLSH
+
+        self.settings, self.tokenizer = settings, tokenizer
+        self.eval_names = list(eval_inputs or {})
+        self.grams, self.lengths = _eval_grams(eval_inputs or {}, settings["ngram"])
+        lsh = MinHashLSH(threshold=settings["threshold"], num_perm=settings["num_perm"])
+        self.bands = lsh.hashranges  # datasketch's LSH bands: rows sharing one band's hashes are candidates
+        default = MinHash(num_perm=settings["num_perm"])
+        self.permutations, self.scheme = default.permutations, default.scheme  # made once, not per row
+
+    def __call__(self, data: dict) -> dict:
+        settings = self.settings
+        row = _rewrite(data, normalize) if settings["normalize"] else data
+        pii = 0
         if settings["pii"]:
-            data, changed = _scrubbed(data)
-            counts["pii_texts_scrubbed"] = counts.get("pii_texts_scrubbed", 0) + changed
-        prompt_only = "messages" in row.data and not any(m["role"] == "assistant" for m in row.data["messages"])
-        reason = _row_problem(data, settings, prompt_only, tokenizer)
+            row, pii = _scrubbed(row)
+        prompt_only = "messages" in data and not any(m["role"] == "assistant" for m in data["messages"])
+        reason = _row_problem(row, settings, prompt_only, self.tokenizer)
+        out = {"row": row, "reason": reason or "", "pii": pii, "exact": 0, "bands": [0] * len(self.bands), "contaminated": -1}
         if reason:
-            report.drop(f"cleaning: {reason}")
-            continue
-        kept.append(Row(data, row.where))
+            return out
+        texts = [t for _, t, _ in fields(row)]
+        out["exact"] = _key(hashlib.sha1(json.dumps(texts).encode()).digest())
+        if settings["near_dedup"]:
+            out["bands"] = self._band_keys(" ".join(texts))
+        if self.grams:
+            out["contaminated"] = self._contaminated(texts)
+        return out
+
+    def _band_keys(self, text: str) -> list[int]:
+        from datasketch import MinHash
+
+        words, n = _words(text), self.settings["shingle"]
+        shingles = {" ".join(words[j : j + n]).encode() for j in range(max(1, len(words) - n + 1))}
+        signature = MinHash(num_perm=self.settings["num_perm"], permutations=self.permutations, scheme=self.scheme)
+        signature.update_batch(list(shingles))
+        return [_key(hashlib.blake2b(signature.hashvalues[a:b].tobytes(), digest_size=8).digest()) for a, b in self.bands]
+
+    def _contaminated(self, texts: list[str]) -> int:
+        """The index of the first eval set sharing an n-gram with the row (see _eval_grams), or -1."""
+        import numpy as np
+
+        n, found = self.settings["ngram"], []
+        for words in (_words(normalize(t)) for t in texts):
+            keys = _word_keys(words)
+            if 0 < len(words) < n:
+                found.append(_gram_keys(keys, len(words)))
+            found += [_gram_keys(keys, length) for length in self.lengths]
+        row_grams = np.concatenate(found) if found else np.zeros(0, dtype=np.uint64)
+        return next((i for i, name in enumerate(self.eval_names) if np.isin(row_grams, self.grams[name]).any()), -1)
+
+
+def _key(digest: bytes) -> int:
+    """63 bits of a digest: an int64 in Arrow and numpy (a collision in 2**63 is no practical concern)."""
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def select_rows(passed, exact, bands, contaminated, cleaner: RowCleaner, report: DataReport):
+    """Indices of the rows kept, in order, from RowCleaner's per-row results as numpy arrays: rows that passed the
+    filters, then the first of each exact duplicate, then rows sharing no LSH band with an earlier kept row (a
+    near duplicate, as datasketch's MinHashLSH query finds it), then rows no eval set contaminates. Memory: the
+    hashes, about 8 * (bands + 1) bytes a row, and the group ids of the rows that share a band."""
+    import numpy as np
+
+    settings, counts = cleaner.settings, report.counts.setdefault("cleaning", {"rows_in": len(passed)})
+    kept = np.flatnonzero(passed)
     if settings["exact_dedup"]:
-        kept = _exact_dedup(kept, report)
-    if settings["near_dedup"]:
-        kept = _near_dedup(kept, settings, report)
-    if eval_inputs:
-        kept = _decontaminate(kept, eval_inputs, settings["ngram"], report)
+        first = np.sort(np.unique(exact[kept], return_index=True)[1])
+        if len(kept) - len(first):
+            report.drop("cleaning: exact duplicate", len(kept) - len(first))
+        kept = kept[first]
+    if settings["near_dedup"] and len(kept):
+        near = _near_duplicates(bands[kept])
+        if near.any():
+            report.drop("cleaning: near duplicate", int(near.sum()))
+        kept = kept[~near]
+    if cleaner.eval_names:
+        hits = contaminated[kept]
+        per_set = {name: int((hits == i).sum()) for i, name in enumerate(cleaner.eval_names)}
+        for name, n in per_set.items():
+            if n:
+                report.drop(f"cleaning: contaminated by {name}", n)
+        counts["contaminated"] = per_set
+        kept = kept[hits < 0]
     counts["rows_out"] = len(kept)
     return kept
 
@@ -241,36 +335,26 @@ def _row_problem(data: dict, settings: dict, prompt_only: bool, tokenizer=None) 
     return quality_problem(trained, settings)
 
 
-def _exact_dedup(rows: list[Row], report: DataReport) -> list[Row]:
-    seen, kept = set(), []
-    for row in rows:
-        key = hashlib.sha1(json.dumps([t for _, t, _ in fields(row.data)]).encode()).digest()
-        if key in seen:
-            report.drop("cleaning: exact duplicate")
+
+def _near_duplicates(bands):
+    """Which rows share a band key with an earlier row that is not itself a near duplicate. Only rows in a band
+    group of two or more are walked in order; every other row is kept without a look."""
+    import numpy as np
+
+    groups = [np.unique(bands[:, j], return_inverse=True)[1].ravel() for j in range(bands.shape[1])]
+    crowded = np.zeros(len(bands), dtype=bool)
+    for inverse in groups:
+        crowded |= np.bincount(inverse)[inverse] > 1
+    near = np.zeros(len(bands), dtype=bool)
+    taken = [set() for _ in groups]
+    for i in np.flatnonzero(crowded).tolist():
+        keys = [int(inverse[i]) for inverse in groups]
+        if any(key in seen for key, seen in zip(keys, taken)):
+            near[i] = True
             continue
-        seen.add(key)
-        kept.append(row)
-    return kept
-
-
-def _near_dedup(rows: list[Row], settings: dict, report: DataReport) -> list[Row]:
-    """MinHash LSH over word shingles of the whole row; a row close to an earlier kept row is dropped."""
-    from datasketch import MinHash, MinHashLSH
-
-    lsh = MinHashLSH(threshold=settings["threshold"], num_perm=settings["num_perm"])
-    kept = []
-    for i, row in enumerate(rows):
-        words = _words(" ".join(t for _, t, _ in fields(row.data)))
-        n = settings["shingle"]
-        shingles = {" ".join(words[j : j + n]).encode() for j in range(max(1, len(words) - n + 1))}
-        signature = MinHash(num_perm=settings["num_perm"])
-        signature.update_batch(list(shingles))
-        if lsh.query(signature):
-            report.drop("cleaning: near duplicate")
-            continue
-        lsh.insert(str(i), signature, check_duplication=False)
-        kept.append(row)
-    return kept
+        for key, seen in zip(keys, taken):
+            seen.add(key)
+    return near
 
 
 def input_texts(row: dict) -> list[str]:
@@ -286,36 +370,43 @@ def input_texts(row: dict) -> list[str]:
 SHORT_INPUT_WORDS = 4  # an eval input shorter than ngram but this long is looked for inside training texts
 
 
-def _grams(words: list[str], n: int) -> set[str]:
-    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
+def _eval_grams(eval_inputs: dict, n: int) -> tuple[dict, set]:
+    """{name: keys of the n-grams of its inputs} and the gram lengths to look for. A row shares an n-gram with an
+    eval input, or an input shorter than n words counts whole: found as a word sequence inside a training text
+    when it has SHORT_INPUT_WORDS or more, else only as an equal text."""
+    import numpy as np
 
-
-def _decontaminate(rows: list[Row], eval_inputs: dict, n: int, report: DataReport) -> list[Row]:
-    """Drop rows sharing an n-gram with an eval input. An input shorter than n words counts whole: found as a
-    word sequence inside a training text when it has SHORT_INPUT_WORDS or more, else only as an equal text."""
     grams, lengths = {}, {n}
     for name, texts in eval_inputs.items():
-        grams[name] = set()
+        found = [np.zeros(0, dtype=np.uint64)]
         for words in filter(None, (_words(normalize(t)) for t in texts)):
-            grams[name] |= _grams(words, min(n, len(words)))
+            found.append(_gram_keys(_word_keys(words), min(n, len(words))))
             if len(words) >= SHORT_INPUT_WORDS:
                 lengths.add(min(n, len(words)))
-    kept, per_set = [], {name: 0 for name in eval_inputs}
-    for row in rows:
-        row_grams = set()
-        for words in (_words(normalize(t)) for _, t, _ in fields(row.data)):
-            if len(words) < n:
-                row_grams.add(" ".join(words))
-            for length in lengths:
-                row_grams |= _grams(words, length)
-        hit = next((name for name, g in grams.items() if row_grams & g), None)
-        if hit:
-            per_set[hit] += 1
-            report.drop(f"cleaning: contaminated by {hit}")
-            continue
-        kept.append(row)
-    report.counts.setdefault("cleaning", {})["contaminated"] = per_set
-    return kept
+        grams[name] = np.unique(np.concatenate(found))
+    return grams, lengths
+
+
+def _word_keys(words: list[str]):
+    """A 64-bit key per word (two checksums; stable across processes, unlike hash())."""
+    import zlib
+
+    import numpy as np
+
+    return np.fromiter(((zlib.crc32(w.encode()) << 32) | zlib.adler32(w.encode()) for w in words), dtype=np.uint64,
+                       count=len(words))
+
+
+def _gram_keys(keys, length: int):
+    """A key for each run of `length` words: a polynomial hash of their keys, wrapping in 64 bits. Equal word
+    sequences get equal keys; different ones collide with a chance of about 2**-64."""
+    import numpy as np
+
+    count = len(keys) - length + 1
+    out = np.zeros(max(0, count), dtype=np.uint64)
+    for k in range(length if count > 0 else 0):
+        out = out * np.uint64(1099511628211) + keys[k : k + count]
+    return out
 
 
 def eval_set_inputs(eval_sets: list) -> dict:

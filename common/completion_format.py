@@ -63,6 +63,12 @@ def tokenize_completion_row(tokenizer, row: dict, template: str, max_length: int
     return [(prompt + completion, [-100] * len(prompt) + completion)]
 
 
+def completion_example(tokenizer, template: str, max_length: int, row: dict) -> tuple[list[dict], dict]:
+    """A checked row's examples (a text row longer than max_length gives several), and the extra pieces counted."""
+    pieces = tokenize_completion_row(tokenizer, row, template, max_length)
+    return [{"input_ids": ids, "labels": labels} for ids, labels in pieces], {"{split}_text_pieces": len(pieces) - 1}
+
+
 def _encode(tokenizer, text: str) -> list[int]:
     """Text with the tokenizer's BOS when it adds one, but never two (text may start with BOS already)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]

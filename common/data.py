@@ -45,22 +45,12 @@ def load_sources(sources, report: DataReport, key: str = "data", seed: int = 0, 
     """Rows of every source in order. An entry is a path, a hub dataset id, or {path, split, fields, weight};
     with weights, the sources are mixed (see mix). prepare(rows) -> rows (checks, cleaning) sees the rows of
     every source together before the mix, so deduplication spans sources and never undoes an oversampling."""
-    if isinstance(sources, (str, dict)):
-        sources = [sources]
-    if not sources:
-        raise UserError(f"{key} is empty: name at least one data file")
     loaded, weights = [], []
-    for source in sources:
-        if not isinstance(source, (str, dict)):
-            raise UserError(f"{key}: a source is a path or a mapping like {{path: ..., weight: ...}}, got {source!r}")
-        spec = {"path": source} if isinstance(source, str) else dict(source)
-        unknown = set(spec) - {"path", "split", "fields", "weight"}
-        if unknown or not isinstance(spec.get("path"), str):
-            raise UserError(f"{key}: a source must be a path or a dict with path, split, fields, weight; got {source!r}")
+    for spec, weight in source_specs(sources, key):
         rows = [Row(_rename(r.data, spec.get("fields")), r.where) for r in _read(spec["path"], spec.get("split"))]
         report.sources[spec["path"]] = len(rows)
         loaded.append((spec["path"], rows))
-        weights.append(_weight(spec.get("weight"), key, spec["path"]))
+        weights.append(weight)
     if prepare is not None:
         source_of = {row.where: i for i, (_, rows) in enumerate(loaded) for row in rows}
         kept = prepare([row for _, rows in loaded for row in rows])
@@ -68,6 +58,32 @@ def load_sources(sources, report: DataReport, key: str = "data", seed: int = 0, 
     if all(w is None for w in weights):
         return [row for _, rows in loaded for row in rows]
     return mix(loaded, weights, seed, report)
+
+
+def source_specs(sources, key: str = "data") -> list[tuple[dict, object]]:
+    """(spec, weight) of each source named by a PARAMS key: a path, a hub dataset id, or {path, split, fields,
+    weight}; the weight as _weight reads it."""
+    if isinstance(sources, (str, dict)):
+        sources = [sources]
+    if not sources:
+        raise UserError(f"{key} is empty: name at least one data file")
+    specs = []
+    for source in sources:
+        if not isinstance(source, (str, dict)):
+            raise UserError(f"{key}: a source is a path or a mapping like {{path: ..., weight: ...}}, got {source!r}")
+        spec = {"path": source} if isinstance(source, str) else dict(source)
+        unknown = set(spec) - {"path", "split", "fields", "weight"}
+        if unknown or not isinstance(spec.get("path"), str):
+            raise UserError(f"{key}: a source must be a path or a dict with path, split, fields, weight; got {source!r}")
+        specs.append((spec, _weight(spec.get("weight"), key, spec["path"])))
+    return specs
+
+
+def mixed_indices(per_source: list[list], specs: list[tuple[dict, object]], seed: int, report: DataReport) -> list:
+    """The items of every source in order, or mixed by the sources' weights when any has one (see mix)."""
+    if all(weight is None for _, weight in specs):
+        return [item for part in per_source for item in part]
+    return mix([(spec["path"], part) for (spec, _), part in zip(specs, per_source)], [w for _, w in specs], seed, report)
 
 
 def _weight(weight, key: str, path: str):
@@ -141,34 +157,73 @@ def _read(path: str, split: str | None) -> list[Row]:
         if not isinstance(data, list):
             raise UserError(f"{path}: expected a JSON list of rows")
         return [Row(r, f"{path}: row {i + 1}") for i, r in enumerate(data)]
+    name = path if os.path.exists(path) else f"{path}[{split or 'train'}]"
+    return [Row(r, f"{name}: row {i + 1}") for i, r in enumerate(_arrow_source(path, split))]
+
+
+def read_in_batches(path: str, split: str | None, size: int = 10_000):
+    """The rows of a source as batches of (JSON text, where), without holding the file: a JSONL file is streamed
+    line by line and its lines are parsed later (see parse_row), other sources go through Arrow. A source with
+    no rows stops the run with one line that names it."""
+    count = 0
+    if path.endswith(".jsonl") and os.path.isfile(path):
+        batch = []
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    batch.append((line, f"{path}:{number}"))
+                if len(batch) == size:
+                    count += len(batch)
+                    yield batch
+                    batch = []
+        count += len(batch)
+        if batch:
+            yield batch
+    elif path.endswith(".json") and os.path.isfile(path):
+        rows = _read(path, split)  # a JSON list is read whole; JSONL streams
+        for start in range(0, len(rows), size):
+            yield [(json.dumps(r.data, ensure_ascii=False), r.where) for r in rows[start : start + size]]
+        count = len(rows)
+    else:
+        ds = _arrow_source(path, split)
+        name = f"{path}[{split or 'train'}]" if not os.path.exists(path) else path
+        for start in range(0, len(ds), size):
+            part = ds[start : start + size]
+            rows = [dict(zip(part, values)) for values in zip(*part.values())]
+            yield [(json.dumps(r, ensure_ascii=False, default=str), f"{name}: row {start + i + 1}") for i, r in enumerate(rows)]
+        count = len(ds)
+    if not count:
+        raise UserError(f"{path}: no rows in this data file")
+
+
+def parse_row(text: str, where: str, fields: dict | None):
+    """A row read by read_in_batches as the script sees it (ShareGPT mapped, fields renamed), or raises UserError
+    for malformed JSON with the row's file and line."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+    return _rename(data, fields)
+
+
+def _arrow_source(path: str, split: str | None):
+    """A parquet, csv or saved-dataset file or folder, or a hub dataset, as a datasets.Dataset."""
+    import datasets
+
     if os.path.isfile(path) and os.path.splitext(path)[1] in FILE_TYPES:
-        import datasets
-
-        ds = datasets.load_dataset(FILE_TYPES[os.path.splitext(path)[1]], data_files=path, split="train")
-        return [Row(r, f"{path}: row {i + 1}") for i, r in enumerate(ds)]
+        return datasets.load_dataset(FILE_TYPES[os.path.splitext(path)[1]], data_files=path, split="train")
     if os.path.isdir(path):
-        import datasets
-
         try:
             ds = datasets.load_from_disk(path)
         except (FileNotFoundError, ValueError) as e:
             raise UserError(f"{path}: not a dataset saved with save_to_disk ({e})") from None
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[split or "train"]
-        return [Row(r, f"{path}: row {i + 1}") for i, r in enumerate(ds)]
+        return ds[split or "train"] if isinstance(ds, datasets.DatasetDict) else ds
     if os.path.exists(path) or path.startswith((".", "/")) or os.path.splitext(path)[1]:
         raise UserError(f"data file not found or not a supported type (jsonl, json, parquet, csv, folder): {path}")
-    return _read_hub(path, split)
-
-
-def _read_hub(name: str, split: str | None) -> list[Row]:
-    import datasets
-
     try:
-        ds = datasets.load_dataset(name, split=split or "train")
+        return datasets.load_dataset(path, split=split or "train")
     except Exception as e:  # the hub raises many types; all mean the same thing to the user
-        raise UserError(f"cannot load dataset '{name}' (not a local file; hub: {str(e).splitlines()[0]})") from None
-    return [Row(r, f"{name}[{split or 'train'}]: row {i + 1}") for i, r in enumerate(ds)]
+        raise UserError(f"cannot load dataset '{path}' (not a local file; hub: {str(e).splitlines()[0]})") from None
 
 
 def _read_jsonl(path: str) -> list[Row]:
@@ -227,32 +282,6 @@ def check_rows(rows: list[Row], validate, on_bad_rows: str, report: DataReport) 
         else:
             report.drop(f"bad row: {reason}")
     return good
-
-
-def train_and_eval_rows(params: dict, problem, report: DataReport, tokenizer=None, row_hook=None) -> tuple[list[Row], list[Row]]:
-    """Checked and cleaned training rows, and eval rows from eval_data or, when that is empty, eval_fraction of
-    data (split after cleaning, so no eval row duplicates a training row). tokenizer counts tokens for the
-    cleaning's token-length filters. row_hook(row) -> row or None, an experiment's own data preparation, sees
-    every row as read (train and eval) before the checks, so it may map another schema onto the script's."""
-    from common.cleaning import clean_once
-
-    def hooked(rows):
-        if row_hook is None:
-            return rows
-        out = [Row(row_hook(r.data), r.where) for r in rows]
-        kept = [r for r in out if r.data is not None]
-        if len(kept) < len(out):
-            report.drop("row_hook returned None", len(out) - len(kept))
-        return kept
-
-    def prepare(rows):
-        return clean_once(check_rows(hooked(rows), problem, params["on_bad_rows"], report), params, report, tokenizer)
-
-    train = load_sources(params["data"], report, seed=params["seed"], prepare=prepare)
-    if not params["eval_data"]:
-        return split_eval(train, params["eval_fraction"], params["seed"])
-    held = hooked(load_sources(params["eval_data"], report, "eval_data"))
-    return train, check_rows(held, problem, params["on_bad_rows"], report)
 
 
 def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:

@@ -65,6 +65,7 @@ BOUNDS = {
     "shingle": (lambda v: v >= 1, "must be >= 1"),
     "num_perm": (lambda v: v >= 16, "must be >= 16"),
     "ngram": (lambda v: v >= 1, "must be >= 1"),
+    "num_proc": (lambda v: v >= 0, "must be >= 0 (0: every core available)"),
 }
 SECRET_KEY = re.compile(r"(^|[._])(api_?key|key|token|secret|password)s?($|_)", re.IGNORECASE)
 

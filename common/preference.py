@@ -16,7 +16,7 @@ import torch
 from common.chat_format import validate_messages
 from common.chat_masks import prompt_and_answer
 from common.distributed import is_main, wait_for_everyone
-from common.errors import RowProblem, UserError
+from common.errors import RowProblem
 from common.tool_calls import normalize_tools, same_calls, tool_names, tools_problem
 
 
@@ -89,12 +89,14 @@ def as_chat(row: dict, has_chat_template: bool) -> dict:
             "rejected": messages(row["rejected"], "assistant"), **tools}
 
 
-def check_plain_rows(rows, has_chat_template: bool) -> None:
-    """Message lists and tools need a chat template to be rendered; say so once instead of failing deep in TRL."""
-    if not has_chat_template:
-        for row in rows:
-            if any(isinstance(row.data[k], list) for k in ("prompt", "chosen", "rejected")) or normalize_tools(row.data.get("tools")):
-                raise UserError(f"{row.where}: message lists and tools need a model with a chat template; this one has none")
+def plain_row_problem(has_chat_template: bool, row: dict) -> str | None:
+    """preference_row_problem, and for a model without a chat template: message lists and tools cannot be rendered."""
+    problem = preference_row_problem(row)
+    if problem or has_chat_template:
+        return problem
+    if any(isinstance(row[k], list) for k in ("prompt", "chosen", "rejected")) or normalize_tools(row.get("tools")):
+        return "message lists and tools need a model with a chat template; this one has none"
+    return None
 
 
 def cached_reference(trainer_class, cache_dir: str, tokenizer):
@@ -143,8 +145,12 @@ def cached_reference(trainer_class, cache_dir: str, tokenizer):
             digest.update(json.dumps(settings).encode())
             digest.update(tokenizer.backend_tokenizer.to_str().encode() if tokenizer.is_fast else repr(tokenizer).encode())
             digest.update((tokenizer.chat_template or "").encode())
-            for column in ("prompt_ids", "chosen_ids", "rejected_ids"):
-                digest.update(json.dumps(list(dataset[column])).encode())
+            for column in ("prompt_ids", "chosen_ids", "rejected_ids"):  # json.dumps of the column, batch by batch
+                digest.update(b"[")
+                for start in range(0, len(dataset), 10_000):
+                    part = json.dumps(dataset[start : start + 10_000][column])[1:-1]
+                    digest.update(((", " if start else "") + part).encode())
+                digest.update(b"]")
             return digest.hexdigest()[:32]
 
     CachedReference.__name__ = f"CachedReference{trainer_class.__name__}"
@@ -188,25 +194,15 @@ def tokenize_preference(tokenizer, row: dict, spec=None) -> dict:
     return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
 
 
-def preference_examples(tokenizer, rows, spec, params: dict, report) -> list[dict]:
-    """Tokenized pairs for DPOTrainer; a pair the template cannot render exactly stops the run with its file:line
-    (on_bad_rows=error) or is counted and dropped, and so is a pair whose prompt alone fills max_length."""
-    out, full = [], 0
-    for row in rows:
-        try:
-            example = tokenize_preference(tokenizer, as_chat(row.data, spec is not None), spec)
-        except RowProblem as e:
-            if params["on_bad_rows"] == "error":
-                raise UserError(f"{row.where}: {e}") from None
-            report.drop(f"bad row: {e}")
-            continue
-        if len(example["prompt_ids"]) >= params["max_length"]:
-            full += 1
-            continue
-        out.append(example)
-    if full:
-        report.drop(f"prompt alone fills max_length={params['max_length']}", full)
-    return out
+def preference_example(tokenizer, spec, max_length: int, row: dict) -> tuple[list[dict], dict]:
+    """A checked pair tokenized for DPOTrainer; a pair the template cannot render exactly raises RowProblem, and one
+    whose prompt alone fills max_length is left out (Dropped)."""
+    from common.prepare import Dropped
+
+    example = tokenize_preference(tokenizer, as_chat(row, spec is not None), spec)
+    if len(example["prompt_ids"]) >= max_length:
+        raise Dropped(f"prompt alone fills max_length={max_length}")
+    return [example], {}
 
 
 def pretokenized(trainer_class):
@@ -220,7 +216,7 @@ def pretokenized(trainer_class):
     return Pretokenized
 
 
-def write_preference_preview(tokenizer, examples: list[dict], output_dir: str, max_length: int, n: int = 16) -> None:
+def write_preference_preview(tokenizer, examples, output_dir: str, max_length: int, n: int = 16) -> None:
     """data_preview.jsonl: the first n pairs as the DPO collator hands them to the model (chosen row, then
     rejected row; completion_mask marks the tokens whose log-probs count); prints the first with [[ ]]."""
     from trl.trainer.dpo_trainer import DataCollatorForPreference
@@ -229,7 +225,7 @@ def write_preference_preview(tokenizer, examples: list[dict], output_dir: str, m
 
     collate = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id or 0, max_length=max_length)
     previews = []
-    for example in examples[:n]:
+    for example in examples.select(range(min(n, len(examples)))):
         batch = collate([example])
         previews.append({**example, "input_ids": batch["input_ids"].tolist(), "completion_mask": batch["completion_mask"].tolist()})
     with open(os.path.join(output_dir, "data_preview.jsonl"), "w", encoding="utf-8") as f:

@@ -10,7 +10,7 @@ import torch
 
 from common.attention import use_varlen_attention
 from common.checkpoint import checkpoints
-from common.distributed import is_main, wait_for_everyone
+from common.distributed import is_main
 from common.errors import RunStopped
 from common.models import resolve_dtype
 from common.tracking import MetricsFile, ShardingReport, init_wandb, report_to
@@ -23,7 +23,9 @@ def packed_batch_size(batch_size: int, dataset) -> int:
     1,425 rows packed into 109 rows of 512 tokens, batch_size=32 made 40 steps in 10 epochs instead of 450,
     and an H100 run ended at 0% exact match where padded batches reach 98%.
     """
-    examples = sum(len(lengths) for lengths in dataset["seq_lengths"])
+    import pyarrow.compute as pc
+
+    examples = pc.sum(pc.list_value_length(dataset.data.column("seq_lengths"))).as_py()
     return max(1, round(batch_size * len(dataset) / examples))
 
 
@@ -114,21 +116,11 @@ def sft_trainer(params: dict, model, tokenizer, train_set, eval_set, packing: bo
     )
 
 
-def shared_dataset(rows: list[dict], path: str):
-    """The rows as a dataset on disk that every rank opens. TRL caches its reference log-probs beside the
-    dataset's files, written by rank 0 and read by the others: an in-memory dataset puts them in a temporary
-    folder of each process, and rank 1 then fails to find rank 0's file."""
-    from datasets import Dataset, load_from_disk
-
-    if is_main():
-        Dataset.from_list(rows).save_to_disk(path)
-    wait_for_everyone()
-    return load_from_disk(path)
-
-
-def dpo_trainer(params: dict, model, tokenizer, train_rows: list[dict], eval_rows: list[dict], trainer_class=None):
-    """TRL's DPOTrainer (or a subclass). Under LoRA the reference is the adapter-disabled model; otherwise the
-    reference log-probs are computed once before training and cached on disk (common.preference)."""
+def dpo_trainer(params: dict, model, tokenizer, train_set, eval_set, trainer_class=None):
+    """TRL's DPOTrainer (or a subclass) on the prepared pairs. Under LoRA the reference is the adapter-disabled model;
+    otherwise the reference log-probs are computed once before training and cached on disk (common.preference).
+    The pairs are memory-mapped files every rank opens: TRL caches its reference log-probs beside a dataset's
+    files, written by rank 0 and read by the others."""
     from trl import DPOConfig, DPOTrainer
 
     from common.errors import UserError
@@ -136,7 +128,7 @@ def dpo_trainer(params: dict, model, tokenizer, train_rows: list[dict], eval_row
 
     lora = params["lora"]["enabled"]
     try:
-        args = DPOConfig(**trainer_args(params, bool(eval_rows)), beta=params["beta"], loss_type=params["loss_type"],
+        args = DPOConfig(**trainer_args(params, eval_set is not None), beta=params["beta"], loss_type=params["loss_type"],
                          loss_weights=params["loss_weights"] or None, label_smoothing=params["label_smoothing"],
                          precompute_ref_log_probs=not lora, disable_dropout=True)
     except ValueError as e:
@@ -148,8 +140,8 @@ def dpo_trainer(params: dict, model, tokenizer, train_rows: list[dict], eval_row
     return trainer_class(
         model=model,
         args=args,
-        train_dataset=shared_dataset(train_rows, os.path.join(params["output_dir"], "datasets", "train")),
-        eval_dataset=shared_dataset(eval_rows, os.path.join(params["output_dir"], "datasets", "eval")) if eval_rows else None,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
         processing_class=tokenizer,
         callbacks=[MetricsFile(params["output_dir"]), ShardingReport()],
     )

@@ -2,8 +2,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from common.batching import build_dataset, collator, pack_in_random_order, show_example, write_preview
+from common.batching import collator, pack_in_random_order, show_example, write_preview
 from common.data import DataReport
+from tests.test_prepare import prepared
 from tests.conftest import read_jsonl
 
 
@@ -23,13 +24,13 @@ def docs():
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_document_in_packed_row_has_same_logits_as_alone(attn):
+def test_document_in_packed_row_has_same_logits_as_alone(tmp_path, attn):
     torch.manual_seed(0)
     model = LlamaForCausalLM(
         LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=4, use_cache=False, attn_implementation=attn)
     ).eval()
-    dataset = build_dataset(docs(), max_length=16, packing=True, seed=0, report=DataReport(), split="train")
+    dataset = prepared(tmp_path, docs(), max_length=16, packing=True).train
     collate = collator(Tok(), packing=True)
     checked = 0
     for row in dataset:
@@ -49,7 +50,7 @@ def test_document_in_packed_row_has_same_logits_as_alone(attn):
     assert checked == 4 and len(dataset) < 4  # every document checked, and some shared a row
 
 
-def test_truncation_and_rows_without_targets_are_counted():
+def test_truncation_and_rows_without_targets_are_counted(tmp_path):
     report = DataReport()
     examples = [
         (list(range(20)), [-100] * 15 + list(range(15, 20))),  # truncated to 10: nothing trained is left
@@ -57,7 +58,7 @@ def test_truncation_and_rows_without_targets_are_counted():
         (list(range(4)), list(range(4))),
         (list(range(30)), [-100] * 30),  # nothing trained before truncation: counted apart, not as truncated
     ]
-    dataset = build_dataset(examples, max_length=10, packing=False, seed=0, report=report, split="train")
+    dataset = prepared(tmp_path, examples, report, max_length=10, packing=False).train
     assert len(dataset) == 2
     assert report.counts["train_truncated"] == 2
     assert report.dropped == {"train: no trained token after truncation to max_length=10": 1,
@@ -66,7 +67,7 @@ def test_truncation_and_rows_without_targets_are_counted():
 
 
 def test_preview_is_what_the_collator_returns(tmp_path):
-    dataset = build_dataset(docs(), max_length=16, packing=True, seed=0, report=DataReport(), split="train")
+    dataset = prepared(tmp_path, docs(), max_length=16, packing=True).train
     preview = write_preview(dataset, collator(Tok(), packing=True), str(tmp_path))
     assert read_jsonl(tmp_path / "data_preview.jsonl") == preview
     assert set(preview[0]) == {"input_ids", "labels", "position_ids"}
@@ -89,9 +90,9 @@ def test_packing_keeps_every_example_once_and_mixes_lengths():
     "batch_size, expected_row_length",
     [(None, 64), (100, 64), (4, 4 * 6), (1, 10)],  # never shorter than the longest example (10)
 )
-def test_packed_rows_hold_about_batch_size_examples(batch_size, expected_row_length):
+def test_packed_rows_hold_about_batch_size_examples(tmp_path, batch_size, expected_row_length):
     examples = [(list(range(n)), list(range(n))) for n in [2, 6, 10] * 10]  # mean length 6
     report = DataReport()
-    dataset = build_dataset(examples, 64, True, 0, report, "train", batch_size)
+    dataset = prepared(tmp_path, examples, report, max_length=64, packing=True, batch_size=batch_size).train
     assert report.counts["train_packed_row_length"] == expected_row_length
     assert max(len(ids) for ids in dataset["input_ids"]) <= expected_row_length

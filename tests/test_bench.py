@@ -41,3 +41,33 @@ def test_other_benchmarks_run(tmp_path, script, args, expect):
     result = run_script(script, *args, *(["--workdir", str(tmp_path)] if script == "bench/synth_load.py" else []))
     assert result.returncode == 0, result.stderr[-2000:]
     assert re.search(expect, result.stdout), result.stdout
+
+
+def test_prep_benchmark_measures_ours_and_trl(tmp_path):
+    result = run_script("bench/prep_vs_trl.py", "--tiny", "--workdir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = results(tmp_path)
+    assert set(runs) == {"ours", "ours_rerun", "trl_1proc", "trl_2proc"}
+    for run in runs.values():
+        assert run["rows"] == 300 and run["prep_s"] > 0 and run["wall_s"] > run["prep_s"] and run["tokens"] > 0
+        assert run["peak_rss_main_mb"] > 100 and run["peak_rss_mb"] >= run["peak_rss_main_mb"]
+    assert runs["ours"]["tokens"] == runs["ours_rerun"]["tokens"]
+    assert runs["trl_1proc"]["tokens"] == runs["trl_2proc"]["tokens"]
+    table = [line for line in result.stdout.splitlines() if re.match(r"\| (ours|ours_rerun|trl_\dproc) \| 300 \|", line)]
+    assert len(table) == 4 and all(re.search(r"\| [\d,.]+ \|$", line) for line in table)  # wall s, the last column
+    assert re.search(r"ours prepares [\d.]+x as fast as trl_1proc", result.stdout)
+
+
+def test_gpu_suite_check_plans_the_runs_and_writes_the_table(tmp_path):
+    """bench/gpu_suite.sh needs a GPU; its check mode validates the plan (preset files, every run's PARAMS) and runs
+    it with stand-in children, one failing and one timing out, as the suite's failures would."""
+    table = tmp_path / "gpu_suite.md"
+    result = run_script("bench/gpu_suite.py", "check", "--scratch", str(tmp_path), "--table", str(table), timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    text = table.read_text()
+    assert re.search(r"\| sft_chat.py \| [\d.]+ s \| 31.0 s \| 99.5% \|", text)
+    rows = [line for line in text.splitlines() if line.startswith("| Qwen2.5-")]
+    assert len(rows) == 9 and all(re.search(r"\| [\d.]+% \|", row) for row in rows[:7])  # MFU from the bf16 peak
+    assert "| zero3_offload | failed: exit status 1: RuntimeError: injected failure |" in rows[8]
+    assert "| fsdp2 | failed: timed out after 2 s |" in rows[7]
+    assert re.search(r"\| padded \| sdpa \| [\d.]+ s \| 20 \| [\d,]+ \| 50.0% \|", text)

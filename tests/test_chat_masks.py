@@ -6,9 +6,8 @@ where there is one, and on the decoded text always) or refused with a reason; ne
 import pytest
 
 from common.chat_format import prepare_tokenizer
-from common.chat_masks import chat_examples, rendered_messages, spans, tokenize_chat
+from common.chat_masks import chat_example, rendered_messages, spans, tokenize_chat
 from common.chat_templates import chat_spec, render
-from common.data import DataReport, Row
 from common.errors import RowProblem, UserError
 from common.reasoning import split_reasoning
 from common.tool_calls import normalize_tools
@@ -248,22 +247,17 @@ def test_gemma_folds_the_system_turn_and_counts_it(root):
     tokenizer = load("trl-gemma", root)
     spec = prepare_tokenizer(tokenizer, "native")
     assert spec.fold_system
-    report = DataReport()
-    rows = [Row({"messages": CONVERSATIONS["system_multi"]}, "chats.jsonl:1"), Row({"messages": CONVERSATIONS["single"]}, "chats.jsonl:2")]
-    (input_ids, _), _ = list(chat_examples(tokenizer, rows, spec, "all_assistant", "error", report))
-    assert "<start_of_turn>user\nYou answer in few words.\n\nQuelle est la capitale ?" in tokenizer.decode(input_ids)
-    assert report.counts["system_turns_folded_into_user"] == 1
+    [example], counts = chat_example(tokenizer, spec, "all_assistant", {"messages": CONVERSATIONS["system_multi"]})
+    assert "<start_of_turn>user\nYou answer in few words.\n\nQuelle est la capitale ?" in tokenizer.decode(example["input_ids"])
+    assert counts == {"system_turns_folded_into_user": 1}
+    assert chat_example(tokenizer, spec, "all_assistant", {"messages": CONVERSATIONS["single"]})[1] == {}
 
 
-def test_a_row_the_template_rejects_stops_with_its_line_or_is_counted(root):
+def test_a_row_the_template_rejects_is_a_row_problem(root):
     tokenizer = load("trl-gemma", root)
     spec = prepare_tokenizer(tokenizer, "native")
-    rows = [Row({"messages": [user("a"), user("b"), assistant("c")]}, "chats.jsonl:7")]
-    with pytest.raises(UserError, match=r"^chats.jsonl:7: the chat template rejects this row: Conversation roles must alternate"):
-        list(chat_examples(tokenizer, rows, spec, "all_assistant", "error", DataReport()))
-    report = DataReport()
-    assert list(chat_examples(tokenizer, rows, spec, "all_assistant", "skip", report)) == []
-    assert list(report.dropped.values()) == [1] and "roles must alternate" in next(iter(report.dropped))
+    with pytest.raises(RowProblem, match=r"^the chat template rejects this row: Conversation roles must alternate"):
+        chat_example(tokenizer, spec, "all_assistant", {"messages": [user("a"), user("b"), assistant("c")]})
 
 
 @pytest.mark.parametrize("family, edit, at_start", [

@@ -159,7 +159,7 @@ def test_function_tokens_auto_takes_a_closed_set_of_functions(setting, chat_form
     tools = [{"name": f"f{i}", "parameters": {"type": "object", "properties": {}}} for i in range(functions)]
     report = DataReport()
     params = {"function_tokens": setting, "chat_format": chat_format}
-    assert len(use_function_tokens(tokenizer, spec, params, [Row({"tools": tools, "messages": []}, "x:1")], report)) == added
+    assert len(use_function_tokens(tokenizer, spec, params, [t["name"] for t in tools], report)) == added
     assert report.counts.get("function_tokens", 0) == added
 
 

@@ -1,0 +1,481 @@
+"""Preparation at scale: rows read, checked, cleaned, mixed, split, tokenized and packed in Arrow, once.
+
+Rows stay in Arrow files (datasets) and are processed in batches on every core (num_proc); what stays in memory
+is per-row bookkeeping of a few numbers (dedup hashes, indices, lengths), never the rows. The main process
+saves the result in data_cache_dir under a key of the data's content, the tokenizer and its template, the code
+and every setting that changes the result; other ranks and reruns memory-map it.
+"""
+
+import glob
+import hashlib
+import inspect
+import json
+import os
+import shutil
+from dataclasses import dataclass
+
+from common.data import DataReport, mixed_indices, parse_row, read_in_batches, source_specs, split_eval
+from common.distributed import is_main, wait_for_everyone
+from common.errors import RowProblem, UserError
+
+PREP_VERSION = 1  # part of the key, with the source of common/: raise it when the saved layout changes
+TRAINING_ONLY = {  # settings that never change the prepared data, so changing them reuses it
+    "learning_rate", "lr_scheduler", "warmup", "weight_decay", "adam_beta2", "max_grad_norm", "grad_accum", "num_epochs",
+    "max_steps", "dtype", "activation_checkpointing", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
+    "resume", "overwrite", "dry_run", "report_to", "progress_bar", "output_dir", "lora", "num_proc", "data_cache_dir",
+    "test_data", "exact_match_data", "loss_type", "loss_weights", "beta", "label_smoothing", "ref_cache_dir", "model",
+    "trust_remote_code",
+}
+ROWS_PER_PROCESS = 2000  # fewer rows a process than this, and starting the process costs more than it saves
+BATCH = 1000
+
+
+@dataclass
+class Recipe:
+    """What a script brings to preparation. problem(row) -> reason or None checks a row; examples(row) ->
+    ([example dicts], {count: n}) tokenizes a checked row, raising RowProblem (a bad row) or Dropped (a row left out
+    by design). Examples with labels are SFT examples: truncated to max_length and, when packing, packed.
+    on_tool_names(names) -> value runs before tokenizing (function tokens), with the training rows' tool names."""
+
+    name: str
+    problem: object
+    examples: object
+    on_tool_names: object = None
+    packing: bool = False
+    hook: object = None
+    columns: tuple = ("input_ids", "labels")  # the example fields examples() returns
+
+
+class Dropped(Exception):
+    """A row left out by design (not a bad row); the message is the reason counted in data_report.json."""
+
+
+@dataclass
+class Prepared:
+    train: object  # a memory-mapped datasets.Dataset
+    eval: object  # the same, or None without eval rows
+    extra: object = None  # what recipe.on_tool_names returned
+    path: str = ""  # the cache entry
+
+
+def prepare(params: dict, recipe: Recipe, tokenizer, report: DataReport) -> Prepared:
+    """The training and eval datasets of a run, from the cache when they were prepared before."""
+    key = cache_key(params, recipe, tokenizer)
+    folder = os.path.join(params["data_cache_dir"], key)
+    fresh = is_main() and not os.path.isfile(os.path.join(folder, "meta.json"))
+    extra = _prepare_into(folder, params, recipe, tokenizer) if fresh else None
+    wait_for_everyone()
+    if not os.path.isfile(os.path.join(folder, "meta.json")):
+        raise UserError(f"data_cache_dir: {folder} was prepared by the main process but is not visible here; on several "
+                        "machines put data_cache_dir on a filesystem they all share")
+    with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    report.sources.update(meta["report"]["sources"])
+    for reason, n in meta["report"]["dropped"].items():
+        report.drop(reason, n)
+    report.counts.update(meta["report"]["counts"])
+    report.counts["prepared_data"] = folder
+    if not fresh and recipe.on_tool_names:  # the tokenizer as the examples were made with it
+        extra = recipe.on_tool_names(meta["tool_names"], report)
+    if is_main():
+        table = meta["cleaning_table"]
+        print(f"{table}\n" if table else "", end="")
+        print(f"prepared data: {meta['report']['counts'].get('train_rows', len(_open(os.path.join(folder, 'train.arrow'))))} "
+              f"training examples, {folder}{'' if fresh else ' (reused)'}", flush=True)
+    return Prepared(*(_open(os.path.join(folder, f"{split}.arrow")) for split in ("train", "eval")), extra, folder)
+
+
+def _open(path: str):
+    from datasets import Dataset
+
+    return Dataset.from_file(path) if os.path.isfile(path) else None
+
+
+def cache_key(params: dict, recipe: Recipe, tokenizer) -> str:
+    """A hash of everything the prepared data depends on: the content of every data file (and of the eval sets
+    decontamination reads), the tokenizer with its chat template, the code that prepares it (common/, the script,
+    a row hook's module), and every setting except the ones in TRAINING_ONLY."""
+    from common.cleaning import eval_sets_of
+
+    digest = hashlib.sha256()
+    settings = {k: v for k, v in params.items() if k not in TRAINING_ONLY}
+    eval_sets = eval_sets_of(params) if params["clean"]["enabled"] else []
+    digest.update(json.dumps([PREP_VERSION, recipe.name, settings, eval_sets], sort_keys=True, default=str).encode())
+    for value, key in ((params["data"], "data"), (params.get("eval_data"), "eval_data"), (eval_sets, "clean.eval_sets")):
+        for spec, _ in source_specs(value, key) if value else []:
+            digest.update(_fingerprint(spec["path"]).encode())
+    digest.update(tokenizer.backend_tokenizer.to_str().encode() if tokenizer.is_fast else repr(tokenizer).encode())
+    digest.update(json.dumps([tokenizer.chat_template, sorted(tokenizer.get_added_vocab().items())], default=str).encode())
+    for path in _code_files(recipe):
+        if path is None:  # code without a file to key on (defined interactively): never reuse
+            digest.update(os.urandom(16))
+            continue
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:32]
+
+
+def _code_files(recipe: Recipe) -> list:
+    """The source files of common/ and of the modules that define the recipe's functions (a script, an
+    experiment file with its row hook); None for a function that has none."""
+    files = set(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "*.py")))
+    for function in (recipe.problem, recipe.examples, recipe.on_tool_names, recipe.hook):
+        function = getattr(function, "func", function)  # a functools.partial
+        if function is not None:
+            files.add(getattr(inspect.getmodule(function), "__file__", None))
+    return sorted(files, key=str)
+
+
+def _fingerprint(path: str) -> str:
+    """The content of a file or a saved dataset's files; a hub id stands for itself (it is read offline from the
+    local hub cache, which changes only with a download)."""
+    files = [path] if os.path.isfile(path) else sorted(glob.glob(os.path.join(path, "**", "*"), recursive=True))
+    digest = hashlib.sha256(path.encode())
+    for name in files:
+        if os.path.isfile(name):
+            with open(name, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _prepare_into(folder: str, params: dict, recipe: Recipe, tokenizer):
+    """Prepare in a temporary folder beside the final one, then rename it: a killed run leaves no half-written
+    entry, and a finished entry is never rewritten."""
+    tmp = f"{folder}.tmp{os.getpid()}"
+    for stale in glob.glob(f"{folder}.tmp*"):  # a killed run's leftovers: its process is gone
+        if not os.path.exists(f"/proc/{stale.rsplit('.tmp', 1)[1]}"):
+            shutil.rmtree(stale, ignore_errors=True)
+    os.makedirs(os.path.join(tmp, "work"))
+    try:
+        preparation = _Preparation(tmp, params, recipe, tokenizer)
+        meta = preparation.run()
+        shutil.rmtree(os.path.join(tmp, "work"))
+        with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return preparation.extra
+
+
+class _Preparation:
+    def __init__(self, folder: str, params: dict, recipe: Recipe, tokenizer):
+        import datasets
+
+        if not params["progress_bar"]:
+            datasets.disable_progress_bars()
+        self.folder, self.work, self.params, self.recipe, self.tokenizer = folder, os.path.join(folder, "work"), params, recipe, tokenizer
+        self.report, self.steps = DataReport(), 0
+        self.cores = params["num_proc"] or len(os.sched_getaffinity(0))
+
+    def run(self) -> dict:
+        from common.cleaning import cleaning_table
+
+        params = self.params
+        cleaner = self._cleaner()
+        specs = source_specs(params["data"])
+        train = self._checked(specs, "data", cleaner)
+        indices = self._mixed(train, self._cleaned(train, cleaner), specs)
+        if params.get("eval_data"):
+            eval_specs = source_specs(params["eval_data"], "eval_data")
+            eval_rows = self._checked(eval_specs, "eval_data", None)
+            eval_indices = self._mixed(eval_rows, self._passed(eval_rows), eval_specs)
+        else:
+            indices, eval_indices = split_eval(indices, params["eval_fraction"], params["seed"])
+            eval_rows = train
+        train_rows = train.select(indices)
+        names = sorted({n for batch in train_rows.iter(BATCH) for row_names in batch["tool_names"] for n in row_names})
+        self.extra = self.recipe.on_tool_names(names, self.report) if self.recipe.on_tool_names else None
+        self._examples(train_rows, "train")
+        if eval_indices:
+            self._examples(eval_rows.select(eval_indices), "eval")
+        table = cleaning_table(self.report.counts["cleaning"], self.report.dropped, None) if cleaner else ""
+        report = {"sources": self.report.sources, "dropped": self.report.dropped, "counts": self.report.counts}
+        return {"report": report, "tool_names": names, "cleaning_table": table}
+
+    def _mixed(self, checked, kept, specs: list) -> list[int]:
+        """The kept rows' indices, source by source, mixed by the sources' weights."""
+        import numpy as np
+
+        sources = np.asarray(checked.data.column("source"))[kept]
+        return mixed_indices([kept[sources == i].tolist() for i in range(len(specs))], specs, self.params["seed"], self.report)
+
+    def _map(self, ds, function, name: str, **kwargs):
+        """ds.map in batches on up to num_proc processes, its files in the work folder."""
+        self.steps += 1
+        processes = max(1, min(self.cores, len(ds) // ROWS_PER_PROCESS))
+        if processes > 1:  # the forked workers tokenize one row at a time; the warning about it would be noise
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        return ds.map(function, batched=True, batch_size=BATCH, num_proc=processes if processes > 1 else None,
+                      cache_file_name=os.path.join(self.work, f"{self.steps}-{name}.arrow"),
+                      new_fingerprint=f"{self.steps}-{name}", load_from_cache_file=False, **kwargs)
+
+    def _cleaner(self):
+        from common.cleaning import RowCleaner, eval_set_inputs, eval_sets_of
+
+        settings = self.params["clean"]
+        if not settings["enabled"]:
+            return None
+        by_tokens = settings["min_tokens"] or settings["max_tokens"]
+        return RowCleaner(settings, eval_set_inputs(eval_sets_of(self.params)), self.tokenizer if by_tokens else None)
+
+    def _read(self, specs: list, key: str):
+        """One Arrow dataset of every source's rows as JSON text, with where each came from and its source's index."""
+        import pyarrow as pa
+        from datasets import Dataset
+
+        path = os.path.join(self.work, f"{key}.arrow")
+        schema = pa.schema([("text", pa.string()), ("where", pa.string()), ("source", pa.int32())])
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            for i, (spec, _) in enumerate(specs):
+                count = 0
+                for batch in read_in_batches(spec["path"], spec.get("split")):
+                    count += len(batch)
+                    columns = [[text for text, _ in batch], [where for _, where in batch], [i] * len(batch)]
+                    writer.write_batch(pa.record_batch(columns, schema=schema))
+                self.report.sources[spec["path"]] = count
+        return Dataset.from_file(path)
+
+    def _checked(self, specs: list, key: str, cleaner):
+        """The rows parsed, hooked, checked and (with a cleaner) rewritten and hashed, one output row per row read.
+        Malformed JSON stops the run with its file:line; so does a bad row under on_bad_rows=error."""
+        import pyarrow.compute as pc
+
+        check = _Check([spec.get("fields") for spec, _ in specs], self.recipe.problem, self.recipe.hook, cleaner)
+        checked = self._map(self._read(specs, key), check, f"check-{key}", remove_columns=["text"], features=check.features())
+        malformed = pc.not_equal(checked.data.column("malformed"), "")
+        if pc.any(malformed).as_py():
+            first = pc.index(malformed, True).as_py()
+            raise UserError(checked[first]["malformed"])
+        hooked_none = int(pc.sum(checked.data.column("hooked_none")).as_py() or 0)
+        if hooked_none:
+            self.report.drop("row_hook returned None", hooked_none)
+        bad = pc.not_equal(checked.data.column("bad"), "")
+        if pc.any(bad).as_py():
+            if self.params["on_bad_rows"] == "error":
+                row = checked[pc.index(bad, True).as_py()]
+                raise UserError(f"{row['where']}: {row['bad']}")
+            for item in pc.value_counts(pc.filter(checked.data.column("bad"), bad)).to_pylist():
+                self.report.drop(f"bad row: {item['values']}", item["counts"])
+        return checked
+
+    def _passed(self, checked):
+        """Indices of the rows that were read, parsed and passed the checks."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        ok = pc.and_(pc.equal(checked.data.column("bad"), ""), pc.invert(checked.data.column("hooked_none")))
+        return np.flatnonzero(np.asarray(ok))
+
+    def _cleaned(self, checked, cleaner):
+        """Indices of the checked rows that cleaning keeps (all of them when it is off)."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        from common.cleaning import select_rows
+
+        passed = self._passed(checked)
+        if cleaner is None:
+            return passed
+        self.report.counts["cleaning"] = {"rows_in": len(passed)}
+        column = checked.data.column
+        reason = pc.take(column("reason"), passed)
+        filtered = pc.not_equal(reason, "")
+        for item in pc.value_counts(pc.filter(reason, filtered)).to_pylist():
+            self.report.drop(f"cleaning: {item['values']}", item["counts"])
+        self.report.counts["cleaning"]["pii_texts_scrubbed"] = int(np.asarray(column("pii"))[passed].sum())
+        bands = np.asarray(pc.list_flatten(column("bands"))).reshape(len(checked), -1)[passed]
+        kept = select_rows(~np.asarray(filtered), np.asarray(column("exact"))[passed], bands,
+                           np.asarray(column("contaminated"))[passed], cleaner, self.report)
+        return passed[kept]
+
+    def _examples(self, rows, split: str) -> None:
+        """Tokenize the rows into examples, drop and count what cannot train, pack, and save split.arrow."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        tokenize = _Tokenize(self.recipe.examples, split, self.params["max_length"], self.recipe.columns)
+        made = self._map(rows, tokenize, f"tokenize-{split}", remove_columns=rows.column_names, features=tokenize.features())
+        problem = pc.not_equal(made.data.column("problem"), "")
+        if pc.any(problem).as_py():
+            if self.params["on_bad_rows"] == "error":
+                row = made[pc.index(problem, True).as_py()]
+                raise UserError(f"{row['where']}: {row['problem']}")
+            for item in pc.value_counts(pc.filter(made.data.column("problem"), problem)).to_pylist():
+                self.report.drop(f"bad row: {item['values']}", item["counts"])
+        dropped = pc.not_equal(made.data.column("dropped"), "")
+        for item in pc.value_counts(pc.filter(made.data.column("dropped"), dropped)).to_pylist():
+            self.report.drop(item["values"], item["counts"])
+        counts = made.data.column("counts")
+        for text in pc.filter(counts, pc.not_equal(counts, "")).to_pylist():
+            for name, n in json.loads(text).items():
+                name = name.format(split=split)
+                self.report.counts[name] = self.report.counts.get(name, 0) + n
+        keep = np.flatnonzero(~np.asarray(pc.or_(problem, dropped)))
+        examples = made.select(keep).remove_columns(["problem", "dropped", "counts", "where"])
+        if "labels" not in examples.column_names:
+            self._save(examples, split)
+            return
+        lengths = np.asarray(examples.data.column("length"))
+        counts = self.report.counts
+        counts[f"{split}_rows"] = len(examples)
+        counts[f"{split}_truncated"] = int(np.asarray(made.data.column("truncated")).sum())  # the dropped ones too
+        counts[f"{split}_tokens"] = int(lengths.sum())
+        counts[f"{split}_trained_tokens"] = int(np.asarray(examples.data.column("trained")).sum())
+        examples = examples.remove_columns(["length", "truncated", "trained"])
+        if not (self.recipe.packing and len(examples)):
+            self._save(examples, split)
+            return
+        from common.batching import pack_lengths, packed_row_length
+
+        row_length = packed_row_length(lengths, self.params["max_length"], self.params["batch_size"])
+        packs = pack_lengths(lengths.tolist(), row_length, self.params["seed"])
+        self._save_packed(examples, packs, lengths, split)
+        counts[f"{split}_packed_rows"] = len(packs)
+        counts[f"{split}_packed_row_length"] = row_length
+        counts[f"{split}_packing_fill"] = round(counts[f"{split}_tokens"] / (len(packs) * row_length), 4)
+
+    def _save(self, ds, split: str) -> None:
+        import pyarrow as pa
+
+        with pa.OSFile(os.path.join(self.folder, f"{split}.arrow"), "wb") as sink:
+            writer = None
+            for batch in ds.with_format("arrow").iter(BATCH):
+                writer = writer or pa.ipc.new_stream(sink, batch.schema)
+                writer.write_table(batch)
+            if writer is None:
+                writer = pa.ipc.new_stream(sink, ds.features.arrow_schema)
+            writer.close()
+
+    def _save_packed(self, examples, packs: list[list[int]], lengths, split: str) -> None:
+        """Packed rows written in order: the members of every pack are read in one pass over a reordered view."""
+        import pyarrow as pa
+
+        order = [i for pack in packs for i in pack]
+        schema = pa.schema([("input_ids", pa.list_(pa.int64())), ("labels", pa.list_(pa.int64())),
+                            ("seq_lengths", pa.list_(pa.int64()))])
+        stream = iter(examples.select(order).iter(BATCH))
+        pending = {"input_ids": [], "labels": []}
+        with pa.OSFile(os.path.join(self.folder, f"{split}.arrow"), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            out = {"input_ids": [], "labels": [], "seq_lengths": []}
+            for pack in packs:
+                ids, labels = [], []
+                for _ in pack:
+                    if not pending["input_ids"]:
+                        pending = {k: list(reversed(v)) for k, v in next(stream).items()}
+                    ids += pending["input_ids"].pop()
+                    labels += pending["labels"].pop()
+                out["input_ids"].append(ids)
+                out["labels"].append(labels)
+                out["seq_lengths"].append([int(lengths[i]) for i in pack])
+                if len(out["input_ids"]) == BATCH:
+                    writer.write_batch(pa.record_batch(list(out.values()), schema=schema))
+                    out = {k: [] for k in out}
+            if out["input_ids"]:
+                writer.write_batch(pa.record_batch(list(out.values()), schema=schema))
+
+
+class _Check:
+    """Per batch of read rows: parse, hook, check against the schema, and clean (RowCleaner). Picklable."""
+
+    def __init__(self, fields, problem, hook, cleaner):
+        self.fields, self.problem, self.hook, self.cleaner = fields, problem, hook, cleaner
+
+    @staticmethod
+    def features():
+        from datasets import Features, Sequence, Value
+
+        return Features({"where": Value("string"), "source": Value("int32"), "row": Value("string"),
+                         "malformed": Value("string"), "hooked_none": Value("bool"), "bad": Value("string"),
+                         "reason": Value("string"), "pii": Value("int64"), "exact": Value("int64"),
+                         "bands": Sequence(Value("int64")), "contaminated": Value("int32"),
+                         "tool_names": Sequence(Value("string"))})
+
+    def __call__(self, batch: dict) -> dict:
+        from common.tool_calls import tool_names
+
+        width = len(self.cleaner.bands) if self.cleaner else 0
+        out = {k: [] for k in ("row", "malformed", "hooked_none", "bad", "reason", "pii", "exact", "bands", "contaminated", "tool_names")}
+        for text, where, source in zip(batch["text"], batch["where"], batch["source"]):
+            result = {"malformed": "", "hooked_none": False, "bad": "", "reason": "", "pii": 0, "exact": 0,
+                      "bands": [0] * width, "contaminated": -1, "row": "", "tool_names": []}
+            try:
+                data = parse_row(text, where, self.fields[source])
+            except UserError as e:
+                data, result["malformed"] = None, str(e)
+            if data is not None and self.hook is not None:
+                data = self.hook(data)
+                result["hooked_none"] = data is None
+            if data is not None and not result["malformed"]:
+                result["bad"] = (self.problem(data) if isinstance(data, dict) else "row must be a JSON object") or ""
+                if not result["bad"]:
+                    if self.cleaner is not None:
+                        cleaned = self.cleaner(data)
+                        data = cleaned.pop("row")
+                        result.update(cleaned)
+                    result["row"] = json.dumps(data, ensure_ascii=False)
+                    result["tool_names"] = tool_names(data.get("tools"))
+            for k, v in result.items():
+                out[k].append(v)
+        return out
+
+
+class _Tokenize:
+    """Per batch of checked rows: examples (one output row each), or one output row saying why there are none.
+    SFT examples (with labels) are truncated to max_length; one left with no trained token is dropped."""
+
+    STATUS = {"problem": "", "dropped": "", "counts": "", "where": ""}
+
+    def __init__(self, examples, split: str, max_length: int, columns: tuple):
+        self.examples, self.split, self.max_length = examples, split, max_length
+        self.columns = {**{name: [] for name in columns}, **({"length": 0, "truncated": False, "trained": 0}
+                                                           if "labels" in columns else {})}
+
+    def features(self):
+        from datasets import Features, Sequence, Value
+
+        kinds = {"length": Value("int64"), "truncated": Value("bool"), "trained": Value("int64")}
+        return Features({**{k: kinds.get(k, Sequence(Value("int64"))) for k in self.columns},
+                         **{k: Value("string") for k in self.STATUS}})
+
+    def __call__(self, batch: dict) -> dict:
+        out, totals = {k: [] for k in (*self.columns, *self.STATUS)}, {}
+
+        def emit(example: dict, **status):
+            for k, default in {**self.columns, **self.STATUS}.items():
+                out[k].append(status.get(k, example.get(k, default)))
+
+        for text, where in zip(batch["row"], batch["where"]):
+            try:
+                made, counts = self.examples(json.loads(text))
+            except RowProblem as e:
+                emit({}, problem=str(e), where=where)
+                continue
+            except Dropped as e:
+                emit({}, dropped=str(e), where=where)
+                continue
+            for example in made:
+                reason = ""
+                if "labels" in example:
+                    example, reason = self._sft(example)
+                emit(example, dropped=reason, where=where)
+            for name, n in counts.items():
+                totals[name] = totals.get(name, 0) + n
+        if totals and out["counts"]:
+            out["counts"][0] = json.dumps(totals)  # the batch's counts, on its first output row
+        return out
+
+    def _sft(self, example: dict) -> tuple[dict, str]:
+        ids, labels = example["input_ids"], example["labels"]
+        truncated = len(ids) > self.max_length
+
+        def trained(labels):  # the first label is never a target after the shift
+            return len(labels) - 1 - labels[1:].count(-100)
+
+        if trained(labels) <= 0:
+            return {}, f"{self.split}: no trained token in the row"
+        ids, labels = ids[: self.max_length], labels[: self.max_length]
+        if trained(labels) <= 0:
+            return {"truncated": True}, f"{self.split}: no trained token after truncation to max_length={self.max_length}"
+        return {"input_ids": ids, "labels": labels, "length": len(ids), "truncated": truncated, "trained": trained(labels)}, ""
