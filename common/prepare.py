@@ -28,6 +28,7 @@ TRAINING_ONLY = {  # settings that never change the prepared data, so changing t
 }
 ROWS_PER_PROCESS = 2000  # fewer rows a process than this, and starting the process costs more than it saves
 BATCH = 1000
+PACK_CHUNK = 1024  # packed rows assembled at a time: about PACK_CHUNK * max_length tokens in memory
 
 
 @dataclass
@@ -185,7 +186,8 @@ class _Preparation:
             indices, eval_indices = split_eval(indices, params["eval_fraction"], params["seed"])
             eval_rows = train
         train_rows = train.select(indices)
-        names = sorted({n for batch in train_rows.iter(BATCH) for row_names in batch["tool_names"] for n in row_names})
+        names = sorted({n for batch in train_rows.select_columns(["tool_names"]).iter(BATCH) for row in batch["tool_names"]
+                        for n in row})
         self.extra = self.recipe.on_tool_names(names, self.report) if self.recipe.on_tool_names else None
         self._examples(train_rows, "train")
         if eval_indices:
@@ -312,68 +314,92 @@ class _Preparation:
             for name, n in json.loads(text).items():
                 name = name.format(split=split)
                 self.report.counts[name] = self.report.counts.get(name, 0) + n
-        keep = np.flatnonzero(~np.asarray(pc.or_(problem, dropped)))
-        examples = made.select(keep).remove_columns(["problem", "dropped", "counts", "where"])
-        if "labels" not in examples.column_names:
-            self._save(examples, split)
+        sft = "labels" in self.recipe.columns
+        path = os.path.join(self.work if sft and self.recipe.packing else self.folder, f"{split}.arrow")
+        self._write_kept(made, path, self.recipe.columns)
+        if not sft:
             return
-        lengths = np.asarray(examples.data.column("length"))
+        kept = ~np.asarray(pc.or_(problem, dropped))
+        lengths = np.asarray(made.data.column("length"))[kept]
         counts = self.report.counts
-        counts[f"{split}_rows"] = len(examples)
+        counts[f"{split}_rows"] = len(lengths)
         counts[f"{split}_truncated"] = int(np.asarray(made.data.column("truncated")).sum())  # the dropped ones too
         counts[f"{split}_tokens"] = int(lengths.sum())
-        counts[f"{split}_trained_tokens"] = int(np.asarray(examples.data.column("trained")).sum())
-        examples = examples.remove_columns(["length", "truncated", "trained"])
-        if not (self.recipe.packing and len(examples)):
-            self._save(examples, split)
+        counts[f"{split}_trained_tokens"] = int(np.asarray(made.data.column("trained"))[kept].sum())
+        if not self.recipe.packing:
             return
         from common.batching import pack_lengths, packed_row_length
 
-        row_length = packed_row_length(lengths, self.params["max_length"], self.params["batch_size"])
+        row_length = packed_row_length(lengths, self.params["max_length"], self.params["batch_size"]) if len(lengths) else 0
         packs = pack_lengths(lengths.tolist(), row_length, self.params["seed"])
-        self._save_packed(examples, packs, lengths, split)
-        counts[f"{split}_packed_rows"] = len(packs)
-        counts[f"{split}_packed_row_length"] = row_length
-        counts[f"{split}_packing_fill"] = round(counts[f"{split}_tokens"] / (len(packs) * row_length), 4)
+        self._write_packed(path, packs, os.path.join(self.folder, f"{split}.arrow"))
+        if packs:
+            counts[f"{split}_packed_rows"] = len(packs)
+            counts[f"{split}_packed_row_length"] = row_length
+            counts[f"{split}_packing_fill"] = round(counts[f"{split}_tokens"] / (len(packs) * row_length), 4)
 
-    def _save(self, ds, split: str) -> None:
+    @staticmethod
+    def _write_kept(made, path: str, columns: tuple) -> None:
+        """The examples that train, their columns only, streamed from the map's files through read calls rather
+        than a memory map, so what the main process holds does not grow with the file."""
         import pyarrow as pa
+        import pyarrow.compute as pc
 
-        with pa.OSFile(os.path.join(self.folder, f"{split}.arrow"), "wb") as sink:
+        with pa.OSFile(path, "wb") as sink:
             writer = None
-            for batch in ds.with_format("arrow").iter(BATCH):
-                writer = writer or pa.ipc.new_stream(sink, batch.schema)
-                writer.write_table(batch)
-            if writer is None:
-                writer = pa.ipc.new_stream(sink, ds.features.arrow_schema)
+            for shard in made.cache_files:
+                with pa.OSFile(shard["filename"]) as source:
+                    for batch in pa.ipc.open_stream(source):
+                        keep = pc.and_(pc.equal(batch.column("problem"), ""), pc.equal(batch.column("dropped"), ""))
+                        batch = batch.filter(keep).select(list(columns))
+                        writer = writer or pa.ipc.new_stream(sink, batch.schema)
+                        writer.write_batch(batch)
+            if writer is None:  # no shard had a batch
+                writer = pa.ipc.new_stream(sink, pa.schema([(c, pa.list_(pa.int64())) for c in columns]))
             writer.close()
 
-    def _save_packed(self, examples, packs: list[list[int]], lengths, split: str) -> None:
-        """Packed rows written in order: the members of every pack are read in one pass over a reordered view."""
+    def _write_packed(self, path: str, packs: list[list[int]], packed_path: str) -> None:
+        """The packed rows, PACK_CHUNK rows at a time. The examples are read once, in order, and each is appended to the
+        bucket file of its row's chunk; each bucket is then read whole (about chunk * max_length tokens), its
+        examples put in row order and joined by Arrow. Memory stays at a bucket, whatever the number of rows."""
+        import numpy as np
         import pyarrow as pa
+        import pyarrow.compute as pc
 
-        order = [i for pack in packs for i in pack]
+        chunk = PACK_CHUNK
+        pack_of = np.zeros(sum(len(pack) for pack in packs), dtype=np.int64)
+        for p, pack in enumerate(packs):
+            pack_of[pack] = p
+        buckets = [os.path.join(self.work, f"bucket-{b}.arrow") for b in range(-(-len(packs) // chunk))]
+        sinks, writers, start = [pa.OSFile(b, "wb") for b in buckets], [None] * len(buckets), 0
+        with pa.OSFile(path) as source:
+            for batch in pa.ipc.open_stream(source):
+                bucket = pack_of[start : start + len(batch)] // chunk
+                for b in np.unique(bucket):
+                    writers[b] = writers[b] or pa.ipc.new_stream(sinks[b], batch.schema)
+                    writers[b].write_batch(batch.filter(pa.array(bucket == b)))
+                start += len(batch)
+        for writer, sink in zip(writers, sinks):
+            writer.close()
+            sink.close()
         schema = pa.schema([("input_ids", pa.list_(pa.int64())), ("labels", pa.list_(pa.int64())),
                             ("seq_lengths", pa.list_(pa.int64()))])
-        stream = iter(examples.select(order).iter(BATCH))
-        pending = {"input_ids": [], "labels": []}
-        with pa.OSFile(os.path.join(self.folder, f"{split}.arrow"), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-            out = {"input_ids": [], "labels": [], "seq_lengths": []}
-            for pack in packs:
-                ids, labels = [], []
-                for _ in pack:
-                    if not pending["input_ids"]:
-                        pending = {k: list(reversed(v)) for k, v in next(stream).items()}
-                    ids += pending["input_ids"].pop()
-                    labels += pending["labels"].pop()
-                out["input_ids"].append(ids)
-                out["labels"].append(labels)
-                out["seq_lengths"].append([int(lengths[i]) for i in pack])
-                if len(out["input_ids"]) == BATCH:
-                    writer.write_batch(pa.record_batch(list(out.values()), schema=schema))
-                    out = {k: [] for k in out}
-            if out["input_ids"]:
-                writer.write_batch(pa.record_batch(list(out.values()), schema=schema))
+        with pa.OSFile(packed_path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            for b, bucket in enumerate(buckets):
+                part = packs[b * chunk : (b + 1) * chunk]
+                with pa.OSFile(bucket) as source:
+                    table = pa.ipc.open_stream(source).read_all()
+                in_file_order = np.sort(np.concatenate([np.asarray(pack) for pack in part]))
+                order = np.searchsorted(in_file_order, np.concatenate([np.asarray(pack) for pack in part]))
+                examples = table.take(pa.array(order))
+                sizes = pc.list_value_length(examples.column("input_ids")).to_numpy().astype(np.int64)
+                members = np.cumsum([0] + [len(pack) for pack in part])
+                offsets = pa.array(np.concatenate([[0], np.cumsum(sizes)])[members].astype(np.int32))
+                columns = [pa.ListArray.from_arrays(offsets, pc.list_flatten(examples.column(name).combine_chunks()))
+                           for name in ("input_ids", "labels")]
+                columns.append(pa.ListArray.from_arrays(pa.array(members.astype(np.int32)), pa.array(sizes)))
+                writer.write_batch(pa.record_batch(columns, schema=schema))
+                os.remove(bucket)
 
 
 class _Check:

@@ -26,7 +26,7 @@ DATA = {"sft_chat.py": "data/examples/chat_train.jsonl", "sft_completion.py": "d
 ci = pytest.mark.ci  # the cases the default test command runs
 FAULTS = [("prepare", "during data preparation"), ("step:5", "between checkpoints"), ("save", "during a checkpoint save"),
           ("state:6", "torn trainer_state.json"), ("replace:*/final", "during the final export")]
-CACHE_FAULTS = {"sft_chat.py": [("replace:*clean_cache*", "writing the cleaning cache")],
+CACHE_FAULTS = {"sft_chat.py": [("replace:*data_cache*", "writing the prepared data")],
                 "dpo.py": [("replace:*ref_cache*", "writing the reference cache")]}
 IN_CI = {("sft_chat.py", "step:5"), ("sft_chat.py", "state:6")}
 TRAINING_FAULTS = [pytest.param(script, fault, id=f"{script.removesuffix('.py')}: {what}", marks=[ci] if (script, fault) in IN_CI else [])
@@ -37,7 +37,7 @@ def settings(script, out, sft_model):
     with open(os.path.join(ROOT, DATA[script])) as f:
         data = write_jsonl(out.parent / f"{out.name}_data.jsonl", [line.strip() for line in f][:100])
     extra = [f"model={sft_model}", "exact_match_data=", f"ref_cache_dir={out}_ref_cache"] if script == "dpo.py" else []
-    return [f"data={data}", f"output_dir={out}", f"clean.cache_dir={out}_clean_cache", "max_steps=9", "save_steps=3",
+    return [f"data={data}", f"output_dir={out}", f"data_cache_dir={out}_data_cache", "max_steps=9", "save_steps=3",
             "logging_steps=3", "eval_fraction=0", "test_data=", "progress_bar=false", "batch_size=8", "grad_accum=1",
             *extra]
 
@@ -130,7 +130,7 @@ def test_full_disk_during_a_save_fails_cleanly(tmp_path):
     out, copy = tmp_path / "small_disk", tmp_path / "after"
     out.mkdir()
     run_args = [sys.executable, "sft_chat.py", f"output_dir={out}", "max_steps=9", "save_steps=3", "test_data=",
-                "progress_bar=false", f"clean.cache_dir={tmp_path / 'cache'}", "save_total_limit=5"]
+                "progress_bar=false", f"data_cache_dir={tmp_path / 'cache'}", "save_total_limit=5"]
     script = (f"mount -t tmpfs -o size=20m tmpfs {out} && {subprocess.list2cmdline(run_args)}; echo exit=$?; "
               f"cp -a {out} {copy}")
     result = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], cwd=ROOT,

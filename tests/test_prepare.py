@@ -109,3 +109,19 @@ def test_an_empty_data_file_is_named(tmp_path):
     with pytest.raises(UserError, match=rf"^{empty}: no rows in this data file$"):
         prepare(params_for(tmp_path, empty), Recipe("test", _problem, partial(_given, [])), load_tokenizer("builtin:tiny"),
                 DataReport())
+
+
+def test_packed_rows_hold_every_kept_example_once_and_no_dropped_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(common.prepare, "PACK_CHUNK", 4)  # rows assembled a few at a time, from several buckets
+    examples = [(list(range(100 * i, 100 * i + 3 + i % 7)), [-100] * (3 + i % 7) if i % 3 == 0 else list(range(3 + i % 7)))
+                for i in range(90)]  # every third has nothing to train: dropped, and never packed
+    report = DataReport()
+    packed = prepared(tmp_path, examples, report, max_length=32, packing=True, batch_size=4).train
+    kept = [ids for i, (ids, _) in enumerate(examples) if i % 3]
+    rows = packed.to_list()
+    documents = []
+    for row in rows:
+        assert sum(row["seq_lengths"]) == len(row["input_ids"]) == len(row["labels"]) <= 32
+        starts = [sum(row["seq_lengths"][:j]) for j in range(len(row["seq_lengths"]))]
+        documents += [row["input_ids"][a : a + n] for a, n in zip(starts, row["seq_lengths"])]
+    assert sorted(documents) == sorted(kept) and report.dropped == {"train: no trained token in the row": 30}

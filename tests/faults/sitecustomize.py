@@ -1,7 +1,7 @@
 """Fault injection for tests/test_faults.py. Python imports this module at start-up when tests/faults is on
 PYTHONPATH; with FAULT set, the process kills itself with SIGKILL at that point (no cleanup, no atexit):
 
-    FAULT=prepare           while the training rows are being built (after reading and cleaning)
+    FAULT=prepare           while the training examples are being built (after reading and cleaning)
     FAULT=step:N            right after optimizer step N, before anything is saved for it
     FAULT=save              inside a checkpoint save: weights and optimizer written, trainer_state.json not yet
     FAULT=state:N           halfway through writing checkpoint-N's trainer_state.json
@@ -41,7 +41,7 @@ def install(kind: str, arg: str) -> None:
     elif kind == "prepare":
         import datasets
 
-        patch(datasets.Dataset, "from_list", before=lambda *a, **k: die())
+        patch(datasets.Dataset, "map", before=lambda self, function, *a, **k: type(function).__name__ == "_Tokenize" and die())
     elif kind == "step":
         from transformers.trainer_callback import CallbackHandler
 
