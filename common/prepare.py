@@ -253,14 +253,28 @@ class _Preparation:
         hooked_none = int(pc.sum(checked.data.column("hooked_none")).as_py() or 0)
         if hooked_none:
             self.report.drop("row_hook returned None", hooked_none)
-        bad = pc.not_equal(checked.data.column("bad"), "")
+        self._bad_rows(checked, "bad")
+        return checked
+
+    def _bad_rows(self, ds, column: str):
+        """Which rows have a reason in `column`. Under on_bad_rows=error the first, in file order, stops the run with
+        its file:line; otherwise each is counted as a bad row under its reason."""
+        import pyarrow.compute as pc
+
+        bad = pc.not_equal(ds.data.column(column), "")
         if pc.any(bad).as_py():
             if self.params["on_bad_rows"] == "error":
-                row = checked[pc.index(bad, True).as_py()]
-                raise UserError(f"{row['where']}: {row['bad']}")
-            for item in pc.value_counts(pc.filter(checked.data.column("bad"), bad)).to_pylist():
-                self.report.drop(f"bad row: {item['values']}", item["counts"])
-        return checked
+                row = ds[pc.index(bad, True).as_py()]
+                raise UserError(f"{row['where']}: {row[column]}")
+            self._count_drops(ds.data.column(column), bad, "bad row: ")
+        return bad
+
+    def _count_drops(self, reasons, mask, prefix: str) -> None:
+        """Each reason where mask is set, counted in the report's dropped rows under prefix + reason."""
+        import pyarrow.compute as pc
+
+        for item in pc.value_counts(pc.filter(reasons, mask)).to_pylist():
+            self.report.drop(f"{prefix}{item['values']}", item["counts"])
 
     def _passed(self, checked):
         """Indices of the rows that were read, parsed and passed the checks."""
@@ -284,8 +298,7 @@ class _Preparation:
         column = checked.data.column
         reason = pc.take(column("reason"), passed)
         filtered = pc.not_equal(reason, "")
-        for item in pc.value_counts(pc.filter(reason, filtered)).to_pylist():
-            self.report.drop(f"cleaning: {item['values']}", item["counts"])
+        self._count_drops(reason, filtered, "cleaning: ")
         self.report.counts["cleaning"]["pii_texts_scrubbed"] = int(np.asarray(column("pii"))[passed].sum())
         bands = np.asarray(pc.list_flatten(column("bands"))).reshape(len(checked), -1)[passed]
         kept = select_rows(~np.asarray(filtered), np.asarray(column("exact"))[passed], bands,
@@ -299,16 +312,9 @@ class _Preparation:
 
         tokenize = _Tokenize(self.recipe.examples, split, self.params["max_length"], self.recipe.columns)
         made = self._map(rows, tokenize, f"tokenize-{split}", remove_columns=rows.column_names, features=tokenize.features())
-        problem = pc.not_equal(made.data.column("problem"), "")
-        if pc.any(problem).as_py():
-            if self.params["on_bad_rows"] == "error":
-                row = made[pc.index(problem, True).as_py()]
-                raise UserError(f"{row['where']}: {row['problem']}")
-            for item in pc.value_counts(pc.filter(made.data.column("problem"), problem)).to_pylist():
-                self.report.drop(f"bad row: {item['values']}", item["counts"])
+        problem = self._bad_rows(made, "problem")
         dropped = pc.not_equal(made.data.column("dropped"), "")
-        for item in pc.value_counts(pc.filter(made.data.column("dropped"), dropped)).to_pylist():
-            self.report.drop(item["values"], item["counts"])
+        self._count_drops(made.data.column("dropped"), dropped, "")
         counts = made.data.column("counts")
         for text in pc.filter(counts, pc.not_equal(counts, "")).to_pylist():
             for name, n in json.loads(text).items():
