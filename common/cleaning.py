@@ -244,7 +244,7 @@ class RowCleaner:
         pii = 0
         if settings["pii"]:
             row, pii = _scrubbed(row)
-        prompt_only = "messages" in data and not any(m["role"] == "assistant" for m in data["messages"])
+        prompt_only = not any(trained for _, _, trained in fields(data))  # requests alone (synth_data.py, grpo.py)
         reason = _row_problem(row, settings, prompt_only, self.tokenizer)
         out = {"row": row, "reason": reason or "", "pii": pii, "exact": 0, "bands": [0] * len(self.bands), "contaminated": -1}
         if reason:
@@ -317,7 +317,8 @@ def select_rows(passed, exact, bands, contaminated, cleaner: RowCleaner, report:
 
 
 def _row_problem(data: dict, settings: dict, prompt_only: bool, tokenizer=None) -> str | None:
-    """prompt_only: a row of requests (user turns only, as synth_data.py writes them), judged on its requests."""
+    """prompt_only: a row of requests with no answer (as synth_data.py writes them, as grpo.py reads them), judged on
+    its requests."""
     texts = fields(data)
     trained = "\n".join(text for _, text, is_trained in texts if is_trained or prompt_only)
     if not trained.strip():

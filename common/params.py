@@ -67,6 +67,20 @@ BOUNDS = {
     "ngram": (lambda v: v >= 1, "must be >= 1"),
     "num_proc": (lambda v: v >= 0, "must be >= 0 (0: every core available)"),
 }
+# Keys that mean another thing in one script: its PARAMS are told apart by a key only they have.
+SCRIPT_RULES = {
+    "num_generations": (  # grpo.py
+        {"loss_type": ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo"),
+         "scale_rewards": ("group", "batch", "none"), "importance_sampling_level": ("token", "sequence"),
+         "vllm_mode": ("colocate", "server")},
+        {"beta": (lambda v: v >= 0, "must be >= 0 (0: no reference model)"), "temperature": (lambda v: v > 0, "must be > 0"),
+         "num_generations": (lambda v: v >= 2, "must be >= 2"),
+         "max_completion_length": (lambda v: v >= 1, "must be >= 1"), "epsilon": (lambda v: v > 0, "must be > 0"),
+         "epsilon_high": (lambda v: v >= 0, "must be >= 0 (0: epsilon)"), "num_iterations": (lambda v: v >= 1, "must be >= 1"),
+         "vllm_gpu_memory_utilization": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+         "top_entropy_quantile": (lambda v: 0 < v <= 1, "must be in (0, 1]")},
+    ),
+}
 SECRET_KEY = re.compile(r"(^|[._])(api_?key|key|token|secret|password)s?($|_)", re.IGNORECASE)
 
 
@@ -77,6 +91,7 @@ def resolve(defaults: dict, argv: list[str] | None = None) -> dict:
 
 def apply_overrides(defaults: dict, argv: list[str]) -> dict:
     params = copy.deepcopy(defaults)
+    rules = _rules(defaults)
     configs, pairs = [], []
     args = iter(argv)
     for arg in args:
@@ -90,7 +105,7 @@ def apply_overrides(defaults: dict, argv: list[str]) -> dict:
             _fail_usage(f"unexpected argument '{arg}' (use key=value or --config file.yaml)")
     for path in configs:
         for key, value in _flatten(_read_yaml(path)).items():
-            _set(params, defaults, key, value, f"{path}: ")
+            _set(params, defaults, key, value, f"{path}: ", rules)
     for pair in pairs:
         key, text = pair.split("=", 1)
         key = key.strip()
@@ -100,8 +115,18 @@ def apply_overrides(defaults: dict, argv: list[str]) -> dict:
             value = text
         if isinstance(_default(defaults, key), str) and isinstance(value, (dict, list)):
             value = text  # YAML reads "Q: {prompt}" as a mapping; a string key means the text itself
-        _set(params, defaults, key, value, "")
+        _set(params, defaults, key, value, "", rules)
     return params
+
+
+def _rules(defaults: dict) -> tuple[dict, dict]:
+    """The choices and bounds that hold for this script's PARAMS: the shared ones, with its own on top."""
+    choices, bounds = dict(CHOICES), dict(BOUNDS)
+    for marker, (own_choices, own_bounds) in SCRIPT_RULES.items():
+        if marker in defaults:
+            choices.update(own_choices)
+            bounds.update(own_bounds)
+    return choices, bounds
 
 
 def _default(defaults: dict, key: str):
@@ -140,7 +165,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _set(params: dict, defaults: dict, key: str, value, where: str) -> None:
+def _set(params: dict, defaults: dict, key: str, value, where: str, rules: tuple) -> None:
     *parents, leaf = key.split(".")
     node, schema = params, defaults
     for depth, part in enumerate(parents):
@@ -152,9 +177,9 @@ def _set(params: dict, defaults: dict, key: str, value, where: str) -> None:
     default = schema[leaf]
     if isinstance(default, dict) and isinstance(value, dict):
         for sub, sub_value in _flatten(value).items():
-            _set(params, defaults, f"{key}.{sub}", sub_value, where)
+            _set(params, defaults, f"{key}.{sub}", sub_value, where, rules)
         return
-    node[leaf] = _check(key, leaf, default, value, where)
+    node[leaf] = _check(key, leaf, default, value, where, rules)
 
 
 def _unknown(key: str, defaults: dict, where: str):
@@ -164,14 +189,14 @@ def _unknown(key: str, defaults: dict, where: str):
     raise UserError(f"{where}unknown PARAMS key '{key}'{hint}")
 
 
-def _check(key: str, leaf: str, default, value, where: str):
+def _check(key: str, leaf: str, default, value, where: str, rules: tuple):
     if default is not None:
         value = _coerce(key, default, value, where)
-    choices = CHOICES.get(leaf)
+    choices = rules[0].get(leaf)
     for item in value if isinstance(value, list) else [value]:  # a list key checks each of its items
         if choices is not None and item not in choices:
             raise UserError(f"{where}{key}={item!r} is not one of {', '.join(map(repr, choices))}")
-    bound = BOUNDS.get(leaf)
+    bound = rules[1].get(leaf)
     if bound is not None and isinstance(value, (int, float)) and not bound[0](value):
         raise UserError(f"{where}{key}={value!r} {bound[1]}")
     return value

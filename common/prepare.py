@@ -24,7 +24,10 @@ TRAINING_ONLY = {  # settings that never change the prepared data, so changing t
     "max_steps", "dtype", "activation_checkpointing", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
     "resume", "overwrite", "dry_run", "report_to", "progress_bar", "output_dir", "lora", "num_proc", "data_cache_dir",
     "test_data", "exact_match_data", "loss_type", "loss_weights", "beta", "label_smoothing", "ref_cache_dir", "model",
-    "trust_remote_code",
+    "trust_remote_code", "rewards", "reward_weights", "num_generations", "temperature", "top_p", "epsilon",
+    "epsilon_high", "scale_rewards", "mask_truncated_completions", "importance_sampling_level", "num_iterations",
+    "top_entropy_quantile",
+    "use_vllm", "vllm_mode", "vllm_server_base_url", "vllm_gpu_memory_utilization",
 }
 ROWS_PER_PROCESS = 2000  # fewer rows a process than this, and starting the process costs more than it saves
 BATCH = 1000
@@ -44,7 +47,7 @@ class Recipe:
     on_tool_names: object = None
     packing: bool = False
     hook: object = None
-    columns: tuple = ("input_ids", "labels")  # the example fields examples() returns
+    columns: tuple = ("input_ids", "labels")  # the example fields examples() returns ("where" adds the row's file:line)
 
 
 class Dropped(Exception):
@@ -183,7 +186,7 @@ class _Preparation:
             eval_rows = self._checked(eval_specs, "eval_data", None)
             eval_indices = self._mixed(eval_rows, self._passed(eval_rows), eval_specs)
         else:
-            indices, eval_indices = split_eval(indices, params["eval_fraction"], params["seed"])
+            indices, eval_indices = split_eval(indices, params.get("eval_fraction", 0.0), params["seed"])
             eval_rows = train
         train_rows = train.select(indices)
         names = sorted({n for batch in train_rows.select_columns(["tool_names"]).iter(BATCH) for row in batch["tool_names"]
@@ -458,16 +461,18 @@ class _Tokenize:
     SFT examples (with labels) are truncated to max_length; one left with no trained token is dropped."""
 
     STATUS = {"problem": "", "dropped": "", "counts": "", "where": ""}
+    TEXT = ("prompt", "row", "where")  # example fields that are text, not token ids
 
     def __init__(self, examples, split: str, max_length: int, columns: tuple):
         self.examples, self.split, self.max_length = examples, split, max_length
-        self.columns = {**{name: [] for name in columns}, **({"length": 0, "truncated": False, "trained": 0}
+        self.columns = {**{name: "" if name in self.TEXT else [] for name in columns}, **({"length": 0, "truncated": False, "trained": 0}
                                                            if "labels" in columns else {})}
 
     def features(self):
         from datasets import Features, Sequence, Value
 
-        kinds = {"length": Value("int64"), "truncated": Value("bool"), "trained": Value("int64")}
+        kinds = {"length": Value("int64"), "truncated": Value("bool"), "trained": Value("int64"),
+                 **{name: Value("string") for name in self.TEXT}}
         return Features({**{k: kinds.get(k, Sequence(Value("int64"))) for k in self.columns},
                          **{k: Value("string") for k in self.STATUS}})
 

@@ -55,14 +55,17 @@ def read_metrics(output_dir: str) -> list[dict]:
 
 
 def plot_loss(output_dir: str) -> None:
-    """loss.png: training loss and, when there is one, eval loss against the step."""
+    """loss.png: training loss and, when there is one, eval loss against the step; for RL runs (metrics with a
+    reward), the mean reward with its spread beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     metrics = read_metrics(output_dir)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    rewards = [(m["step"], m["reward"], m.get("reward_std", 0.0)) for m in metrics if "reward" in m]
+    fig, axes = plt.subplots(1, 2 if rewards else 1, figsize=(12 if rewards else 7, 4), squeeze=False)
+    ax = axes[0][0]
     for key, label in (("loss", "train"), ("eval_loss", "eval")):
         points = [(m["step"], m[key]) for m in metrics if key in m]
         if points:
@@ -71,6 +74,16 @@ def plot_loss(output_dir: str) -> None:
     ax.set_ylabel("loss")
     ax.legend()
     ax.grid(alpha=0.3)
+    if rewards:
+        steps, mean, std = zip(*rewards)
+        ax = axes[0][1]
+        ax.plot(steps, mean, label="reward (mean)")
+        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2,
+                        label="± std")
+        ax.set_xlabel("step")
+        ax.set_ylabel("reward")
+        ax.legend()
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.path.join(output_dir, "loss.png"), dpi=100)
     plt.close(fig)

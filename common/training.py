@@ -1,4 +1,4 @@
-"""Trainer settings: PARAMS to TRL's SFTConfig and DPOConfig, with precision and device choices made explicit.
+"""Trainer settings: PARAMS to TRL's SFTConfig, DPOConfig and GRPOConfig, with precision and device choices made explicit.
 
 TRL's own defaults (bf16 on, gradient checkpointing on) are wrong for CPU runs, so every one that
 matters is set here from PARAMS.
@@ -53,7 +53,7 @@ def trainer_args(params: dict, has_eval: bool, batch_size: int | None = None) ->
         save_steps=params["save_steps"],
         save_total_limit=params["save_total_limit"],
         eval_strategy="steps" if has_eval else "no",
-        eval_steps=params["eval_steps"],
+        eval_steps=params["eval_steps"] if has_eval else None,
         report_to=report_to(params["report_to"]),
         use_cpu=not torch.cuda.is_available(),
         bf16=dtype == torch.bfloat16,
@@ -145,3 +145,33 @@ def dpo_trainer(params: dict, model, tokenizer, train_set, eval_set, trainer_cla
         processing_class=tokenizer,
         callbacks=[MetricsFile(params["output_dir"]), ShardingReport()],
     )
+
+
+def grpo_trainer(params: dict, model, tokenizer, prompts, rewards: list, trainer_class=None, add_special_tokens=False):
+    """TRL's GRPOTrainer (or a subclass) on the prepared prompts, scored by the rewards (common.rewards.Reward)."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    from common.errors import UserError
+    from common.prompts import rendered_prompts
+
+    args = trainer_args(params, False)
+    del args["max_length"]  # GRPO's lengths are max_completion_length and the prompts prepare kept
+    vllm = {}
+    if params["use_vllm"]:
+        vllm = dict(use_vllm=True, vllm_mode=params["vllm_mode"], vllm_gpu_memory_utilization=params["vllm_gpu_memory_utilization"],
+                    vllm_server_base_url=params["vllm_server_base_url"] or None)
+    try:
+        config = GRPOConfig(
+            **args, **vllm, num_generations=params["num_generations"], max_completion_length=params["max_completion_length"],
+            temperature=params["temperature"], top_p=params["top_p"], beta=params["beta"], loss_type=params["loss_type"],
+            epsilon=params["epsilon"], epsilon_high=params["epsilon_high"] or None, scale_rewards=params["scale_rewards"],
+            importance_sampling_level=params["importance_sampling_level"], num_iterations=params["num_iterations"],
+            mask_truncated_completions=params["mask_truncated_completions"], top_entropy_quantile=params["top_entropy_quantile"], reward_weights=params["reward_weights"] or None,
+            remove_unused_columns=False, shuffle_dataset=True, disable_dropout=True,
+        )
+    except ValueError as e:
+        raise UserError(f"GRPO settings: {str(e).splitlines()[0]}") from None
+    _start_wandb(params, config)
+    trainer_class = rendered_prompts(stop_on_non_finite_loss(trainer_class or GRPOTrainer), add_special_tokens)
+    return trainer_class(model=model, reward_funcs=rewards, args=config, train_dataset=prompts, processing_class=tokenizer,
+                         callbacks=[MetricsFile(params["output_dir"]), ShardingReport()])

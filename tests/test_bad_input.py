@@ -40,7 +40,7 @@ TOOL_PAIRS = [  # (what is wrong, pair, the reason given)
         {"type": "function", "function": {"name": "stop_music", "arguments": {}}}]}]},
      "rejected[0] tool_calls[0] calls 'stop_music', which is not in the row's tools"),
 ]
-GOOD = {"sft_chat.py": CHAT, "sft_completion.py": COMPLETION, "dpo.py": PAIR, "synth_data.py": CHAT}
+GOOD = {"sft_chat.py": CHAT, "sft_completion.py": COMPLETION, "dpo.py": PAIR, "synth_data.py": CHAT, "grpo.py": CHAT}
 
 
 def rows(name, *bad, key="data"):
@@ -124,6 +124,9 @@ CASES = [
     *[(s, "malformed JSON", rows("m.jsonl", '{"oops'), "m.jsonl:2: malformed JSON") for s in GOOD],
     *[(s, "not an object", rows("o.jsonl", '["p", "c"]'), "o.jsonl:2: row must be a JSON object") for s in ("sft_completion.py", "sft_chat.py")],
     *[(s, "no messages", rows("n.jsonl", {"text": "x"}), "n.jsonl:2: row has no 'messages' field") for s in ("sft_chat.py",)],
+    ("grpo.py", "no prompt", rows("n.jsonl", {"text": "x"}), "n.jsonl:2: row has neither 'messages' nor 'prompt'"),
+    ("grpo.py", "prompt ends with the answer", rows("a.jsonl", {"messages": [{"role": "assistant", "content": "hi"}]}),
+     "a.jsonl:2: the prompt must end with a non-empty user turn or a tool result"),
     ("synth_data.py", "row without a prompt", rows("x.jsonl", {"text": "hi"}), "x.jsonl:2: row has neither 'messages' nor 'prompt'"),
     ("sft_chat.py", "unknown role", rows("r.jsonl", {"messages": [{"role": "bot", "content": "x"}]}), "r.jsonl:2: messages[0] has unknown role 'bot'"),
     ("sft_chat.py", "non-string content", rows("c.jsonl", {"messages": [{"role": "user", "content": ["x"]}, {"role": "assistant", "content": "y"}]}),
@@ -165,6 +168,7 @@ BASE = {
     "sft_completion.py": lambda p, model: [*FAST],
     "dpo.py": lambda p, model: [f"model={model}", "test_data=", "exact_match_data=", "max_steps=1", f"ref_cache_dir={p / 'cache'}"],
     "synth_data.py": lambda p, model: [f"model={model}", "progress_bar=false", "test_data="],
+    "grpo.py": lambda p, model: [f"model={model}", "progress_bar=false", "test_data=", "max_steps=1"],
 }
 
 
@@ -172,7 +176,7 @@ BASE = {
 def test_bad_input_is_one_line_and_exit_2(request, tmp_path, monkeypatch, script, args, message):
     monkeypatch.setenv("OPENAI_API_KEY", "")
     args = args(tmp_path, script) if callable(args) else args
-    model = request.getfixturevalue("sft_model") if script in ("dpo.py", "synth_data.py") else None
+    model = request.getfixturevalue("sft_model") if script in ("dpo.py", "synth_data.py", "grpo.py") else None
     base = [a for a in BASE[script](tmp_path, model) if not (a.startswith("model=") and any(x.startswith("model=") for x in args))]
     out = tmp_path / "out"
     result = run_in_process(script, *base, *args, f"output_dir={out}")

@@ -25,7 +25,9 @@ def small(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
     chat = write_jsonl(folder / "chat.jsonl", read_jsonl(f"{ROOT}/data/examples/chat_train.jsonl")[:64])
     pairs = write_jsonl(folder / "pairs.jsonl", read_jsonl(f"{ROOT}/data/examples/preference_train.jsonl")[:32])
-    return {"sft_chat.py": [f"data={chat}"], "dpo.py": [f"data={pairs}", "exact_match_data="]}
+    return {"sft_chat.py": [f"data={chat}"], "dpo.py": [f"data={pairs}", "exact_match_data="],
+            "grpo.py": [f"data={chat}", "num_generations=4", "max_completion_length=16", "clean.enabled=false",
+                        "rewards=[tests/data/length_reward.py:reward]"]}
 
 
 SHORT = ["max_steps=4", "save_steps=2", "logging_steps=1", "eval_fraction=0", "test_data=", "progress_bar=false",
@@ -44,12 +46,17 @@ def gathered_checkpoint(folder):
     return get_fp32_state_dict_from_zero_checkpoint(str(folder))
 
 
-@pytest.mark.parametrize("preset", ["zero2", "zero3"])
-@pytest.mark.parametrize("script", ["sft_chat.py", "dpo.py"])
+def model_of(script, sft_model, tmp_path):
+    return {"dpo.py": [f"model={sft_model}", f"ref_cache_dir={tmp_path / 'cache'}"], "grpo.py": [f"model={sft_model}"]}.get(script, [])
+
+
+@pytest.mark.parametrize("script, preset", [("sft_chat.py", "zero2"), ("sft_chat.py", "zero3"), ("dpo.py", "zero2"),
+                                            ("dpo.py", "zero3"), ("grpo.py", "zero3")])
 def test_zero_presets_shard_and_save_the_gathered_model(tmp_path, small, sft_model, script, preset):
     out = tmp_path / "out"
-    model = [f"model={sft_model}", f"ref_cache_dir={tmp_path / 'cache'}"] if script == "dpo.py" else []
-    result = run(launch(preset, script, *small[script], *model, *SHORT, f"output_dir={out}"))
+    model = model_of(script, sft_model, tmp_path)
+    short = [a for a in SHORT if not (script == "grpo.py" and a.startswith("eval_fraction"))]  # grpo.py has no eval split
+    result = run(launch(preset, script, *small[script], *model, *short, f"output_dir={out}"))
     assert result.returncode == 0, result.stderr[-4000:]
     stage = int(preset[-1])
     assert f"distributed: DEEPSPEED world_size=2 device=cpu:0 zero_stage={stage}" in result.stdout
@@ -69,11 +76,11 @@ def test_zero_presets_shard_and_save_the_gathered_model(tmp_path, small, sft_mod
         final["lm_head.weight"].numel() if "lm_head.weight" in final and loaded.config.tie_word_embeddings else 0)
 
 
-@pytest.mark.parametrize("script", ["sft_chat.py", "dpo.py"])
+@pytest.mark.parametrize("script", ["sft_chat.py", "dpo.py", "grpo.py"])
 def test_zero3_resume_from_a_sharded_checkpoint_matches_an_uninterrupted_run(tmp_path, small, sft_model, script):
-    model = [f"model={sft_model}", f"ref_cache_dir={tmp_path / 'cache'}"] if script == "dpo.py" else []
-    args = [*small[script], *model, "max_steps=8", "save_steps=2", "logging_steps=2", "eval_fraction=0", "test_data=",
-            "progress_bar=false", "batch_size=8"]
+    model = model_of(script, sft_model, tmp_path)
+    args = [*small[script], *model, "max_steps=8", "save_steps=2", "logging_steps=2", "test_data=", "progress_bar=false",
+            "batch_size=8", *([] if script == "grpo.py" else ["eval_fraction=0"])]
     straight = tmp_path / "straight"
     result = run(launch("zero3", script, *args, f"output_dir={straight}"))
     assert result.returncode == 0, result.stderr[-4000:]
@@ -134,6 +141,6 @@ def test_lora_under_zero3_saves_a_complete_adapter_and_the_merged_model(tmp_path
 
 
 def test_deepspeed_is_imported_only_when_a_preset_uses_it():
-    code = "import sys, sft_chat, dpo, synth_data, common.training, common.checkpoint; print('deepspeed' in sys.modules)"
+    code = "import sys, sft_chat, dpo, grpo, synth_data, common.training, common.checkpoint; print('deepspeed' in sys.modules)"
     result = run([sys.executable, "-c", code])
     assert result.returncode == 0 and result.stdout.strip().endswith("False"), result.stderr[-2000:]

@@ -114,4 +114,26 @@ def test_shipped_recipes_are_valid_overrides():
         assert os.path.relpath(recipe, root) in launches, recipe
         script = importlib.import_module(launches[os.path.relpath(recipe, root)])
         params = apply_overrides(script.PARAMS, ["--config", recipe])
-        assert params["model"] != script.PARAMS["model"], recipe
+        assert params != script.PARAMS, recipe
+
+
+@pytest.mark.parametrize("script, override, message", [
+    ("dpo", "loss_type=dapo", "loss_type='dapo' is not one of"),
+    ("grpo", "loss_type=sigmoid", "loss_type='sigmoid' is not one of"),
+    ("dpo", "beta=0", "beta=0.0 must be > 0"),
+    ("grpo", "temperature=0", "temperature=0.0 must be > 0"),
+    ("grpo", "loss_type=dr_grpo", None),
+    ("grpo", "beta=0", None),
+    ("synth_data", "temperature=0", None),
+])
+def test_a_key_checked_by_the_script_that_owns_it(script, override, message):
+    """loss_type, beta and temperature mean other things in grpo.py: its own choices and bounds apply there."""
+    import importlib
+
+    defaults = importlib.import_module(script).PARAMS
+    if message is None:
+        key, value = override.split("=")
+        assert apply_overrides(defaults, [override])[key] == yaml.safe_load(value)
+    else:
+        with pytest.raises(UserError, match=message):
+            apply_overrides(defaults, [override])

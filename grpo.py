@@ -1,0 +1,173 @@
+"""Reinforcement learning on verifiable rewards (GRPO and its variants: DAPO, Dr. GRPO, GSPO) on TRL's GRPOTrainer.
+
+    accelerate launch sft_chat.py --config configs/recipes/grpo-warmup.yaml && accelerate launch grpo.py   # the example task
+    accelerate launch grpo.py model=outputs/my_sft/final data=my_prompts.jsonl rewards=[my_rewards.py:correct]
+    accelerate launch grpo.py loss_type=grpo scale_rewards=none            # Dr. GRPO; importance_sampling_level=sequence: GSPO
+    accelerate launch --config_file configs/accelerate/zero3.yaml --num_processes 8 grpo.py use_vllm=true  # 8 GPUs
+    accelerate launch --config_file configs/accelerate/ddp.yaml grpo.py   # two CPU processes
+    python grpo.py dry_run=true                                            # preview the prompts, train nothing
+
+Each step samples num_generations completions per prompt, scores each with the rewards, and moves the policy toward
+the completions that beat their group's mean. A reward is a Python function `fn(row, completion) -> float or bool`:
+`row` is the prompt's source row (a chat row's last assistant turn is its reference; a {"prompt", ...} row keeps any
+field), `completion` the generated answer alone, as text (for a row with tools, the parsed assistant message).
+Held-out exact match is printed before and after. Outputs: params.yaml, data_report.json, metrics.jsonl (reward,
+reward_std, frac_reward_zero_std, completion lengths, clip ratios, kl when beta > 0), loss.png, checkpoint-N/, final/.
+"""
+
+import os
+from functools import partial
+
+from common.chat_templates import rejects_system
+from common.checkpoint import export_final, start_run
+from common.cleaning import CLEAN_DEFAULTS
+from common.data import DataReport
+from common.distributed import is_main, shutdown
+from common.errors import UserError, exit_on_user_error
+from common.evaluate import saved_template
+from common.models import apply_lora, load_model, load_tokenizer
+from common.params import resolve, save_params
+from common.prepare import Recipe, prepare
+from common.prompts import prompt_example, write_prompt_preview
+from common.rewards import Reward, load_rewards
+from common.synthesis import prompt_problem
+from common.tracking import plot_loss
+from common.training import grpo_trainer
+
+PARAMS = dict(
+    model="outputs/sft_chat_warmup/final",  # the warm-up run's output (configs/recipes/grpo-warmup.yaml); any hub id or folder
+    data=["data/examples/chat_train.jsonl"],  # prompt rows: chat rows (last assistant turn = reference) or {"prompt", ...}
+    test_data="data/examples/chat_test.jsonl",  # held-out exact match before and after ("" to skip)
+    output_dir="outputs/grpo",
+    rewards=["data/examples/verify.py:verify"],  # module:function or path/file.py:function, each fn(row, completion)
+    reward_weights=[],  # one weight per reward; empty: all 1.0
+    num_generations=8,  # completions per prompt: a group, whose mean reward is the baseline
+    max_completion_length=64,  # tokens generated per completion
+    max_length=512,  # prompt + completion; longer prompts are left out and counted
+    temperature=1.0,
+    top_p=1.0,
+    beta=0.0,  # KL penalty to the reference; 0: no reference model (DAPO, Dr. GRPO); under LoRA the reference is the base
+    loss_type="dapo",  # TRL's: dapo, grpo, dr_grpo, bnpo, cispo, sapo, luspo, vespo
+    importance_sampling_level="token",  # or "sequence" (GSPO)
+    epsilon=0.2,  # clip range below 1
+    epsilon_high=0.28,  # clip range above 1 (DAPO's clip-higher; 0: epsilon)
+    num_iterations=1,  # policy updates per generated batch (above 1, the clip ranges matter)
+    scale_rewards="group",  # divide advantages by the group's reward std; "batch", or "none" (Dr. GRPO)
+    top_entropy_quantile=1.0,  # train on this share of each batch's highest-entropy tokens (the forks); 1.0: all tokens
+    mask_truncated_completions=False,  # completions cut at max_completion_length take no part in the loss
+    num_epochs=4.0,  # 662 steps of 8 prompts on the example task, about 7.5 minutes on two CPU cores (BENCHMARKS.md)
+    max_steps=-1,  # -1: run num_epochs
+    learning_rate=3e-4,  # for the 1M-parameter built-in model; real models want ~1e-6 (full) or ~1e-5 (LoRA)
+    lr_scheduler="constant",
+    warmup=0.015,  # a fraction of all steps (10 of the default 662), or a step count
+    weight_decay=0.0,
+    adam_beta2=0.99,
+    max_grad_norm=1.0,
+    batch_size=64,  # completions per device micro-step (TRL's per_device_train_batch_size): 8 prompts of 8
+    grad_accum=1,  # micro-steps per optimizer step; one generation batch feeds them all
+    dtype="auto",  # auto: bf16 on a GPU that has it, fp32 on CPU
+    activation_checkpointing=False,
+    use_vllm=False,  # GPU only: generate with vLLM (pip install vllm)
+    vllm_mode="colocate",  # or "server": a `trl vllm-serve` process at vllm_server_base_url
+    vllm_server_base_url="",
+    vllm_gpu_memory_utilization=0.3,  # colocate: the share of GPU memory vLLM takes
+    seed=42,
+    logging_steps=5,
+    save_steps=50,
+    save_total_limit=2,
+    resume=False,  # continue from the newest complete checkpoint in output_dir
+    overwrite=False,  # replace a finished run in output_dir
+    dry_run=False,  # write data_preview.jsonl (the prompts as rendered), print one, train nothing
+    report_to="auto",  # auto: wandb when WANDB_PROJECT is set
+    progress_bar=True,
+    on_bad_rows="error",  # or "skip": drop and count them in data_report.json
+    num_proc=0,  # processes that prepare the data (0: every core available to this process)
+    data_cache_dir="outputs/data_cache",  # prepared prompts keyed by data, tokenizer and settings
+    clean=dict(CLEAN_DEFAULTS),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning"; clean.enabled=false)
+    trust_remote_code=False,
+    lora=dict(
+        enabled=False,
+        r=16,
+        alpha=32,
+        dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        merge=True,  # final/ holds the merged model; false: the adapter
+    ),
+)
+
+
+def held_out(model, tokenizer, params: dict, stage: str) -> None:
+    """Print the held-out exact match of greedy answers (common.evaluate)."""
+    import torch
+
+    from common.evaluate import exact_match_of, read_examples
+
+    if params["test_data"]:
+        model = model.to("cuda") if torch.cuda.is_available() else model
+        accuracy = exact_match_of(model, tokenizer, read_examples(params["test_data"]), template=saved_template(params["model"]))
+        print(f"{stage}: held-out exact match {accuracy:.1%} on {params['test_data']}", flush=True)
+
+
+@exit_on_user_error
+def main(params: dict, trainer_class=None, row_hook=None) -> None:
+    out = params["output_dir"]
+    if params["model"] == PARAMS["model"] and not os.path.isdir(params["model"]):
+        raise UserError(f"model folder not found: {params['model']} (run `accelerate launch sft_chat.py --config "
+                        "configs/recipes/grpo-warmup.yaml` first, or set model=)")
+    if params["use_vllm"] and not __import__("torch").cuda.is_available():
+        raise UserError("use_vllm=true needs a GPU; on CPU the policy generates with transformers (use_vllm=false)")
+    functions = load_rewards(params["rewards"], params["reward_weights"])
+    resume_from = start_run(params)
+
+    # Data: prompts checked, cleaned and rendered once with the model's chat template and each row's tools, in Arrow
+    # on every core (common/prepare.py); each keeps its source row for the rewards
+    report = DataReport()
+    tokenizer = load_tokenizer(params["model"], params["trust_remote_code"])
+    max_prompt = params["max_length"] - params["max_completion_length"]
+    if max_prompt < 1:
+        raise UserError(f"max_length={params['max_length']} leaves no room for a prompt beside "
+                        f"max_completion_length={params['max_completion_length']}")
+    examples = partial(prompt_example, tokenizer, saved_template(params["model"]), rejects_system(tokenizer), max_prompt)
+    recipe = Recipe("grpo", prompt_problem, examples, hook=row_hook, columns=("prompt", "row", "where"))
+    prompts = prepare({**params, "eval_data": []}, recipe, tokenizer, report).train
+    if not len(prompts):
+        raise UserError("no prompts left after checks (see data_report.json)")
+    report.counts["train_prompts"] = len(prompts)
+    if is_main():
+        save_params(params, out)
+        report.write(out)
+    if params["dry_run"]:
+        if is_main():
+            write_prompt_preview(tokenizer, prompts, out)
+        return shutdown()
+    per_step = params["batch_size"] * int(os.environ.get("WORLD_SIZE", "1")) * params["grad_accum"] // params["num_generations"]
+    if len(prompts) < per_step:  # TRL's sampler would make no step and the run would end untrained
+        raise UserError(f"{len(prompts)} prompts, fewer than the {per_step} that one step takes "
+                        "(batch_size x processes x grad_accum / num_generations); add rows or lower batch_size")
+
+    # Model: full fine-tuning (a reference copy only when beta > 0), or LoRA whose disabled adapter is the reference
+    lora = params["lora"]["enabled"]
+    model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"], frozen=lora)
+    eos_ids = model.generation_config.eos_token_id
+    if is_main() and not resume_from:
+        held_out(model, tokenizer, params, "before")
+    if lora:
+        model = apply_lora(model, params["lora"], [])
+
+    rewards = [Reward(spec, fn, tokenizer) for spec, fn in zip(params["rewards"], functions)]
+    trainer = grpo_trainer(params, model, tokenizer, prompts, rewards, trainer_class, not tokenizer.chat_template)
+    trainer.train(resume_from_checkpoint=resume_from)
+
+    eos_ids = eos_ids if isinstance(eos_ids, list) else [eos_ids if eos_ids is not None else tokenizer.eos_token_id]
+    final = export_final(trainer, tokenizer, out, eos_ids, params["lora"]["merge"])
+    if is_main():
+        plot_loss(out)
+        print(f"saved {final}")
+        from common.evaluate import load_plain
+
+        held_out(load_plain(final), tokenizer, params, "after")
+    shutdown()
+
+
+if __name__ == "__main__":
+    main(resolve(PARAMS))
