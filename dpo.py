@@ -20,7 +20,7 @@ import os
 from functools import partial
 
 from common.chat_templates import chat_spec, use_training_template
-from common.checkpoint import export_final, start_run
+from common.checkpoint import export_final, start_run, stop_ids
 from common.cleaning import CLEAN_DEFAULTS
 from common.data import DataReport
 from common.distributed import is_main, shutdown
@@ -150,7 +150,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     # Model: full fine-tuning, or LoRA whose disabled adapter is the reference
     lora = params["lora"]["enabled"]
     model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"], frozen=lora)
-    eos_ids = model.generation_config.eos_token_id
+    stops = stop_ids(model, tokenizer)
     before = held_out(model, tokenizer, chat, params, "before") if is_main() and not resume_from else None
     if lora:
         model = apply_lora(model, params["lora"], [])
@@ -158,8 +158,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     trainer = dpo_trainer(params, model, tokenizer, train, evals, trainer_class)
     trainer.train(resume_from_checkpoint=resume_from)
 
-    eos_ids = eos_ids if isinstance(eos_ids, list) else [eos_ids if eos_ids is not None else tokenizer.eos_token_id]
-    final = export_final(trainer, tokenizer, out, eos_ids, params["lora"]["merge"])
+    final = export_final(trainer, tokenizer, out, stops, params["lora"]["merge"])
     if is_main():
         plot_loss(out)
         print(f"saved {final}")

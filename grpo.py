@@ -19,7 +19,7 @@ import os
 from functools import partial
 
 from common.chat_templates import rejects_system
-from common.checkpoint import export_final, start_run
+from common.checkpoint import export_final, start_run, stop_ids
 from common.cleaning import CLEAN_DEFAULTS
 from common.data import DataReport
 from common.distributed import is_main, shutdown
@@ -55,11 +55,11 @@ PARAMS = dict(
     scale_rewards="group",  # divide advantages by the group's reward std; "batch", or "none" (Dr. GRPO)
     top_entropy_quantile=1.0,  # train on this share of each batch's highest-entropy tokens (the forks); 1.0: all tokens
     mask_truncated_completions=False,  # completions cut at max_completion_length take no part in the loss
-    num_epochs=4.0,  # 662 steps of 8 prompts on the example task, about 7.5 minutes on two CPU cores (BENCHMARKS.md)
+    num_epochs=4.0,  # 660 steps of 8 prompts on the example task: 421 s of training on two CPU cores (BENCHMARKS.md)
     max_steps=-1,  # -1: run num_epochs
     learning_rate=3e-4,  # for the 1M-parameter built-in model; real models want ~1e-6 (full) or ~1e-5 (LoRA)
     lr_scheduler="constant",
-    warmup=0.015,  # a fraction of all steps (10 of the default 662), or a step count
+    warmup=0.0,  # a fraction of all steps, or a step count (the constant schedule has none: constant_with_warmup)
     weight_decay=0.0,
     adam_beta2=0.99,
     max_grad_norm=1.0,
@@ -148,7 +148,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     # Model: full fine-tuning (a reference copy only when beta > 0), or LoRA whose disabled adapter is the reference
     lora = params["lora"]["enabled"]
     model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"], frozen=lora)
-    eos_ids = model.generation_config.eos_token_id
+    stops = stop_ids(model, tokenizer)
     if is_main() and not resume_from:
         held_out(model, tokenizer, params, "before")
     if lora:
@@ -158,8 +158,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     trainer = grpo_trainer(params, model, tokenizer, prompts, rewards, trainer_class, not tokenizer.chat_template)
     trainer.train(resume_from_checkpoint=resume_from)
 
-    eos_ids = eos_ids if isinstance(eos_ids, list) else [eos_ids if eos_ids is not None else tokenizer.eos_token_id]
-    final = export_final(trainer, tokenizer, out, eos_ids, params["lora"]["merge"])
+    final = export_final(trainer, tokenizer, out, stops, params["lora"]["merge"])
     if is_main():
         plot_loss(out)
         print(f"saved {final}")

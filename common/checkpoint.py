@@ -143,6 +143,13 @@ def _untied_copy(state_dict: dict) -> dict:
     return copy
 
 
+def stop_ids(model, tokenizer) -> list[int]:
+    """The ids a loaded model's generation_config stops at (its tokenizer's eos when it names none), as a list, so
+    final/ keeps stopping where the model it started from stopped."""
+    ids = model.generation_config.eos_token_id
+    return ids if isinstance(ids, list) else [ids if ids is not None else tokenizer.eos_token_id]
+
+
 def export_final(trainer, tokenizer, output_dir: str, eos_ids: list[int], merge_lora: bool = True, extra_files=None) -> str:
     """Write output_dir/final: a plain Hugging Face folder (merged when LoRA), written whole then renamed.
 

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import torch
 from jinja2 import TemplateError
 
-from common.chat_templates import fold_system, rejects_system
+from common.chat_templates import fold_system, rejects_system, render
 from common.errors import UserError
 from common.evaluate import until_stop
 from common.request_cache import RequestCache, request_key
@@ -149,8 +149,8 @@ class HFBackend:
 
     def _render(self, request: Request) -> str:
         try:
-            return self.tokenizer.apply_chat_template(fold_system(request.prompt) if self.fold else request.prompt,
-                                                      tools=request.tools, add_generation_prompt=True, tokenize=False)
+            return render(self.tokenizer, fold_system(request.prompt) if self.fold else request.prompt, generation_prompt=True,
+                          tools=request.tools)
         except TemplateError as e:
             raise UserError(f"the chat template of {self.model} rejects a prompt: {e}") from None
 

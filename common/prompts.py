@@ -9,7 +9,7 @@ import json
 
 from jinja2 import TemplateError
 
-from common.chat_templates import fold_system
+from common.chat_templates import fold_system, render
 from common.errors import RowProblem
 from common.prepare import Dropped
 from common.synthesis import prompt_of
@@ -23,8 +23,8 @@ def prompt_example(tokenizer, template: str, fold: bool, max_prompt_tokens: int,
     if tokenizer.chat_template:
         messages = prompt_of(row)
         try:
-            text = tokenizer.apply_chat_template(fold_system(messages) if fold else messages, tools=normalize_tools(row.get("tools")) or None,
-                                                 add_generation_prompt=True, tokenize=False)
+            text = render(tokenizer, fold_system(messages) if fold else messages, generation_prompt=True,
+                          tools=normalize_tools(row.get("tools")))
         except TemplateError as e:
             raise RowProblem(f"the chat template rejects the prompt: {e}") from None
     elif isinstance(row.get("prompt"), str):
