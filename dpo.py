@@ -27,8 +27,8 @@ from common.distributed import is_main, shutdown
 from common.errors import UserError, exit_on_user_error
 from common.models import apply_lora, load_model, load_tokenizer
 from common.params import resolve, save_params
-from common.prepare import Recipe, prepare
 from common.preference import as_chat, plain_row_problem, preference_example, write_preference_preview
+from common.prepare import Recipe, prepare
 from common.tracking import plot_loss
 from common.training import dpo_trainer
 
@@ -73,7 +73,9 @@ PARAMS = dict(
     on_bad_rows="error",  # or "skip": drop and count them in data_report.json
     num_proc=0,  # processes that prepare the data (0: every core available to this process)
     data_cache_dir="outputs/data_cache",  # prepared (tokenized, packed) data keyed by data, tokenizer and settings
-    clean=dict(CLEAN_DEFAULTS),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning"; clean.enabled=false)
+    clean=dict(
+        CLEAN_DEFAULTS
+    ),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning"; clean.enabled=false)
     trust_remote_code=False,
     lora=dict(
         enabled=False,
@@ -103,7 +105,7 @@ def held_out(model, tokenizer, chat, params: dict, stage: str, margins_before=No
         margins = preference_margins(model, tokenizer, rows, chat)
         line = f"{stage}: held-out preference accuracy {sum(m > 0 for m in margins) / len(margins):.1%}"
         if margins_before:
-            grew = sum(a > b for a, b in zip(margins, margins_before)) / len(margins)
+            grew = sum(a > b for a, b in zip(margins, margins_before, strict=False)) / len(margins)
             line += f", reward accuracy {grew:.1%} (margin grew)"
         print(f"{line} on {params['test_data']}", flush=True)
     if params["exact_match_data"]:
@@ -116,8 +118,9 @@ def held_out(model, tokenizer, chat, params: dict, stage: str, margins_before=No
 def main(params: dict, trainer_class=None, row_hook=None) -> None:
     out = params["output_dir"]
     if params["model"] == PARAMS["model"] and not os.path.isdir(params["model"]):
-        raise UserError(f"model folder not found: {params['model']} (run `accelerate launch sft_chat.py` first, "
-                        "or set model=)")
+        raise UserError(
+            f"model folder not found: {params['model']} (run `accelerate launch sft_chat.py` first, or set model=)"
+        )
     resume_from = start_run(params, ("test_data", "exact_match_data"))
 
     # Data: read and check the pairs, then render each whole with the model's chat template (the training variant
@@ -129,9 +132,13 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     if tokenizer.chat_template or params["chat_template"]:
         chat = chat_spec(tokenizer, use_training_template(tokenizer, params["chat_template"]), params["reasoning"])
         report.counts["chat_template"] = chat.source
-    recipe = Recipe("dpo", partial(plain_row_problem, chat is not None),
-                    partial(preference_example, tokenizer, chat, params["max_length"]), hook=row_hook,
-                    columns=("prompt_ids", "chosen_ids", "rejected_ids"))
+    recipe = Recipe(
+        "dpo",
+        partial(plain_row_problem, chat is not None),
+        partial(preference_example, tokenizer, chat, params["max_length"]),
+        hook=row_hook,
+        columns=("prompt_ids", "chosen_ids", "rejected_ids"),
+    )
     data = prepare(params, recipe, tokenizer, report)
     train, evals = data.train, data.eval
     if not len(train):

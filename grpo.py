@@ -36,7 +36,9 @@ from common.training import grpo_trainer
 
 PARAMS = dict(
     model="outputs/sft_chat_warmup/final",  # the warm-up run's output (configs/recipes/grpo-warmup.yaml); any hub id or folder
-    data=["data/examples/chat_train.jsonl"],  # prompt rows: chat rows (last assistant turn = reference) or {"prompt", ...}
+    data=[
+        "data/examples/chat_train.jsonl"
+    ],  # prompt rows: chat rows (last assistant turn = reference) or {"prompt", ...}
     test_data="data/examples/chat_test.jsonl",  # held-out exact match before and after ("" to skip)
     output_dir="outputs/grpo",
     rewards=["data/examples/verify.py:verify"],  # module:function or path/file.py:function, each fn(row, completion)
@@ -83,7 +85,9 @@ PARAMS = dict(
     on_bad_rows="error",  # or "skip": drop and count them in data_report.json
     num_proc=0,  # processes that prepare the data (0: every core available to this process)
     data_cache_dir="outputs/data_cache",  # prepared prompts keyed by data, tokenizer and settings
-    clean=dict(CLEAN_DEFAULTS),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning"; clean.enabled=false)
+    clean=dict(
+        CLEAN_DEFAULTS
+    ),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning"; clean.enabled=false)
     trust_remote_code=False,
     lora=dict(
         enabled=False,
@@ -104,7 +108,9 @@ def held_out(model, tokenizer, params: dict, stage: str) -> None:
 
     if params["test_data"]:
         model = model.to("cuda") if torch.cuda.is_available() else model
-        accuracy = exact_match_of(model, tokenizer, read_examples(params["test_data"]), template=saved_template(params["model"]))
+        accuracy = exact_match_of(
+            model, tokenizer, read_examples(params["test_data"]), template=saved_template(params["model"])
+        )
         print(f"{stage}: held-out exact match {accuracy:.1%} on {params['test_data']}", flush=True)
 
 
@@ -112,8 +118,10 @@ def held_out(model, tokenizer, params: dict, stage: str) -> None:
 def main(params: dict, trainer_class=None, row_hook=None) -> None:
     out = params["output_dir"]
     if params["model"] == PARAMS["model"] and not os.path.isdir(params["model"]):
-        raise UserError(f"model folder not found: {params['model']} (run `accelerate launch sft_chat.py --config "
-                        "configs/recipes/grpo-warmup.yaml` first, or set model=)")
+        raise UserError(
+            f"model folder not found: {params['model']} (run `accelerate launch sft_chat.py --config "
+            "configs/recipes/grpo-warmup.yaml` first, or set model=)"
+        )
     if params["use_vllm"] and not __import__("torch").cuda.is_available():
         raise UserError("use_vllm=true needs a GPU; on CPU the policy generates with transformers (use_vllm=false)")
     functions = load_rewards(params["rewards"], params["reward_weights"])
@@ -125,9 +133,13 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     tokenizer = load_tokenizer(params["model"], params["trust_remote_code"])
     max_prompt = params["max_length"] - params["max_completion_length"]
     if max_prompt < 1:
-        raise UserError(f"max_length={params['max_length']} leaves no room for a prompt beside "
-                        f"max_completion_length={params['max_completion_length']}")
-    examples = partial(prompt_example, tokenizer, saved_template(params["model"]), rejects_system(tokenizer), max_prompt)
+        raise UserError(
+            f"max_length={params['max_length']} leaves no room for a prompt beside "
+            f"max_completion_length={params['max_completion_length']}"
+        )
+    examples = partial(
+        prompt_example, tokenizer, saved_template(params["model"]), rejects_system(tokenizer), max_prompt
+    )
     recipe = Recipe("grpo", prompt_problem, examples, hook=row_hook, columns=("prompt", "row", "where"))
     prompts = prepare({**params, "eval_data": []}, recipe, tokenizer, report).train
     if not len(prompts):
@@ -140,10 +152,17 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
         if is_main():
             write_prompt_preview(tokenizer, prompts, out)
         return shutdown()
-    per_step = params["batch_size"] * int(os.environ.get("WORLD_SIZE", "1")) * params["grad_accum"] // params["num_generations"]
+    per_step = (
+        params["batch_size"]
+        * int(os.environ.get("WORLD_SIZE", "1"))
+        * params["grad_accum"]
+        // params["num_generations"]
+    )
     if len(prompts) < per_step:  # TRL's sampler would make no step and the run would end untrained
-        raise UserError(f"{len(prompts)} prompts, fewer than the {per_step} that one step takes "
-                        "(batch_size x processes x grad_accum / num_generations); add rows or lower batch_size")
+        raise UserError(
+            f"{len(prompts)} prompts, fewer than the {per_step} that one step takes "
+            "(batch_size x processes x grad_accum / num_generations); add rows or lower batch_size"
+        )
 
     # Model: full fine-tuning (a reference copy only when beta > 0), or LoRA whose disabled adapter is the reference
     lora = params["lora"]["enabled"]
@@ -154,7 +173,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     if lora:
         model = apply_lora(model, params["lora"], [])
 
-    rewards = [Reward(spec, fn, tokenizer) for spec, fn in zip(params["rewards"], functions)]
+    rewards = [Reward(spec, fn, tokenizer) for spec, fn in zip(params["rewards"], functions, strict=False)]
     trainer = grpo_trainer(params, model, tokenizer, prompts, rewards, trainer_class, not tokenizer.chat_template)
     trainer.train(resume_from_checkpoint=resume_from)
 

@@ -17,7 +17,13 @@ final/ (a plain Hugging Face folder whose generation_config stops at the end-of-
 from functools import partial
 
 from common.batching import choose_packing, dry_run
-from common.chat_format import FUNCTION_TOKENS_FILE, chat_row_problem, end_of_turn_ids, prepare_tokenizer, use_function_tokens
+from common.chat_format import (
+    FUNCTION_TOKENS_FILE,
+    chat_row_problem,
+    end_of_turn_ids,
+    prepare_tokenizer,
+    use_function_tokens,
+)
 from common.chat_masks import chat_example
 from common.checkpoint import export_final, start_run
 from common.cleaning import CLEAN_DEFAULTS
@@ -29,7 +35,6 @@ from common.params import resolve, save_params
 from common.prepare import Recipe, prepare
 from common.tracking import plot_loss
 from common.training import sft_trainer
-
 
 PARAMS = dict(
     model="builtin:tiny",  # a hub id, a local folder, or builtin:tiny (random init, tokenizer in common/)
@@ -70,7 +75,9 @@ PARAMS = dict(
     on_bad_rows="error",  # or "skip": drop and count them in data_report.json
     num_proc=0,  # processes that prepare the data (0: every core available to this process)
     data_cache_dir="outputs/data_cache",  # prepared (tokenized, packed) data keyed by data, tokenizer and settings
-    clean=dict(CLEAN_DEFAULTS),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning"; clean.enabled=false)
+    clean=dict(
+        CLEAN_DEFAULTS
+    ),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning"; clean.enabled=false)
     trust_remote_code=False,
     lora=dict(
         enabled=False,
@@ -98,8 +105,14 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     if is_main():
         print(f"chat template: {chat.source}", flush=True)
     packing = choose_packing(params["packing"])
-    recipe = Recipe("sft_chat", chat_row_problem, partial(chat_example, tokenizer, chat, params["loss_on"]),
-                    lambda names, report: use_function_tokens(tokenizer, chat, params, names, report), packing, row_hook)
+    recipe = Recipe(
+        "sft_chat",
+        chat_row_problem,
+        partial(chat_example, tokenizer, chat, params["loss_on"]),
+        lambda names, report: use_function_tokens(tokenizer, chat, params, names, report),
+        packing,
+        row_hook,
+    )
     data = prepare(params, recipe, tokenizer, report)
     train_set, eval_set, functions = data.train, data.eval, data.extra
     if not len(train_set):
@@ -122,15 +135,23 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     trainer = sft_trainer(params, model, tokenizer, train_set, eval_set, packing, trainer_class)
     trainer.train(resume_from_checkpoint=resume_from)
 
-    final = export_final(trainer, tokenizer, out, end_of_turn_ids(tokenizer, params["chat_format"], chat), params["lora"]["merge"],
-                         {FUNCTION_TOKENS_FILE: functions} if functions else None)
+    final = export_final(
+        trainer,
+        tokenizer,
+        out,
+        end_of_turn_ids(tokenizer, params["chat_format"], chat),
+        params["lora"]["merge"],
+        {FUNCTION_TOKENS_FILE: functions} if functions else None,
+    )
     if is_main():
         plot_loss(out)
         print(f"saved {final}")
         if params["test_data"]:
             from common.evaluate import exact_match
 
-            print(f"held-out exact match: {exact_match(final, params['test_data'], show=3):.1%} on {params['test_data']}")
+            print(
+                f"held-out exact match: {exact_match(final, params['test_data'], show=3):.1%} on {params['test_data']}"
+            )
     shutdown()
 
 

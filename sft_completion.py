@@ -64,7 +64,9 @@ PARAMS = dict(
     on_bad_rows="error",  # or "skip": drop and count them in data_report.json
     num_proc=0,  # processes that prepare the data (0: every core available to this process)
     data_cache_dir="outputs/data_cache",  # prepared (tokenized, packed) data keyed by data, tokenizer and settings
-    clean=dict(CLEAN_DEFAULTS),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning"; clean.enabled=false)
+    clean=dict(
+        CLEAN_DEFAULTS
+    ),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning"; clean.enabled=false)
     trust_remote_code=False,
     lora=dict(
         enabled=False,
@@ -90,8 +92,13 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     if tokenizer.pad_token is None:  # harmless here: labels are set before padding, so EOS keeps its loss
         tokenizer.pad_token = tokenizer.eos_token
     packing = choose_packing(params["packing"])
-    recipe = Recipe("sft_completion", completion_row_problem, partial(completion_example, tokenizer, template,
-                                                                      params["max_length"]), packing=packing, hook=row_hook)
+    recipe = Recipe(
+        "sft_completion",
+        completion_row_problem,
+        partial(completion_example, tokenizer, template, params["max_length"]),
+        packing=packing,
+        hook=row_hook,
+    )
     data = prepare(params, recipe, tokenizer, report)
     train_set, eval_set = data.train, data.eval
     if not len(train_set):
@@ -121,7 +128,9 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
         if params["test_data"]:
             from common.evaluate import exact_match
 
-            print(f"held-out exact match: {exact_match(final, params['test_data'], show=3):.1%} on {params['test_data']}")
+            print(
+                f"held-out exact match: {exact_match(final, params['test_data'], show=3):.1%} on {params['test_data']}"
+            )
     shutdown()
 
 

@@ -28,17 +28,32 @@ from common.data import DataReport, Row, check_rows, load_sources, write_rows
 from common.errors import UserError, exit_on_user_error
 from common.generation import Request, Tally, generate, make_backend, sampling_of
 from common.models import load_tokenizer
-from common.reasoning import strip_reasoning
 from common.params import CHOICES, resolve, save_params
+from common.reasoning import strip_reasoning
 from common.request_cache import RequestCache
-from common.synthesis import (answer_message, answer_text, best_and_worst, judge_rubric_reply, last_request, load_function,
-                              magpie_prefix, novel, prompt_of, prompt_problem, reward_scores, self_instruct_prompts,
-                              shared_tools, with_tools)
+from common.synthesis import (
+    answer_message,
+    answer_text,
+    best_and_worst,
+    judge_rubric_reply,
+    last_request,
+    load_function,
+    magpie_prefix,
+    novel,
+    prompt_of,
+    prompt_problem,
+    reward_scores,
+    self_instruct_prompts,
+    shared_tools,
+    with_tools,
+)
 from common.tool_calls import normalize_tools, tool_names
 
 PARAMS = dict(
     stages=["preferences", "clean"],  # any of instructions, responses, preferences, clean (in that order)
-    data=["data/examples/chat_train.jsonl"],  # seed requests or prompts: chat rows (a last assistant turn is the reference) or {"prompt"}
+    data=[
+        "data/examples/chat_train.jsonl"
+    ],  # seed requests or prompts: chat rows (a last assistant turn is the reference) or {"prompt"}
     test_data="data/examples/chat_test.jsonl",  # held out: the clean stage drops rows that overlap it ("" to skip)
     output_dir="outputs/synth_data",
     backend="hf",  # hf (local transformers), vllm (offline, GPU), openai (any OpenAI-compatible endpoint)
@@ -64,7 +79,7 @@ PARAMS = dict(
     verifier="data/examples/verify.py:verify",  # fn(row, answer) -> bool or number; answer is a message for rows with tools
     judge_model="",  # llm: a model on the same backend; reward_model: an AutoModelForSequenceClassification
     rubric="Rate from 1 to 10 how well the answer serves the request. Reply with the number only.\n"
-           "Request: {prompt}\nAnswer: {answer}",
+    "Request: {prompt}\nAnswer: {answer}",
     seed=42,
     progress_bar=True,
     on_bad_rows="error",  # or "skip": drop and count them in data_report.json
@@ -80,8 +95,15 @@ def check(params: dict) -> list[str]:
     if not stages or stages != sorted(stages, key=order.index) or len(set(stages)) < len(stages):
         raise UserError(f"stages={stages} must be a non-empty subset of {list(order)} in that order")
     generating = stages != ["clean"]
-    if generating and params["backend"] != "openai" and params["model"] == PARAMS["model"] and not os.path.isdir(params["model"]):
-        raise UserError(f"model folder not found: {params['model']} (run `accelerate launch sft_chat.py` first, or set model=)")
+    if (
+        generating
+        and params["backend"] != "openai"
+        and params["model"] == PARAMS["model"]
+        and not os.path.isdir(params["model"])
+    ):
+        raise UserError(
+            f"model folder not found: {params['model']} (run `accelerate launch sft_chat.py` first, or set model=)"
+        )
     if params["test_data"] and not os.path.isfile(params["test_data"]):
         raise UserError(f"test_data file not found: {params['test_data']} (test_data= skips it)")
     if "preferences" in stages and params["judge"] == "verifier":
@@ -91,7 +113,9 @@ def check(params: dict) -> list[str]:
     return stages
 
 
-def score(params: dict, backend, prompts: list, tools: list, answers: list[list[dict]], rows: list[Row], gen) -> list[list[float]]:
+def score(
+    params: dict, backend, prompts: list, tools: list, answers: list[list[dict]], rows: list[Row], gen
+) -> list[list[float]]:
     """The judge's score of every answer of every prompt (of the answer alone, without its reasoning, unless
     keep_reasoning=true). The verifier gets the answer's text, or for a row with tools the whole message."""
     if not params["keep_reasoning"]:
@@ -99,18 +123,26 @@ def score(params: dict, backend, prompts: list, tools: list, answers: list[list[
     if params["judge"] == "verifier":
         verify = load_function(params["verifier"], "verifier")
         try:
-            return [[float(verify(row.data, a if row_tools else a["content"])) for a in row_answers]
-                    for row, row_tools, row_answers in zip(rows, tools, answers)]
+            return [
+                [float(verify(row.data, a if row_tools else a["content"])) for a in row_answers]
+                for row, row_tools, row_answers in zip(rows, tools, answers, strict=False)
+            ]
         except Exception as e:  # the user's function: say where it broke, in one line
             raise UserError(f"verifier {params['verifier']} failed: {type(e).__name__}: {e}") from None
-    flat = [(p, t, a) for p, t, row_answers in zip(prompts, tools, answers) for a in row_answers]
+    flat = [(p, t, a) for p, t, row_answers in zip(prompts, tools, answers, strict=False) for a in row_answers]
     if params["judge"] == "reward_model":
         scores = reward_scores(params["judge_model"], flat, params["trust_remote_code"])
     else:
-        judge = backend if params["judge_model"] == params["model"] else make_backend({**params, "model": params["judge_model"]})
+        judge = (
+            backend
+            if params["judge_model"] == params["model"]
+            else make_backend({**params, "model": params["judge_model"]})
+        )
         rubric = params["rubric"]
-        asks = [Request([{"role": "user", "content": rubric.format(prompt=answer_text(p[-1]), answer=answer_text(a))}], 0)
-                for p, _, a in flat]
+        asks = [
+            Request([{"role": "user", "content": rubric.format(prompt=answer_text(p[-1]), answer=answer_text(a))}], 0)
+            for p, _, a in flat
+        ]
         replies = gen(judge, asks, {**sampling_of(params), "temperature": 0.0}, "judge")
         scores = [judge_rubric_reply(replies[r.key]["text"]) for r in asks]
     per = params["num_samples"]
@@ -137,7 +169,7 @@ def main(params: dict) -> None:
     def answers_of(rows):  # prompts, tools and num_samples answer messages per row, in row order
         prompts = [prompt_of(r.data, params["system_prompt"]) for r in rows]
         tools = [normalize_tools(r.data.get("tools")) for r in rows]
-        requests = [Request(p, s, t or None) for p, t in zip(prompts, tools) for s in range(params["num_samples"])]
+        requests = [Request(p, s, t or None) for p, t in zip(prompts, tools, strict=False) for s in range(params["num_samples"])]
         results = gen(backend, requests, sampling, "answers")
         messages = [answer_message(results[r.key], set(tool_names(r.tools))) for r in requests]
         per = params["num_samples"]
@@ -148,40 +180,59 @@ def main(params: dict) -> None:
         if "instructions" in stages:
             seeds, wanted = [last_request(r.data) for r in rows], params["num_instructions"] * ATTEMPTS_PER_INSTRUCTION
             if params["instruction_style"] == "magpie":
-                tokenizer = getattr(backend, "tokenizer", None) or load_tokenizer(params["model"], params["trust_remote_code"])
+                tokenizer = getattr(backend, "tokenizer", None) or load_tokenizer(
+                    params["model"], params["trust_remote_code"]
+                )
                 prefix = magpie_prefix(tokenizer, params["system_prompt"])
                 requests = [Request(prefix, i) for i in range(wanted)]
             else:
                 prompts = self_instruct_prompts(seeds, wanted, params["examples_per_prompt"], params["seed"])
                 requests = [Request(p, i) for i, p in enumerate(prompts)]
             results = gen(backend, requests, sampling, "instructions")
-            kept = novel([results[r.key]["text"] for r in requests], seeds, params["max_similarity"], params["num_instructions"])
+            kept = novel(
+                [results[r.key]["text"] for r in requests], seeds, params["max_similarity"], params["num_instructions"]
+            )
             tools = shared_tools([r.data for r in rows])
-            rows = [Row(with_tools(tools, {"messages": [{"role": "user", "content": text}]}), f"instructions: {i + 1}")
-                    for i, text in enumerate(kept)]
+            rows = [
+                Row(with_tools(tools, {"messages": [{"role": "user", "content": text}]}), f"instructions: {i + 1}")
+                for i, text in enumerate(kept)
+            ]
             report.counts["instructions"] = {"asked": len(requests), "kept": len(kept)}
             last = "instructions"
             write_rows(os.path.join(out, "instructions.jsonl"), [r.data for r in rows])
 
         if "responses" in stages:
             prompts, tools, answers = answers_of(rows)
-            rows = [Row(with_tools(t, {"messages": [*p, a]}), f"responses: {i + 1}")
-                    for i, (p, t, row_answers) in enumerate(zip(prompts, tools, answers)) for a in row_answers]
+            rows = [
+                Row(with_tools(t, {"messages": [*p, a]}), f"responses: {i + 1}")
+                for i, (p, t, row_answers) in enumerate(zip(prompts, tools, answers, strict=False))
+                for a in row_answers
+            ]
             last = "responses"
             write_rows(os.path.join(out, "responses.jsonl"), [r.data for r in rows])
 
         if "preferences" in stages:
             prompts, tools, answers = answers_of(rows)
             scores = score(params, backend, prompts, tools, answers, rows, gen)
-            pairs = [best_and_worst(a, s) for a, s in zip(answers, scores)]
-            rows = [Row(with_tools(t, {"prompt": p, "chosen": [pair[0]], "rejected": [pair[1]]}), f"preferences: {i + 1}")
-                    for i, (p, t, pair) in enumerate(zip(prompts, tools, pairs)) if pair]
+            pairs = [best_and_worst(a, s) for a, s in zip(answers, scores, strict=False)]
+            rows = [
+                Row(with_tools(t, {"prompt": p, "chosen": [pair[0]], "rejected": [pair[1]]}), f"preferences: {i + 1}")
+                for i, (p, t, pair) in enumerate(zip(prompts, tools, pairs, strict=False))
+                if pair
+            ]
             flat = [s for row_scores in scores for s in row_scores]
             passed = sum(s > 0 for s in flat)
-            report.counts["preferences"] = {"prompts": len(prompts), "samples": len(flat), "pairs": len(rows),
-                                            "samples_scoring_above_0": passed}
-            print(f"judge ({params['judge']}): {passed} of {len(flat)} samples score above 0 ({passed / max(1, len(flat)):.1%}); "
-                  f"{len(rows)} of {len(prompts)} prompts give a pair", flush=True)
+            report.counts["preferences"] = {
+                "prompts": len(prompts),
+                "samples": len(flat),
+                "pairs": len(rows),
+                "samples_scoring_above_0": passed,
+            }
+            print(
+                f"judge ({params['judge']}): {passed} of {len(flat)} samples score above 0 ({passed / max(1, len(flat)):.1%}); "
+                f"{len(rows)} of {len(prompts)} prompts give a pair",
+                flush=True,
+            )
             last = "preferences"
             write_rows(os.path.join(out, "preferences.jsonl"), [r.data for r in rows])
 
@@ -190,7 +241,8 @@ def main(params: dict) -> None:
                 os.replace(os.path.join(out, f"{last}.jsonl"), os.path.join(out, f"{last}.raw.jsonl"))
             by_tokens = params["clean"]["min_tokens"] or params["clean"]["max_tokens"]
             tokenizer = getattr(backend, "tokenizer", None) or (
-                load_tokenizer(params["model"], params["trust_remote_code"]) if by_tokens else None)
+                load_tokenizer(params["model"], params["trust_remote_code"]) if by_tokens else None
+            )
             rows = clean_once(rows, params, report, tokenizer)
             write_rows(os.path.join(out, f"{last}.jsonl"), [r.data for r in rows])
         written = len(rows)

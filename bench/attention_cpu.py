@@ -33,12 +33,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    stock = LlamaForCausalLM(LlamaConfig(vocab_size=1024, max_position_embeddings=1024, use_cache=False,
-                                         attn_implementation="sdpa", **workload.SHAPES[args.shape]))
+    stock = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=1024,
+            max_position_embeddings=1024,
+            use_cache=False,
+            attn_implementation="sdpa",
+            **workload.SHAPES[args.shape],
+        )
+    )
     varlen = copy.deepcopy(stock)
     use_varlen_attention(varlen)
     rng = random.Random(0)
-    docs = [[rng.randrange(1, 1024) for _ in range(n)] for n in workload.long_tailed_lengths(args.documents, 300, 1000, 0)]
+    docs = [
+        [rng.randrange(1, 1024) for _ in range(n)] for n in workload.long_tailed_lengths(args.documents, 300, 1000, 0)
+    ]
     rows = pack_in_random_order([{"input_ids": d, "labels": d} for d in docs], 1024, 0)
     step = collator(type("Pad", (), {"pad_token_id": 0})(), packing=True)(rows)
     results = {}
@@ -52,10 +61,12 @@ def main() -> None:
             best = min(best, time.perf_counter() - start)
         results[name] = (best, loss.item(), [p.grad.clone() for p in model.parameters()])
     (a, loss_a, grads_a), (b, loss_b, grads_b) = results.values()
-    if abs(loss_a - loss_b) > 1e-5 or any(not torch.allclose(x, y, atol=1e-5) for x, y in zip(grads_a, grads_b)):
+    if abs(loss_a - loss_b) > 1e-5 or any(not torch.allclose(x, y, atol=1e-5) for x, y in zip(grads_a, grads_b, strict=False)):
         raise SystemExit("the two attentions disagree")
-    print(f"{args.documents} documents, {step['input_ids'].shape[1]} tokens in {len(rows)} packed rows, "
-          f"{sum(p.numel() for p in stock.parameters()) / 1e6:.1f}M parameters, loss {loss_a:.6f} both")
+    print(
+        f"{args.documents} documents, {step['input_ids'].shape[1]} tokens in {len(rows)} packed rows, "
+        f"{sum(p.numel() for p in stock.parameters()) / 1e6:.1f}M parameters, loss {loss_a:.6f} both"
+    )
     for name, (seconds, _, _) in results.items():
         print(f"{name}: {seconds:.2f} s forward+backward")
     print(f"speed-up: {a / b:.1f}x")

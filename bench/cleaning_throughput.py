@@ -31,8 +31,10 @@ def corpus(n: int, seed: int = 0) -> list[Row]:
         if i % 100 == 75:  # a near copy: one word of an earlier answer edited
             answer = rows[i - 50].data["messages"][1]["content"].split()
             answer[rng.randrange(len(answer))] = rng.choice(vocab)
-        messages = [{"role": "user", "content": " ".join(rng.choice(vocab) for _ in range(20))},
-                    {"role": "assistant", "content": " ".join(answer)}]
+        messages = [
+            {"role": "user", "content": " ".join(rng.choice(vocab) for _ in range(20))},
+            {"role": "assistant", "content": " ".join(answer)},
+        ]
         if i % 100 == 75:
             messages[0] = rows[i - 50].data["messages"][0]
         rows.append(Row({"messages": messages}, f"row {i}"))
@@ -50,8 +52,10 @@ def main() -> None:
         start = time.perf_counter()
         kept = clean_rows(rows, settings, report)
         elapsed = time.perf_counter() - start
-        print(f"{name}: {len(rows)} rows in {elapsed:.1f} s ({len(rows) / elapsed:.0f} rows/s), kept {len(kept)}, "
-              f"dropped {report.dropped}")
+        print(
+            f"{name}: {len(rows)} rows in {elapsed:.1f} s ({len(rows) / elapsed:.0f} rows/s), kept {len(kept)}, "
+            f"dropped {report.dropped}"
+        )
 
 
 if __name__ == "__main__":

@@ -29,10 +29,20 @@ def run_trl(args, data: str, model_dir: str) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = DPOConfig(output_dir=os.path.join(args.workdir, "trl"), max_length=args.max_length, num_train_epochs=2,
-                       use_cpu=not torch.cuda.is_available(), bf16=False, report_to="none")
-    trainer = workload.measured(DPOTrainer)(model=model, args=config, processing_class=tokenizer,
-                                            train_dataset=load_dataset("json", data_files=data, split="train"))
+    config = DPOConfig(
+        output_dir=os.path.join(args.workdir, "trl"),
+        max_length=args.max_length,
+        num_train_epochs=2,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        report_to="none",
+    )
+    trainer = workload.measured(DPOTrainer)(
+        model=model,
+        args=config,
+        processing_class=tokenizer,
+        train_dataset=load_dataset("json", data_files=data, split="train"),
+    )
     trainer.train()
 
 
@@ -42,11 +52,24 @@ def run_ours(args, data: str, model_dir: str) -> None:
 
     cache = os.path.join(args.workdir, "ref_cache")
     shutil.rmtree(cache, ignore_errors=True)
-    params = resolve(dpo.PARAMS, [f"model={model_dir}", f"data=[{data}]", f"max_length={args.max_length}",
-                                  "num_epochs=2", "eval_fraction=0", "test_data=", "exact_match_data=",
-                                  "overwrite=true", "progress_bar=false", f"ref_cache_dir={cache}",
-                                  f"output_dir={os.path.join(args.workdir, 'ours')}",
-                                  f"clean.cache_dir={os.path.join(args.workdir, 'clean_cache')}", *args.ours.split()])
+    params = resolve(
+        dpo.PARAMS,
+        [
+            f"model={model_dir}",
+            f"data=[{data}]",
+            f"max_length={args.max_length}",
+            "num_epochs=2",
+            "eval_fraction=0",
+            "test_data=",
+            "exact_match_data=",
+            "overwrite=true",
+            "progress_bar=false",
+            f"ref_cache_dir={cache}",
+            f"output_dir={os.path.join(args.workdir, 'ours')}",
+            f"clean.cache_dir={os.path.join(args.workdir, 'clean_cache')}",
+            *args.ours.split(),
+        ],
+    )
     dpo.main(params, trainer_class=workload.measured(__import__("trl").DPOTrainer))
 
 

@@ -36,8 +36,16 @@ PRESETS = ("zero2", "zero3", "fsdp2", "zero3_offload")
 # that ten runs of ~0.5-1.5B models fit in the budget. Step 1 carries the lazy set-up; steps 2-6 are timed.
 # The preset runs differ from the packed run only in settings that reuse its prepared data (data_cache_dir).
 ROWS, MEDIAN, MAX_LENGTH, MAX_STEPS = 640, 300, 1024, 6
-TRAIN = [f"max_length={MAX_LENGTH}", "batch_size=16", "grad_accum=2", "learning_rate=1e-5", "logging_steps=1",
-         "eval_fraction=0", "test_data=", "clean.enabled=false"]
+TRAIN = [
+    f"max_length={MAX_LENGTH}",
+    "batch_size=16",
+    "grad_accum=2",
+    "learning_rate=1e-5",
+    "logging_steps=1",
+    "eval_fraction=0",
+    "test_data=",
+    "clean.enabled=false",
+]
 COMMON = ["overwrite=true", "progress_bar=false", "report_to=none"]
 BUDGET_S = 570
 
@@ -48,14 +56,35 @@ MACHINE_BUILDS = {"numpy", "scipy", "matplotlib", "huggingface-hub", "safetensor
 NOT_NEEDED = {"wandb", "openai"}  # report_to=none; synth_data.py is not measured
 SOURCE_ONLY = {"deepspeed"}
 # Needs of the pins that the H200 image lacks (.library/device/KINDS.md's package list, 2026-11-17).
-IMAGE_LACKS = ["dill>=0.3.0,<0.4.2", "multiprocess<0.70.20", "hjson", "pydantic>=2.0.0", "regex>=2025.10.22",
-               "fsspec>=2023.1.0,<=2026.9.0"]
-WHEEL_TAGS = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
-              *(f"--platform={p}" for p in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
-                                             "manylinux2014_x86_64", "manylinux1_x86_64"))]
+IMAGE_LACKS = [
+    "dill>=0.3.0,<0.4.2",
+    "multiprocess<0.70.20",
+    "hjson",
+    "pydantic>=2.0.0",
+    "regex>=2025.10.22",
+    "fsspec>=2023.1.0,<=2026.9.0",
+]
+WHEEL_TAGS = [
+    "--only-binary=:all:",
+    "--python-version",
+    "3.12",
+    "--implementation",
+    "cp",
+    *(
+        f"--platform={p}"
+        for p in (
+            "manylinux_2_28_x86_64",
+            "manylinux_2_27_x86_64",
+            "manylinux_2_17_x86_64",
+            "manylinux2014_x86_64",
+            "manylinux1_x86_64",
+        )
+    ),
+]
 
 
 # ---------------------------------------------------------------------------------------------------- the plan
+
 
 @dataclass
 class Item:
@@ -78,8 +107,11 @@ def slug(key: str) -> str:
 def launch(args: list[str], config: str, port: int) -> list[str]:
     """`accelerate launch` with one process, as a user runs it (a preset file, or the plain single-GPU launch)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
-    cmd += ["--config_file", config] if config else ["--num_machines", "1", "--mixed_precision", "no",
-                                                     "--dynamo_backend", "no"]
+    cmd += (
+        ["--config_file", config]
+        if config
+        else ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    )
     return cmd + ["--num_processes", "1", "--main_process_port", str(port), *args]
 
 
@@ -100,28 +132,62 @@ def plan(scratch: str) -> list[list[Item]]:
     for script in SCRIPTS:
         out = f"{scratch}/runs/default_{script}"
         overrides = [f"output_dir={out}", *COMMON, *caches]
-        defaults.append(Item(f"default/{script}", "default", launch([f"{script}.py", *overrides], "", next(ports)), 240,
-                             output_dir=out, script=script, overrides=overrides, needs=("peak",)))
-    prepare = Item("prepare", "prepare", [sys.executable, ME, "prepare", "--scratch", scratch, "--result",
-                                          result("prepare")], 200, result("prepare"), needs=("peak",))
+        defaults.append(
+            Item(
+                f"default/{script}",
+                "default",
+                launch([f"{script}.py", *overrides], "", next(ports)),
+                240,
+                output_dir=out,
+                script=script,
+                overrides=overrides,
+                needs=("peak",),
+            )
+        )
+    prepare = Item(
+        "prepare",
+        "prepare",
+        [sys.executable, ME, "prepare", "--scratch", scratch, "--result", result("prepare")],
+        200,
+        result("prepare"),
+        needs=("peak",),
+    )
 
     def measured(key, model, extra, config, timeout):
         out = f"{scratch}/runs/{slug(key)}"
-        overrides = [f"model={scratch}/models/{model}", f"data=[{data}]", f"output_dir={out}", *TRAIN, *COMMON,
-                     *caches, *extra]
+        overrides = [
+            f"model={scratch}/models/{model}",
+            f"data=[{data}]",
+            f"output_dir={out}",
+            *TRAIN,
+            *COMMON,
+            *caches,
+            *extra,
+        ]
         cmd = launch([ME, "measure", "--script", "sft_chat", "--result", result(key), *overrides], config, next(ports))
         return Item(key, "measure", cmd, timeout, result(key), out, "sft_chat", overrides, config, ("prepare",))
 
     small = next(iter(MODELS))
-    packing = [measured(f"packing/{name}", small, [*flag, "num_epochs=1", "max_steps=-1"], "", 90)
-               for name, flag in (("packed", []), ("padded", ["packing=false"]))]  # packed: the default, packing=auto
-    presets = [measured(f"preset/{model}/{preset}", model, [f"max_steps={MAX_STEPS}"], f"configs/accelerate/{preset}.yaml",
-                        (90 if model == small else 120) + (30 if preset == "zero3_offload" else 0))
-               for model in MODELS for preset in PRESETS]
+    packing = [
+        measured(f"packing/{name}", small, [*flag, "num_epochs=1", "max_steps=-1"], "", 90)
+        for name, flag in (("packed", []), ("padded", ["packing=false"]))
+    ]  # packed: the default, packing=auto
+    presets = [
+        measured(
+            f"preset/{model}/{preset}",
+            model,
+            [f"max_steps={MAX_STEPS}"],
+            f"configs/accelerate/{preset}.yaml",
+            (90 if model == small else 120) + (30 if preset == "zero3_offload" else 0),
+        )
+        for model in MODELS
+        for preset in PRESETS
+    ]
     return [[peak], [*defaults, prepare], *([p] for p in packing), *([p] for p in presets)]
 
 
 # ---------------------------------------------------------------------------------------------- the children
+
 
 class TrainingDone(BaseException):
     """Leaves the script once the measured training is over: the export (final/, gathered under ZeRO-3) is not
@@ -165,13 +231,22 @@ def measuring(trainer_class, result: str):
                 c = self.counts
                 ends, tokens = [c["train_begin"], *c["step_end"]], [0, *c["tokens_at_step_end"]]
                 model = self.accelerator.unwrap_model(self.model)
-                write_json(result, dict(
-                    steps=len(c["step_end"]), step_s=[b - a for a, b in zip(ends, ends[1:])],
-                    step_tokens=[b - a for a, b in zip(tokens, tokens[1:])], epoch_s=c["epoch_s"], tokens=c["tokens"],
-                    padded_tokens=c["padded_tokens"], trained_tokens=c["trained_tokens"],
-                    peak_allocated=torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0,
-                    peak_reserved=torch.cuda.max_memory_reserved() if torch.cuda.is_available() else 0,
-                    attention=getattr(model.config, "_attn_implementation", "?"), threads=torch.get_num_threads()))
+                write_json(
+                    result,
+                    dict(
+                        steps=len(c["step_end"]),
+                        step_s=[b - a for a, b in zip(ends, ends[1:], strict=False)],
+                        step_tokens=[b - a for a, b in zip(tokens, tokens[1:], strict=False)],
+                        epoch_s=c["epoch_s"],
+                        tokens=c["tokens"],
+                        padded_tokens=c["padded_tokens"],
+                        trained_tokens=c["trained_tokens"],
+                        peak_allocated=torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0,
+                        peak_reserved=torch.cuda.max_memory_reserved() if torch.cuda.is_available() else 0,
+                        attention=getattr(model.config, "_attn_implementation", "?"),
+                        threads=torch.get_num_threads(),
+                    ),
+                )
             raise TrainingDone
 
     return Measuring
@@ -212,10 +287,19 @@ def child_peak(args) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("error: no GPU: torch.cuda.is_available() is False")
     props = torch.cuda.get_device_properties(0)
-    write_json(args.result, dict(
-        device=props.name, memory_gib=props.total_memory / 2**30, cuda=torch.version.cuda, versions=versions(),
-        python=platform.python_version(), cores=os.cpu_count(), bf16=torch.cuda.is_bf16_supported(),
-        peak_tflops=workload.matmul_peak_gflops(8192, 20, "cuda", torch.bfloat16) / 1e3))
+    write_json(
+        args.result,
+        dict(
+            device=props.name,
+            memory_gib=props.total_memory / 2**30,
+            cuda=torch.version.cuda,
+            versions=versions(),
+            python=platform.python_version(),
+            cores=os.cpu_count(),
+            bf16=torch.cuda.is_bf16_supported(),
+            peak_tflops=workload.matmul_peak_gflops(8192, 20, "cuda", torch.bfloat16) / 1e3,
+        ),
+    )
 
 
 def parameter_count(folder: str) -> int:
@@ -238,9 +322,8 @@ def child_prepare(args) -> None:
     rows, and DeepSpeed's CPU Adam, which zero3_offload would otherwise compile inside its timed run."""
     import shutil
 
-    import torch
-
     import stand_in_model
+    import torch
 
     prepared = {"models": {}}
     for name, hub in MODELS.items():
@@ -274,10 +357,21 @@ def child_fake(args) -> None:
     if args.behave == "hang":
         time.sleep(60)
     if args.kind == "peak":
-        write_json(args.result, dict(device="check (no GPU)", memory_gib=0.0, cuda="-", versions=versions(),
-                                     python=sys.version.split()[0], cores=os.cpu_count(), bf16=True, peak_tflops=800.0))
+        write_json(
+            args.result,
+            dict(
+                device="check (no GPU)",
+                memory_gib=0.0,
+                cuda="-",
+                versions=versions(),
+                python=sys.version.split()[0],
+                cores=os.cpu_count(),
+                bf16=True,
+                peak_tflops=800.0,
+            ),
+        )
     elif args.kind == "prepare":
-        write_json(args.result, dict(models=dict(zip(MODELS, (494032768, 1543714304))), cpu_adam="built in 1 s"))
+        write_json(args.result, dict(models=dict(zip(MODELS, (494032768, 1543714304), strict=False)), cpu_adam="built in 1 s"))
     elif args.kind == "default":
         os.makedirs(args.output_dir, exist_ok=True)
         with open(os.path.join(args.output_dir, "metrics.jsonl"), "w", encoding="utf-8") as f:
@@ -286,14 +380,26 @@ def child_fake(args) -> None:
     else:
         padded = "padded" in args.result
         steps = 20 if "packing" in args.result else MAX_STEPS
-        write_json(args.result, dict(
-            steps=steps, step_s=[2.0] + [0.25] * (steps - 1), step_tokens=[10000] * steps, epoch_s=[6.75],
-            tokens=10000 * steps, padded_tokens=(20000 if padded else 10000) * steps, trained_tokens=7000 * steps,
-            peak_allocated=12 * 2**30, peak_reserved=14 * 2**30, attention="sdpa" if padded else "sdpa_varlen",
-            threads=1))
+        write_json(
+            args.result,
+            dict(
+                steps=steps,
+                step_s=[2.0] + [0.25] * (steps - 1),
+                step_tokens=[10000] * steps,
+                epoch_s=[6.75],
+                tokens=10000 * steps,
+                padded_tokens=(20000 if padded else 10000) * steps,
+                trained_tokens=7000 * steps,
+                peak_allocated=12 * 2**30,
+                peak_reserved=14 * 2**30,
+                attention="sdpa" if padded else "sdpa_varlen",
+                threads=1,
+            ),
+        )
 
 
 # ------------------------------------------------------------------------------------------- the orchestrator
+
 
 def write_json(path: str, data) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -312,8 +418,13 @@ def one_line(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-LAUNCHER_NOISE = ("CalledProcessError", "ChildFailedError", "torch.distributed.elastic", "subprocess.",
-                  "Exception ignored")
+LAUNCHER_NOISE = (
+    "CalledProcessError",
+    "ChildFailedError",
+    "torch.distributed.elastic",
+    "subprocess.",
+    "Exception ignored",
+)
 
 
 def failure_line(log: str) -> str:
@@ -333,8 +444,12 @@ class GpuMemory:
     def __init__(self):
         self.peak_mib = None
         try:
-            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
-                                          "-lms", "250"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self.proc = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-lms", "250"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
         except OSError:
             self.proc = None
             return
@@ -439,8 +554,11 @@ class Suite:
             match = re.search(r"held-out exact match: ([\d.]+%)", log)
             if not match:
                 return dict(ok=False, reason="no 'held-out exact match' line in the output")
-            runtime = [m["train_runtime"] for m in read_jsonl(os.path.join(item.output_dir, "metrics.jsonl"))
-                       if "train_runtime" in m]
+            runtime = [
+                m["train_runtime"]
+                for m in read_jsonl(os.path.join(item.output_dir, "metrics.jsonl"))
+                if "train_runtime" in m
+            ]
             return dict(ok=True, exact_match=match.group(1), train_runtime=runtime[-1] if runtime else None)
         if not os.path.isfile(item.result):
             return dict(ok=False, reason=f"no result file (last line: {failure_line(log)})")
@@ -464,6 +582,7 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 # -------------------------------------------------------------------------------------------------- the table
+
 
 def cell(text) -> str:
     return str(text).replace("|", "\\|")
@@ -496,20 +615,30 @@ def render(results: dict, setup: dict, wall_s: float) -> str:
     lines = [f"## GPU suite ({datetime.date.today()}, `bash bench/gpu_suite.sh`)", ""]
     if peak.get("ok"):
         v = peak["versions"]
-        lines.append(f"{peak['device']} ({peak['memory_gib']:.0f} GiB, bf16 {'yes' if peak['bf16'] else 'no'}), "
-                     f"CUDA {peak['cuda']}, " + ", ".join(f"{k} {v[k]}" for k in v)
-                     + f"; Python {peak['python']}, {peak['cores']} CPU cores.")
-        lines.append(f"Measured bf16 matmul peak: **{tflops:.0f} TFLOP/s** (8192 x 8192 products, best of 20). "
-                     "MFU = 6 x parameters x non-padding tokens/s / that peak (attention FLOPs not counted).")
+        lines.append(
+            f"{peak['device']} ({peak['memory_gib']:.0f} GiB, bf16 {'yes' if peak['bf16'] else 'no'}), "
+            f"CUDA {peak['cuda']}, "
+            + ", ".join(f"{k} {v[k]}" for k in v)
+            + f"; Python {peak['python']}, {peak['cores']} CPU cores."
+        )
+        lines.append(
+            f"Measured bf16 matmul peak: **{tflops:.0f} TFLOP/s** (8192 x 8192 products, best of 20). "
+            "MFU = 6 x parameters x non-padding tokens/s / that peak (attention FLOPs not counted)."
+        )
     else:
         lines.append(f"Machine and bf16 peak: {failed(peak)}")
     lines += [f"Setup: {cell(setup.get('summary', 'no setup record'))}. Whole suite: {wall_s:.0f} s.", ""]
 
-    lines += ["### The defaults in bf16 (`dtype=auto`): built-in tiny model, example task", "",
-              "`accelerate launch --num_processes 1 --mixed_precision no SCRIPT.py overwrite=true progress_bar=false "
-              "report_to=none` (output_dir and caches in the scratch folder). The two ran side by side, beside the "
-              "stand-in models' build and DeepSpeed's CPU Adam compile, so their wall times are upper bounds.", "",
-              "| script | wall | train_runtime | held-out exact match |", "|---|---|---|---|"]
+    lines += [
+        "### The defaults in bf16 (`dtype=auto`): built-in tiny model, example task",
+        "",
+        "`accelerate launch --num_processes 1 --mixed_precision no SCRIPT.py overwrite=true progress_bar=false "
+        "report_to=none` (output_dir and caches in the scratch folder). The two ran side by side, beside the "
+        "stand-in models' build and DeepSpeed's CPU Adam compile, so their wall times are upper bounds.",
+        "",
+        "| script | wall | train_runtime | held-out exact match |",
+        "|---|---|---|---|",
+    ]
     for script in SCRIPTS:
         r = results.get(f"default/{script}")
         if r and r.get("ok"):
@@ -520,16 +649,21 @@ def render(results: dict, setup: dict, wall_s: float) -> str:
 
     small = next(iter(MODELS))
     cpu_adam = f" DeepSpeed's CPU Adam was compiled beforehand ({prepared['cpu_adam']})." if params else ""
-    lines += ["", "### Presets on one GPU (`--num_processes 1`), stand-in models with random weights", "",
-              f"sft_chat.py on {ROWS} long-tailed chats (median {MEDIAN} tokens), packed, bf16, "
-              f"max_length={MAX_LENGTH}, batch_size=16, grad_accum=2, max_steps={MAX_STEPS}; no checkpoint, no final/ "
-              "export. s/step: median of "
-              f"steps 2-{MAX_STEPS} (step 1 carries the lazy set-up), tokens/s over the same steps; peak allocated: "
-              "torch.cuda.max_memory_allocated over the whole process; peak used: nvidia-smi memory.used every 250 ms, "
-              "CUDA context included; threads: torch's CPU threads in the run (accelerate sets OMP_NUM_THREADS). "
-              f"`none` is the plain launch (the packed run below).{cpu_adam}",
-              "", "| model | params | preset | s/step | tokens/s | MFU | peak allocated | peak used | threads "
-              "| process wall |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "### Presets on one GPU (`--num_processes 1`), stand-in models with random weights",
+        "",
+        f"sft_chat.py on {ROWS} long-tailed chats (median {MEDIAN} tokens), packed, bf16, "
+        f"max_length={MAX_LENGTH}, batch_size=16, grad_accum=2, max_steps={MAX_STEPS}; no checkpoint, no final/ "
+        "export. s/step: median of "
+        f"steps 2-{MAX_STEPS} (step 1 carries the lazy set-up), tokens/s over the same steps; peak allocated: "
+        "torch.cuda.max_memory_allocated over the whole process; peak used: nvidia-smi memory.used every 250 ms, "
+        "CUDA context included; threads: torch's CPU threads in the run (accelerate sets OMP_NUM_THREADS). "
+        f"`none` is the plain launch (the packed run below).{cpu_adam}",
+        "",
+        "| model | params | preset | s/step | tokens/s | MFU | peak allocated | peak used | threads | process wall |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for model in MODELS:
         count = params.get(model)
         rows = [("none", "packing/packed")] if model == small else []
@@ -539,26 +673,35 @@ def render(results: dict, setup: dict, wall_s: float) -> str:
             if r and r.get("ok"):
                 per_step, tok_s = steady(r)
                 used = f"{r['gpu_peak_mib'] / 1024:.1f} GiB" if r.get("gpu_peak_mib") else "n/a"
-                lines.append(f"{head} {per_step:.3f} | {tok_s:,.0f} | {mfu(count, tok_s, tflops)} | "
-                             f"{gib(r['peak_allocated'])} | {used} | {r['threads']} | {r['wall_s']:.0f} s |")
+                lines.append(
+                    f"{head} {per_step:.3f} | {tok_s:,.0f} | {mfu(count, tok_s, tflops)} | "
+                    f"{gib(r['peak_allocated'])} | {used} | {r['threads']} | {r['wall_s']:.0f} s |"
+                )
             else:
                 lines.append(f"{head} {failed(r)} | | | | | | |")
 
-    lines += ["", f"### Packed vs padded batches, {small} stand-in, one epoch", "",
-              "The same settings with num_epochs=1: packed rows holding about 16 examples a micro-step with "
-              "per-document attention (`packing=auto`, the default: `sdpa_varlen`), against padded batches of 16 in "
-              "random order (`packing=false`, sdpa). "
-              "tokens/s counts non-padding tokens over the whole epoch, first step included.", "",
-              "| batching | attention | epoch | optimizer steps | tokens/s | padding share | MFU | peak allocated |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"### Packed vs padded batches, {small} stand-in, one epoch",
+        "",
+        "The same settings with num_epochs=1: packed rows holding about 16 examples a micro-step with "
+        "per-document attention (`packing=auto`, the default: `sdpa_varlen`), against padded batches of 16 in "
+        "random order (`packing=false`, sdpa). "
+        "tokens/s counts non-padding tokens over the whole epoch, first step included.",
+        "",
+        "| batching | attention | epoch | optimizer steps | tokens/s | padding share | MFU | peak allocated |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name in ("packed", "padded"):
         r = results.get(f"packing/{name}")
         if r and r.get("ok"):
             epoch = r["epoch_s"][0] if r["epoch_s"] else sum(r["step_s"])
             tok_s = r["tokens"] / epoch
             padding = 1 - r["tokens"] / r["padded_tokens"] if r["padded_tokens"] else 0.0
-            lines.append(f"| {name} | {r['attention']} | {epoch:.1f} s | {r['steps']} | {tok_s:,.0f} | {padding:.1%} | "
-                         f"{mfu(params.get(small), tok_s, tflops)} | {gib(r['peak_allocated'])} |")
+            lines.append(
+                f"| {name} | {r['attention']} | {epoch:.1f} s | {r['steps']} | {tok_s:,.0f} | {padding:.1%} | "
+                f"{mfu(params.get(small), tok_s, tflops)} | {gib(r['peak_allocated'])} |"
+            )
         else:
             lines.append(f"| {name} | {failed(r)} | | | | | | |")
     return "\n".join(lines) + "\n"
@@ -566,8 +709,13 @@ def render(results: dict, setup: dict, wall_s: float) -> str:
 
 def run_suite(args, groups: list[list[Item]]) -> Suite:
     setup = read_json(args.setup) if args.setup and os.path.isfile(args.setup) else {}
-    suite = Suite(os.path.abspath(args.scratch), args.table, args.deadline or time.time() + BUDGET_S,
-                  args.started or time.time(), setup)
+    suite = Suite(
+        os.path.abspath(args.scratch),
+        args.table,
+        args.deadline or time.time() + BUDGET_S,
+        args.started or time.time(),
+        setup,
+    )
 
     def on_term(signum, frame):
         raise SystemExit(f"stopped by signal {signum}")
@@ -585,13 +733,14 @@ def run_suite(args, groups: list[list[Item]]) -> Suite:
 
 # ---------------------------------------------------------------------------------------------------- check
 
+
 def validate(groups: list[list[Item]]) -> list[str]:
     """What would fail on the GPU machine before any GPU work: a preset file, a script, a PARAMS override."""
     import importlib
 
+    import stand_in_model
     import yaml
 
-    import stand_in_model
     from common.errors import UserError
     from common.params import apply_overrides
 
@@ -609,8 +758,9 @@ def validate(groups: list[list[Item]]) -> list[str]:
                 apply_overrides(module.PARAMS, item.overrides)
             except UserError as e:
                 problems.append(f"{item.key}: {item.script}.py refuses its overrides: {e}")
-    problems += [f"bench/stand_in_model.py has no shape for {hub}" for hub in MODELS.values()
-                 if hub not in stand_in_model.SHAPES]
+    problems += [
+        f"bench/stand_in_model.py has no shape for {hub}" for hub in MODELS.values() if hub not in stand_in_model.SHAPES
+    ]
     return problems
 
 
@@ -622,8 +772,19 @@ def check(args) -> int:
     # One failure and one timeout, to show both become a "failed: ..." cell and the suite goes on.
     behave = {f"preset/{list(MODELS)[1]}/zero3_offload": "fail", f"preset/{list(MODELS)[1]}/fsdp2": "hang"}
     for item in (i for group in groups for i in group):
-        item.cmd = [sys.executable, ME, "fake", "--kind", item.kind, "--result", item.result,
-                    "--output-dir", item.output_dir, "--behave", behave.get(item.key, "ok")]
+        item.cmd = [
+            sys.executable,
+            ME,
+            "fake",
+            "--kind",
+            item.kind,
+            "--result",
+            item.result,
+            "--output-dir",
+            item.output_dir,
+            "--behave",
+            behave.get(item.key, "ok"),
+        ]
         item.timeout = 2 if item.key in behave else 30
     run_suite(args, groups)
     print(f"table: {args.table}")
@@ -631,6 +792,7 @@ def check(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- setup
+
 
 def requirement_lines() -> list[str]:
     lines = []
@@ -681,8 +843,21 @@ def setup(args) -> None:
     start = time.time()
     wheels = args.wheels if os.path.isdir(args.wheels) and os.listdir(args.wheels) else None
     source = ["--no-index", "--find-links", args.wheels] if wheels else ["--retries", "1", "--timeout", "15"]
-    pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--upgrade", "--target", args.target,
-           "--no-build-isolation", "--no-compile", "--disable-pip-version-check", "--no-warn-script-location", *source]
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-deps",
+        "--upgrade",
+        "--target",
+        args.target,
+        "--no-build-isolation",
+        "--no-compile",
+        "--disable-pip-version-check",
+        "--no-warn-script-location",
+        *source,
+    ]
     installed, refused = [], []
     for _ in range(4):
         listed = subprocess.run([sys.executable, ME, "unmet", "--target", args.target], capture_output=True, text=True)
@@ -699,12 +874,14 @@ def setup(args) -> None:
         for req in need:  # all at once failed: find which
             (installed if subprocess.run(pip + [req]).returncode == 0 else refused).append(req)
     source_text = f"wheelhouse {args.wheels}" if wheels else "the package index"
-    summary = f"{args.how}; " + (f"installed {len(installed)} packages from {source_text}" if installed
-                                 else "nothing to install")
+    summary = f"{args.how}; " + (
+        f"installed {len(installed)} packages from {source_text}" if installed else "nothing to install"
+    )
     if refused:
         summary += f"; could not install {', '.join(refused)}"
-    write_json(args.summary, dict(summary=f"{summary} ({time.time() - start:.0f} s)", installed=installed,
-                                  refused=refused))
+    write_json(
+        args.summary, dict(summary=f"{summary} ({time.time() - start:.0f} s)", installed=installed, refused=refused)
+    )
     print(summary, flush=True)
 
 
@@ -713,20 +890,28 @@ def fetch_wheels(args) -> None:
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    pins = [line for line in requirement_lines()
-            if canonicalize_name(Requirement(line).name) not in NEVER | MACHINE_BUILDS | NOT_NEEDED]
+    pins = [
+        line
+        for line in requirement_lines()
+        if canonicalize_name(Requirement(line).name) not in NEVER | MACHINE_BUILDS | NOT_NEEDED
+    ]
     sources = [p for p in pins if canonicalize_name(Requirement(p).name) in SOURCE_ONLY]
     download = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--dest", args.dest]
-    for cmd in (download + WHEEL_TAGS + ["--no-deps", *(p for p in pins if p not in sources)],
-                download + WHEEL_TAGS + [*IMAGE_LACKS, *args.extra],
-                download + ["--no-deps", "--no-binary=:all:", *sources]):
+    for cmd in (
+        download + WHEEL_TAGS + ["--no-deps", *(p for p in pins if p not in sources)],
+        download + WHEEL_TAGS + [*IMAGE_LACKS, *args.extra],
+        download + ["--no-deps", "--no-binary=:all:", *sources],
+    ):
         subprocess.run(cmd, check=True)
     size = sum(os.path.getsize(os.path.join(args.dest, f)) for f in os.listdir(args.dest))
-    print(f"{args.dest}: {len(os.listdir(args.dest))} files, {size / 2**20:.1f} MiB "
-          f"(carry it to the GPU machine: the run tool's carry=[\"{args.dest}\"])")
+    print(
+        f"{args.dest}: {len(os.listdir(args.dest))} files, {size / 2**20:.1f} MiB "
+        f'(carry it to the GPU machine: the run tool\'s carry=["{args.dest}"])'
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ main
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -764,8 +949,14 @@ def main() -> None:
     elif args.command == "unmet":
         print(json.dumps(unmet(args.target)))
     else:
-        {"setup": setup, "wheels": fetch_wheels, "peak": child_peak, "prepare": child_prepare,
-         "measure": child_measure, "fake": child_fake}[args.command](args)
+        {
+            "setup": setup,
+            "wheels": fetch_wheels,
+            "peak": child_peak,
+            "prepare": child_prepare,
+            "measure": child_measure,
+            "fake": child_fake,
+        }[args.command](args)
 
 
 if __name__ == "__main__":

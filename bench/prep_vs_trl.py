@@ -52,6 +52,7 @@ SAMPLE_S = 0.05
 
 # ---- the child: one variant, its counts as one JSON line in --out ----
 
+
 def run_ours(args, data: str, model_dir: str) -> dict:
     import sft_chat
     from common.params import resolve
@@ -68,8 +69,13 @@ def run_ours(args, data: str, model_dir: str) -> dict:
         report = json.load(f)
     cache = params.get("data_cache_dir")  # entries after the run: a rerun that adds one did not reuse the cache
     entries = len(os.listdir(cache)) if cache and os.path.isdir(cache) else 0
-    return dict(prep_s=prep_s, tokens=report["train_tokens"], prepared_rows=report.get("train_rows"),
-                data_cache_entries=entries, overrides=overrides)
+    return dict(
+        prep_s=prep_s,
+        tokens=report["train_tokens"],
+        prepared_rows=report.get("train_rows"),
+        data_cache_entries=entries,
+        overrides=overrides,
+    )
 
 
 def run_trl(args, data: str, model_dir: str, num_proc: int | None) -> dict:
@@ -84,21 +90,42 @@ def run_trl(args, data: str, model_dir: str, num_proc: int | None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dataset = load_dataset("json", data_files=data, split="train")
     loaded = time.perf_counter()
-    config = SFTConfig(output_dir=os.path.join(args.workdir, args.run), max_length=args.max_length,
-                       dataset_num_proc=num_proc, report_to="none", use_cpu=True, bf16=False)
+    config = SFTConfig(
+        output_dir=os.path.join(args.workdir, args.run),
+        max_length=args.max_length,
+        dataset_num_proc=num_proc,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+    )
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     finished = time.perf_counter()
     prepared = trainer.train_dataset
     lengths = pc.list_value_length(prepared.data.column("input_ids"))  # from the arrow column, no Python lists
-    return dict(prep_s=finished - started, load_s=loaded - started, trainer_s=finished - loaded,
-                tokens=int(pc.sum(lengths).as_py()), prepared_rows=len(prepared))
+    return dict(
+        prep_s=finished - started,
+        load_s=loaded - started,
+        trainer_s=finished - loaded,
+        tokens=int(pc.sum(lengths).as_py()),
+        prepared_rows=len(prepared),
+    )
 
 
 def ours_overrides(args, data: str, model_dir: str) -> list[str]:
-    return ["dry_run=true", f"model={model_dir}", f"data=[{data}]", f"max_length={args.max_length}", "eval_fraction=0",
-            "test_data=", "overwrite=true", "progress_bar=false", f"output_dir={os.path.join(args.workdir, 'ours')}",
-            f"clean.cache_dir={os.path.join(args.workdir, 'clean_cache')}",
-            f"data_cache_dir={os.path.join(args.workdir, 'data_cache')}", *args.ours.split()]
+    return [
+        "dry_run=true",
+        f"model={model_dir}",
+        f"data=[{data}]",
+        f"max_length={args.max_length}",
+        "eval_fraction=0",
+        "test_data=",
+        "overwrite=true",
+        "progress_bar=false",
+        f"output_dir={os.path.join(args.workdir, 'ours')}",
+        f"clean.cache_dir={os.path.join(args.workdir, 'clean_cache')}",
+        f"data_cache_dir={os.path.join(args.workdir, 'data_cache')}",
+        *args.ours.split(),
+    ]
 
 
 def child(args) -> None:
@@ -114,6 +141,7 @@ def child(args) -> None:
 
 
 # ---- the parent: rows, model, the variants in fresh processes, the tables ----
+
 
 def rows_file(workdir: str, rows: int) -> str:
     return os.path.join(workdir, f"rows-{rows}.jsonl")
@@ -177,8 +205,24 @@ def run_variant(args, variant: str, rows: int, env: dict) -> dict:
         shutil.rmtree(hf_cache, ignore_errors=True)
         env["HF_DATASETS_CACHE"] = hf_cache
     print(f"{rows:,} rows: {variant}", flush=True)
-    command = [sys.executable, os.path.abspath(__file__), "--run", variant, "--rows", str(rows), "--workdir", workdir,
-               "--out", out, "--max_length", str(args.max_length), "--shape", args.shape, "--ours", args.ours]
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--run",
+        variant,
+        "--rows",
+        str(rows),
+        "--workdir",
+        workdir,
+        "--out",
+        out,
+        "--max_length",
+        str(args.max_length),
+        "--shape",
+        args.shape,
+        "--ours",
+        args.ours,
+    ]
     measured = measure(command, env)
     with open(out, encoding="utf-8") as f:
         counts = json.load(f)
@@ -186,9 +230,16 @@ def run_variant(args, variant: str, rows: int, env: dict) -> dict:
     shutil.rmtree(hf_cache, ignore_errors=True)
     measured["peak_rss_main_mb"] = max(measured["peak_rss_main_mb"], counts.pop("ru_maxrss_mb"))
     measured["peak_rss_mb"] = max(measured["peak_rss_mb"], measured["peak_rss_main_mb"])
-    result = dict(variant=variant, rows=rows, prep_s=counts.pop("prep_s"), wall_s=measured["wall_s"],
-                  tokens=counts.pop("tokens"), peak_rss_mb=measured["peak_rss_mb"],
-                  peak_rss_main_mb=measured["peak_rss_main_mb"], **counts)
+    result = dict(
+        variant=variant,
+        rows=rows,
+        prep_s=counts.pop("prep_s"),
+        wall_s=measured["wall_s"],
+        tokens=counts.pop("tokens"),
+        peak_rss_mb=measured["peak_rss_mb"],
+        peak_rss_main_mb=measured["peak_rss_main_mb"],
+        **counts,
+    )
     with open(os.path.join(workdir, "results.jsonl"), "a", encoding="utf-8") as f:
         f.write(json.dumps(result) + "\n")
     return result
@@ -196,14 +247,23 @@ def run_variant(args, variant: str, rows: int, env: dict) -> dict:
 
 def print_table(results: list[dict], rows: int, args) -> None:
     n = workload.number
-    print(f"\nData preparation: {rows:,} chats (median {args.median} tokens), max_length={args.max_length}, "
-          f"{os.cpu_count()} cores; ours: `{args.ours or 'defaults'}`")
+    print(
+        f"\nData preparation: {rows:,} chats (median {args.median} tokens), max_length={args.max_length}, "
+        f"{os.cpu_count()} cores; ours: `{args.ours or 'defaults'}`"
+    )
     print("| variant | rows | prep s | rows/s | tokens/s | peak RSS MB (tree) | peak RSS MB (main) | wall s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         per_s = [n(r["rows"] / r["prep_s"]), n(r["tokens"] / r["prep_s"])]
-        cells = [r["variant"], f"{r['rows']:,}", n(r["prep_s"]), *per_s, n(r["peak_rss_mb"]), n(r["peak_rss_main_mb"]),
-                 n(r["wall_s"])]
+        cells = [
+            r["variant"],
+            f"{r['rows']:,}",
+            n(r["prep_s"]),
+            *per_s,
+            n(r["peak_rss_mb"]),
+            n(r["peak_rss_main_mb"]),
+            n(r["wall_s"]),
+        ]
         print("| " + " | ".join(cells) + " |")
 
 
@@ -216,20 +276,26 @@ def print_goals(results: list[dict]) -> None:
     for rows in counts:
         ours, trl, rerun = get("ours", rows), get("trl_1proc", rows), get("ours_rerun", rows)
         if ours and trl:
-            print(f"- {rows:,} rows: ours prepares {trl['prep_s'] / ours['prep_s']:.2f}x as fast as trl_1proc "
-                  f"({ours['prep_s']:.1f} s against {trl['prep_s']:.1f} s; wall {ours['wall_s']:.1f} s against "
-                  f"{trl['wall_s']:.1f} s)")
+            print(
+                f"- {rows:,} rows: ours prepares {trl['prep_s'] / ours['prep_s']:.2f}x as fast as trl_1proc "
+                f"({ours['prep_s']:.1f} s against {trl['prep_s']:.1f} s; wall {ours['wall_s']:.1f} s against "
+                f"{trl['wall_s']:.1f} s)"
+            )
         if ours and rerun:
             missed = rerun["data_cache_entries"] > ours["data_cache_entries"]
-            print(f"- {rows:,} rows: ours rerun / first run: {rerun['prep_s'] / ours['prep_s']:.2f} of the prep time "
-                  f"({rerun['prep_s']:.1f} s against {ours['prep_s']:.1f} s), {rerun['wall_s'] / ours['wall_s']:.2f} "
-                  f"of the wall time" + ("; the rerun wrote a new data_cache entry (not reused)" if missed else ""))
+            print(
+                f"- {rows:,} rows: ours rerun / first run: {rerun['prep_s'] / ours['prep_s']:.2f} of the prep time "
+                f"({rerun['prep_s']:.1f} s against {ours['prep_s']:.1f} s), {rerun['wall_s'] / ours['wall_s']:.2f} "
+                f"of the wall time" + ("; the rerun wrote a new data_cache entry (not reused)" if missed else "")
+            )
     ours = [r for r in (get("ours", rows) for rows in counts) if r]
-    for small, large in zip(ours, ours[1:]):
-        print(f"- ours peak RSS (tree) at {large['rows']:,} / at {small['rows']:,} rows: "
-              f"{large['peak_rss_mb'] / small['peak_rss_mb']:.2f} ({large['peak_rss_mb']:,.0f} MB against "
-              f"{small['peak_rss_mb']:,.0f} MB; main process "
-              f"{large['peak_rss_main_mb'] / small['peak_rss_main_mb']:.2f})")
+    for small, large in zip(ours, ours[1:], strict=False):
+        print(
+            f"- ours peak RSS (tree) at {large['rows']:,} / at {small['rows']:,} rows: "
+            f"{large['peak_rss_mb'] / small['peak_rss_mb']:.2f} ({large['peak_rss_mb']:,.0f} MB against "
+            f"{small['peak_rss_mb']:,.0f} MB; main process "
+            f"{large['peak_rss_main_mb'] / small['peak_rss_main_mb']:.2f})"
+        )
 
 
 def main() -> None:
@@ -263,8 +329,9 @@ def main() -> None:
     results_path = os.path.join(args.workdir, "results.jsonl")
     if os.path.exists(results_path):
         os.remove(results_path)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled",
-               TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false"
+    )
     results = []
     for rows in (int(r) for r in args.rows.split(",")):
         write_rows(rows_file(args.workdir, rows), rows, args.median, args.max_length - 24)

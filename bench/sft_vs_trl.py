@@ -30,11 +30,21 @@ def run_trl(args, data: str, model_dir: str, checkpointing: bool) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = SFTConfig(output_dir=os.path.join(args.workdir, "trl"), max_length=args.max_length, num_train_epochs=1,
-                       use_cpu=not torch.cuda.is_available(), bf16=False, report_to="none",
-                       activation_checkpointing=checkpointing)
-    trainer = workload.measured(SFTTrainer)(model=model, args=config, processing_class=tokenizer,
-                                            train_dataset=load_dataset("json", data_files=data, split="train"))
+    config = SFTConfig(
+        output_dir=os.path.join(args.workdir, "trl"),
+        max_length=args.max_length,
+        num_train_epochs=1,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        report_to="none",
+        activation_checkpointing=checkpointing,
+    )
+    trainer = workload.measured(SFTTrainer)(
+        model=model,
+        args=config,
+        processing_class=tokenizer,
+        train_dataset=load_dataset("json", data_files=data, split="train"),
+    )
     trainer.train()
 
 
@@ -42,11 +52,22 @@ def run_ours(args, data: str, model_dir: str) -> None:
     import sft_chat
     from common.params import resolve
 
-    params = resolve(sft_chat.PARAMS, [f"model={model_dir}", f"data=[{data}]", f"max_length={args.max_length}",
-                                       "num_epochs=1", "eval_fraction=0", "test_data=", "overwrite=true",
-                                       "progress_bar=false", f"output_dir={os.path.join(args.workdir, 'ours')}",
-                                       f"clean.cache_dir={os.path.join(args.workdir, 'clean_cache')}",
-                                       *args.ours.split()])
+    params = resolve(
+        sft_chat.PARAMS,
+        [
+            f"model={model_dir}",
+            f"data=[{data}]",
+            f"max_length={args.max_length}",
+            "num_epochs=1",
+            "eval_fraction=0",
+            "test_data=",
+            "overwrite=true",
+            "progress_bar=false",
+            f"output_dir={os.path.join(args.workdir, 'ours')}",
+            f"clean.cache_dir={os.path.join(args.workdir, 'clean_cache')}",
+            *args.ours.split(),
+        ],
+    )
     sft_chat.main(params, trainer_class=workload.measured(__import__("trl").SFTTrainer))
 
 

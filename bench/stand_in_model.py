@@ -20,16 +20,48 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config  # noqa:
 from common.models import BUILTIN  # noqa: E402
 
 SHAPES = {
-    "Qwen/Qwen2.5-0.5B": (Qwen2Config, dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                                            num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-                                            tie_word_embeddings=True, rope_theta=1e6, max_position_embeddings=32768)),
-    "Qwen/Qwen2.5-1.5B": (Qwen2Config, dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                                            num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
-                                            tie_word_embeddings=True, rope_theta=1e6, max_position_embeddings=131072)),
-    "HuggingFaceTB/SmolLM2-1.7B": (LlamaConfig, dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
-                                                     num_attention_heads=32, num_key_value_heads=32, vocab_size=49152,
-                                                     tie_word_embeddings=True, rope_theta=130000,
-                                                     max_position_embeddings=8192)),
+    "Qwen/Qwen2.5-0.5B": (
+        Qwen2Config,
+        dict(
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            vocab_size=151936,
+            tie_word_embeddings=True,
+            rope_theta=1e6,
+            max_position_embeddings=32768,
+        ),
+    ),
+    "Qwen/Qwen2.5-1.5B": (
+        Qwen2Config,
+        dict(
+            hidden_size=1536,
+            intermediate_size=8960,
+            num_hidden_layers=28,
+            num_attention_heads=12,
+            num_key_value_heads=2,
+            vocab_size=151936,
+            tie_word_embeddings=True,
+            rope_theta=1e6,
+            max_position_embeddings=131072,
+        ),
+    ),
+    "HuggingFaceTB/SmolLM2-1.7B": (
+        LlamaConfig,
+        dict(
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=24,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            vocab_size=49152,
+            tie_word_embeddings=True,
+            rope_theta=130000,
+            max_position_embeddings=8192,
+        ),
+    ),
 }
 
 

@@ -31,9 +31,24 @@ def free_port() -> int:
 
 def start_server(model: str, log: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen(["transformers", "serve", model, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-                             "--log-level", "info"], stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    proc = subprocess.Popen(
+        [
+            "transformers",
+            "serve",
+            model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--log-level",
+            "info",
+        ],
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
     deadline = time.time() + 180
     while True:
         if proc.poll() is not None or time.time() > deadline:
@@ -58,20 +73,37 @@ def main() -> None:
     os.makedirs(args.workdir, exist_ok=True)
     model, data, out = (os.path.join(args.workdir, name) for name in ("model", "prompts.jsonl", "out"))
     workload.build_model(model, "tiny", 512)
-    workload.write_jsonl(data, [{"messages": [{"role": "user", "content": f"request {i}: play song {i}"}]}
-                                for i in range(args.prompts)])
+    workload.write_jsonl(
+        data, [{"messages": [{"role": "user", "content": f"request {i}: play song {i}"}]} for i in range(args.prompts)]
+    )
     if os.path.exists(os.path.join(out, "requests.sqlite")):  # a rerun must send every request again
         os.remove(os.path.join(out, "requests.sqlite"))
     server, url = start_server(model, os.path.join(args.workdir, "serve.log"))
     try:
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "synth_data.py", f"data={data}", f"output_dir={out}", "backend=openai", f"base_url={url}",
-             f"model={model}", f"concurrency={args.concurrency}", "stages=[responses]", f"num_samples={args.samples}",
-             f"max_new_tokens={args.max_new_tokens}", "test_data=", "progress_bar=false",
-             f"clean.cache_dir={os.path.join(args.workdir, 'clean_cache')}"],
-            cwd=workload.ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True)
+            [
+                sys.executable,
+                "synth_data.py",
+                f"data={data}",
+                f"output_dir={out}",
+                "backend=openai",
+                f"base_url={url}",
+                f"model={model}",
+                f"concurrency={args.concurrency}",
+                "stages=[responses]",
+                f"num_samples={args.samples}",
+                f"max_new_tokens={args.max_new_tokens}",
+                "test_data=",
+                "progress_bar=false",
+                f"clean.cache_dir={os.path.join(args.workdir, 'clean_cache')}",
+            ],
+            cwd=workload.ROOT,
+            env=dict(os.environ, HF_HUB_OFFLINE="1"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         watched, samples = psutil.Process(proc.pid), []
         while proc.poll() is None:
             try:
@@ -87,7 +119,9 @@ def main() -> None:
         server.wait()
     if proc.returncode != 0:
         raise SystemExit(f"synth_data.py failed:\n{output[-3000:]}")
-    served = len(re.findall(r'"POST /v1/chat/completions HTTP/1.1" 200', open(os.path.join(args.workdir, "serve.log")).read()))
+    served = len(
+        re.findall(r'"POST /v1/chat/completions HTTP/1.1" 200', open(os.path.join(args.workdir, "serve.log")).read())
+    )
     with open(os.path.join(out, "responses.jsonl"), encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     wanted = args.prompts * args.samples
@@ -95,10 +129,18 @@ def main() -> None:
     for row in rows:
         per_prompt[row["messages"][0]["content"]] = per_prompt.get(row["messages"][0]["content"], 0) + 1
     quarters = [max((rss for t, rss in samples if t <= elapsed * q / 4), default=0) for q in (1, 2, 3, 4)]
-    result = dict(requests=wanted, served=served, rows=len(rows), every_prompt_sample_once=set(per_prompt.values()) == {args.samples}
-                  and len(per_prompt) == args.prompts, concurrency=args.concurrency, seconds=round(elapsed, 1),
-                  requests_per_s=round(wanted / elapsed, 1), synth_peak_rss_mb=round(max(rss for _, rss in samples)),
-                  synth_peak_rss_mb_by_quarter=[round(q) for q in quarters], server_rss_mb_at_end=round(server_rss))
+    result = dict(
+        requests=wanted,
+        served=served,
+        rows=len(rows),
+        every_prompt_sample_once=set(per_prompt.values()) == {args.samples} and len(per_prompt) == args.prompts,
+        concurrency=args.concurrency,
+        seconds=round(elapsed, 1),
+        requests_per_s=round(wanted / elapsed, 1),
+        synth_peak_rss_mb=round(max(rss for _, rss in samples)),
+        synth_peak_rss_mb_by_quarter=[round(q) for q in quarters],
+        server_rss_mb_at_end=round(server_rss),
+    )
     print(json.dumps(result))
     if not (served == wanted == len(rows) and result["every_prompt_sample_once"]):
         raise SystemExit("not every request was answered exactly once")

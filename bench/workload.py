@@ -20,8 +20,12 @@ sys.path.insert(0, ROOT)
 
 # A 4M-parameter Llama (GQA, like current small models) and one of 1M for the smoke test.
 SHAPES = {
-    "4m": dict(hidden_size=256, intermediate_size=704, num_hidden_layers=5, num_attention_heads=8, num_key_value_heads=4),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "4m": dict(
+        hidden_size=256, intermediate_size=704, num_hidden_layers=5, num_attention_heads=8, num_key_value_heads=4
+    ),
+    "tiny": dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    ),
 }
 
 
@@ -38,9 +42,16 @@ def build_model(folder: str, shape: str, max_length: int) -> None:
     prepare_tokenizer(tokenizer, "special_tokens")
     torch.manual_seed(0)
     vocab = -(-len(tokenizer) // 64) * 64
-    config = LlamaConfig(vocab_size=vocab, max_position_embeddings=max_length, tie_word_embeddings=True,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-                         use_cache=False, **SHAPES[shape])
+    config = LlamaConfig(
+        vocab_size=vocab,
+        max_position_embeddings=max_length,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        use_cache=False,
+        **SHAPES[shape],
+    )
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
@@ -72,9 +83,14 @@ def chat_rows(n: int, median: int, cap: int, seed: int = 0) -> list[dict]:
     rows = []
     for length in long_tailed_lengths(n, median, cap, seed):
         user = max(2, length // 4)
-        rows.append({"messages": [
-            {"role": "user", "content": text(rng, words, user)},
-            {"role": "assistant", "content": text(rng, words, length - user)}]})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": text(rng, words, user)},
+                    {"role": "assistant", "content": text(rng, words, length - user)},
+                ]
+            }
+        )
     return rows
 
 
@@ -84,9 +100,13 @@ def preference_rows(n: int, median: int, cap: int, seed: int = 0) -> list[dict]:
     rows = []
     for length in long_tailed_lengths(n, median, cap, seed):
         prompt = max(2, length // 3)
-        rows.append({"prompt": [{"role": "user", "content": text(rng, words, prompt)}],
-                     "chosen": [{"role": "assistant", "content": text(rng, words, length - prompt)}],
-                     "rejected": [{"role": "assistant", "content": text(rng, words, length - prompt)}]})
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": text(rng, words, prompt)}],
+                "chosen": [{"role": "assistant", "content": text(rng, words, length - prompt)}],
+                "rejected": [{"role": "assistant", "content": text(rng, words, length - prompt)}],
+            }
+        )
     return rows
 
 
@@ -133,8 +153,7 @@ def measured(trainer_class):
 
     class Measured(trainer_class):
         def __init__(self, *args, **kwargs):
-            self.counts = dict(epoch_s=[], steps=0, tokens=0, padded_tokens=0,
-                               trained_tokens=0)
+            self.counts = dict(epoch_s=[], steps=0, tokens=0, padded_tokens=0, trained_tokens=0)
             super().__init__(*args, **kwargs)
             self.add_callback(EpochTimes(self.counts))
             COUNTS.append(self.counts)
@@ -168,16 +187,27 @@ def import_libraries(script: str) -> None:
 def finish(variant: str, out: str, started: float, rows: int, extra: dict | None = None) -> None:
     """Append this process's counts to `out` as one JSON line."""
     counts = COUNTS[-1]
-    result = dict(variant=variant, rows=rows, wall_s=time.perf_counter() - started,
-                  prepare_s=counts["train_begin"] - started, train_s=time.perf_counter() - counts["train_begin"],
-                  epoch_s=counts["epoch_s"], steps=counts["steps"], tokens=counts["tokens"],
-                  padded_tokens=counts["padded_tokens"], trained_tokens=counts["trained_tokens"],
-                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **(extra or {}))
+    result = dict(
+        variant=variant,
+        rows=rows,
+        wall_s=time.perf_counter() - started,
+        prepare_s=counts["train_begin"] - started,
+        train_s=time.perf_counter() - counts["train_begin"],
+        epoch_s=counts["epoch_s"],
+        steps=counts["steps"],
+        tokens=counts["tokens"],
+        padded_tokens=counts["padded_tokens"],
+        trained_tokens=counts["trained_tokens"],
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **(extra or {}),
+    )
     with open(out, "a", encoding="utf-8") as f:
         f.write(json.dumps(result) + "\n")
 
 
-def alternate(script: str, variants: list[str], repeats: int, workdir: str, out: str, extra_args: list[str]) -> list[dict]:
+def alternate(
+    script: str, variants: list[str], repeats: int, workdir: str, out: str, extra_args: list[str]
+) -> list[dict]:
     """Run each variant `repeats` times, in turn (A B A B ...), each in a fresh process; their results."""
     if os.path.exists(out):
         os.remove(out)
@@ -185,8 +215,13 @@ def alternate(script: str, variants: list[str], repeats: int, workdir: str, out:
     for repeat in range(repeats):
         for variant in variants:
             print(f"run {repeat + 1}/{repeats}: {variant}", flush=True)
-            subprocess.run([sys.executable, script, "--run", variant, "--workdir", workdir, "--out", out, *extra_args],
-                           check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [sys.executable, script, "--run", variant, "--workdir", workdir, "--out", out, *extra_args],
+                check=True,
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+            )
     with open(out, encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
@@ -211,38 +246,53 @@ def summarise(results: list[dict], params: float, peak_gflops: float, baseline: 
         def per_run(f):
             return [f(r) for r in runs]
 
-        table.append(dict(
-            variant=variant, runs=len(runs),
-            epoch_s=[per_run(lambda r, i=i: r["epoch_s"][i]) for i in range(len(runs[0]["epoch_s"]))],
-            trained_tok_s=per_run(lambda r: r["trained_tokens"] / r["train_s"]),
-            tok_s=per_run(lambda r: r["tokens"] / r["train_s"]),
-            padding_share=per_run(lambda r: 1 - r["tokens"] / r["padded_tokens"] if r["padded_tokens"] else 0.0),
-            peak_rss_mb=per_run(lambda r: r["peak_rss_mb"]),
-            mfu_trained=per_run(lambda r: 6 * params * r["trained_tokens"] / r["train_s"] / (peak_gflops * 1e9)),
-            mfu_all=per_run(lambda r: 6 * params * r["tokens"] / r["train_s"] / (peak_gflops * 1e9)),
-            prepare_rows_s=per_run(lambda r: r["rows"] / r["prepare_s"]),
-            wall_s=per_run(lambda r: r["wall_s"]),
-            extra={k: per_run(lambda r, k=k: r[k]) for k in runs[0] if k.startswith("x_")},
-        ))
+        table.append(
+            dict(
+                variant=variant,
+                runs=len(runs),
+                epoch_s=[per_run(lambda r, i=i: r["epoch_s"][i]) for i in range(len(runs[0]["epoch_s"]))],
+                trained_tok_s=per_run(lambda r: r["trained_tokens"] / r["train_s"]),
+                tok_s=per_run(lambda r: r["tokens"] / r["train_s"]),
+                padding_share=per_run(lambda r: 1 - r["tokens"] / r["padded_tokens"] if r["padded_tokens"] else 0.0),
+                peak_rss_mb=per_run(lambda r: r["peak_rss_mb"]),
+                mfu_trained=per_run(lambda r: 6 * params * r["trained_tokens"] / r["train_s"] / (peak_gflops * 1e9)),
+                mfu_all=per_run(lambda r: 6 * params * r["tokens"] / r["train_s"] / (peak_gflops * 1e9)),
+                prepare_rows_s=per_run(lambda r: r["rows"] / r["prepare_s"]),
+                wall_s=per_run(lambda r: r["wall_s"]),
+                extra={k: per_run(lambda r, k=k: r[k]) for k in runs[0] if k.startswith("x_")},
+            )
+        )
     base = next(t for t in table if t["variant"] == baseline)
     for t in table:
-        t["epoch_ratio"] = [[s / statistics.median(b) for s in e] for e, b in zip(t["epoch_s"], base["epoch_s"])]
+        t["epoch_ratio"] = [[s / statistics.median(b) for s in e] for e, b in zip(t["epoch_s"], base["epoch_s"], strict=False)]
         t["rss_ratio"] = [m / statistics.median(base["peak_rss_mb"]) for m in t["peak_rss_mb"]]
     return table
 
 
 def print_table(table: list[dict], header: str) -> None:
     print(header)
-    print("| variant | runs | " + " | ".join(f"epoch {i + 1} s" for i in range(len(table[0]["epoch_s"])))
-          + " | epoch time vs baseline | trained tokens/s | padding share | peak RSS MB | RSS vs baseline"
-            " | MFU (trained tokens) | MFU (all tokens) | data prep rows/s | process wall s |")
+    print(
+        "| variant | runs | "
+        + " | ".join(f"epoch {i + 1} s" for i in range(len(table[0]["epoch_s"])))
+        + " | epoch time vs baseline | trained tokens/s | padding share | peak RSS MB | RSS vs baseline"
+        " | MFU (trained tokens) | MFU (all tokens) | data prep rows/s | process wall s |"
+    )
     print("|---" * (11 + len(table[0]["epoch_s"])) + "|")
     for t in table:
-        cells = [t["variant"], str(t["runs"]), *(spread(e) for e in t["epoch_s"]),
-                 " / ".join(spread(r) for r in t["epoch_ratio"]), spread(t["trained_tok_s"]),
-                 spread(t["padding_share"]), spread(t["peak_rss_mb"]), spread(t["rss_ratio"]),
-                 spread([100 * m for m in t["mfu_trained"]]) + "%", spread([100 * m for m in t["mfu_all"]]) + "%",
-                 spread(t["prepare_rows_s"]), spread(t["wall_s"])]
+        cells = [
+            t["variant"],
+            str(t["runs"]),
+            *(spread(e) for e in t["epoch_s"]),
+            " / ".join(spread(r) for r in t["epoch_ratio"]),
+            spread(t["trained_tok_s"]),
+            spread(t["padding_share"]),
+            spread(t["peak_rss_mb"]),
+            spread(t["rss_ratio"]),
+            spread([100 * m for m in t["mfu_trained"]]) + "%",
+            spread([100 * m for m in t["mfu_all"]]) + "%",
+            spread(t["prepare_rows_s"]),
+            spread(t["wall_s"]),
+        ]
         print("| " + " | ".join(cells) + " |")
 
 
@@ -285,11 +335,19 @@ def side_by_side(script: str, variants: tuple, ours: str, rows: int, kind: str, 
     build_model(model_dir, args.shape, args.max_length)
     peak = matmul_peak_gflops()
     extra = ["--rows", str(args.rows), "--max_length", str(args.max_length), "--ours", args.ours]
-    results = alternate(os.path.abspath(script), args.variants.split(","), args.repeats, args.workdir,
-                        os.path.join(args.workdir, "results.jsonl"), extra)
+    results = alternate(
+        os.path.abspath(script),
+        args.variants.split(","),
+        args.repeats,
+        args.workdir,
+        os.path.join(args.workdir, "results.jsonl"),
+        extra,
+    )
     peak = max(peak, matmul_peak_gflops())
     params = model_parameters(model_dir)
-    print_table(summarise(results, params, peak, baseline=args.variants.split(",")[0]),
-                f"{kind}: {args.rows} rows (median {args.median} tokens), {params / 1e6:.1f}M-parameter Llama, "
-                f"max_length={args.max_length}; fp32 matmul peak {peak:.0f} GFLOP/s ({os.cpu_count()} cores); "
-                f"{args.repeats} runs each, alternating")
+    print_table(
+        summarise(results, params, peak, baseline=args.variants.split(",")[0]),
+        f"{kind}: {args.rows} rows (median {args.median} tokens), {params / 1e6:.1f}M-parameter Llama, "
+        f"max_length={args.max_length}; fp32 matmul peak {peak:.0f} GFLOP/s ({os.cpu_count()} cores); "
+        f"{args.repeats} runs each, alternating",
+    )

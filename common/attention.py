@@ -33,8 +33,11 @@ def sdpa_varlen_forward(module, query, key, value, attention_mask, cu_seq_lens_q
         bounds = document_bounds(cu_seq_lens_q, position_ids, length)
     if bounds is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    pieces = [sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], None, **kwargs)[0]
-              for s, e in zip(bounds, bounds[1:]) if e > s]
+    pieces = [
+        sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], None, **kwargs)[0]
+        for s, e in zip(bounds, bounds[1:], strict=False)
+        if e > s
+    ]
     return torch.cat(pieces, dim=1), None
 
 

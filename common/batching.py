@@ -11,7 +11,7 @@ from common.data import DataReport
 
 
 def choose_packing(packing) -> bool:
-    """"auto": packed, on CPU and GPU, now that each document's attention runs at its own size.
+    """ "auto": packed, on CPU and GPU, now that each document's attention runs at its own size.
 
     With transformers' sdpa a packed step ran 2x slower than padded batches on two CPU cores
     (KNOWN_TRAPS.md): the block-diagonal mask makes attention full-size over the whole step. With
@@ -33,11 +33,19 @@ def packed_row_length(lengths, max_length: int, batch_size: int | None) -> int:
 def pack_in_random_order(rows: list[dict], max_length: int, seed: int) -> list[dict]:
     """In-memory examples ({"input_ids", "labels"}) packed as pack_lengths places them, with seq_lengths."""
     packs = pack_lengths([len(row["input_ids"]) for row in rows], max_length, seed)
-    return [{"input_ids": sum((rows[i]["input_ids"] for i in p), []), "labels": sum((rows[i]["labels"] for i in p), []),
-             "seq_lengths": [len(rows[i]["input_ids"]) for i in p]} for p in packs]
+    return [
+        {
+            "input_ids": sum((rows[i]["input_ids"] for i in p), []),
+            "labels": sum((rows[i]["labels"] for i in p), []),
+            "seq_lengths": [len(rows[i]["input_ids"]) for i in p],
+        }
+        for p in packs
+    ]
 
 
-def pack_lengths(size: list[int], max_length: int, seed: int, window: int = 128, open_rows: int = 32) -> list[list[int]]:
+def pack_lengths(
+    size: list[int], max_length: int, seed: int, window: int = 128, open_rows: int = 32
+) -> list[list[int]]:
     """Examples (by their lengths alone) packed into rows of at most max_length tokens, each row a random mix of
     examples; returns each row's example indices.
 
@@ -74,7 +82,7 @@ def pack_lengths(size: list[int], max_length: int, seed: int, window: int = 128,
 
     packed, pending = [], []
     for start in range(0, len(order), window):
-        place(window_order(order[start:start + window]), packed, pending, open_rows)
+        place(window_order(order[start : start + window]), packed, pending, open_rows)
     leftover, pending = [i for p in pending for i in p["members"]], []
     place(window_order(leftover), packed, pending, None)
     return [p["members"] for p in packed + pending]
@@ -103,7 +111,7 @@ def write_preview(dataset, collate, output_dir: str, n: int = 16) -> list[dict]:
 def show_example(tokenizer, example: dict) -> str:
     """The example's text with the tokens that carry a loss wrapped in [[ ]]."""
     pieces, inside = [], False
-    for token, label in zip(example["input_ids"], example["labels"]):
+    for token, label in zip(example["input_ids"], example["labels"], strict=False):
         trained = label != -100
         if trained != inside:
             pieces.append("[[" if trained else "]]")

@@ -4,9 +4,9 @@ The special-tokens template text is in common.special_tokens_template, masks in 
 choice in common.chat_templates, reasoning in common.reasoning, tool calls in common.tool_calls.
 """
 
+from common.chat_templates import ChatSpec, chat_spec, use_training_template
 from common.distributed import is_main
 from common.errors import UserError
-from common.chat_templates import ChatSpec, chat_spec, use_training_template
 from common.models import add_pad_token
 from common.reasoning import reasoning_problem
 from common.special_tokens_template import FUNCTION_TOKEN, RESPONSE_TEMPLATE, special_tokens_template
@@ -30,7 +30,8 @@ def prepare_tokenizer(tokenizer, chat_format: str, chat_template: str = "", reas
         if chat_template:
             raise UserError("chat_template applies to chat_format=native; special_tokens uses its own template")
         tokenizer.add_special_tokens(
-            {"additional_special_tokens": [*ROLE_TOKENS.values(), CALL, END_OF_TURN]}, replace_extra_special_tokens=False
+            {"additional_special_tokens": [*ROLE_TOKENS.values(), CALL, END_OF_TURN]},
+            replace_extra_special_tokens=False,
         )
         # a model trained here with function tokens (dpo.py after sft_chat.py) keeps rendering calls with them
         tokenizer.chat_template = special_tokens_template(function_tokens_of(tokenizer))
@@ -68,8 +69,10 @@ def add_function_tokens(tokenizer, spec: ChatSpec, names) -> dict[str, str]:
     the tools line of the function is the token. Returns {name: token} for every function token the tokenizer
     has, the mapping final/ keeps."""
     before = len(tokenizer)
-    tokenizer.add_special_tokens({"additional_special_tokens": [FUNCTION_TOKEN.format(n) for n in sorted(set(names))]},
-                                 replace_extra_special_tokens=False)
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": [FUNCTION_TOKEN.format(n) for n in sorted(set(names))]},
+        replace_extra_special_tokens=False,
+    )
     tokens = function_tokens_of(tokenizer)
     tokenizer.chat_template = special_tokens_template(tokens)
     spec.new_token_ids += list(range(before, len(tokenizer)))
@@ -79,8 +82,11 @@ def add_function_tokens(tokenizer, spec: ChatSpec, names) -> dict[str, str]:
 def function_tokens_of(tokenizer) -> dict[str, str]:
     """{name: token} of the function tokens the tokenizer already has."""
     prefix, suffix = FUNCTION_TOKEN.split("{}")
-    return {token[len(prefix):-len(suffix)]: token for token in tokenizer.get_added_vocab()
-            if token.startswith(prefix) and token.endswith(suffix)}
+    return {
+        token[len(prefix) : -len(suffix)]: token
+        for token in tokenizer.get_added_vocab()
+        if token.startswith(prefix) and token.endswith(suffix)
+    }
 
 
 def end_of_turn_ids(tokenizer, chat_format: str, spec: ChatSpec | None = None) -> list[int]:

@@ -16,8 +16,9 @@ from common.reasoning import with_reasoning
 from common.tool_calls import calls_text, normalize_message, normalize_tools
 
 
-def tokenize_chat(tokenizer, messages: list[dict], loss_on: str = "all_assistant",
-                  spec: ChatSpec | None = None, tools=None) -> tuple[list[int], list[int]]:
+def tokenize_chat(
+    tokenizer, messages: list[dict], loss_on: str = "all_assistant", spec: ChatSpec | None = None, tools=None
+) -> tuple[list[int], list[int]]:
     """input_ids and labels for one (checked) conversation and its tools; labels are -100 except on the trained
     assistant tokens (reasoning, content, tool calls, end of turn)."""
     spec = spec or chat_spec(tokenizer, "")
@@ -29,7 +30,7 @@ def tokenize_chat(tokenizer, messages: list[dict], loss_on: str = "all_assistant
     if loss_on == "last_assistant":
         mask, turns = _last_span_only(mask), turns[-1:]
     _check_trained_text(tokenizer, input_ids, mask, turns)
-    return input_ids, [t if m else -100 for t, m in zip(input_ids, mask)]
+    return input_ids, [t if m else -100 for t, m in zip(input_ids, mask, strict=False)]
 
 
 def rendered_messages(messages: list[dict], spec: ChatSpec, tools: list) -> list[dict]:
@@ -37,13 +38,16 @@ def rendered_messages(messages: list[dict], spec: ChatSpec, tools: list) -> list
     return prepare_messages([normalize_message(m) for m in with_reasoning(messages, spec.reasoning)], spec, tools)
 
 
-def render_with_mask(tokenizer, messages: list[dict], spec: ChatSpec, tools: list | None = None) -> tuple[list[int], list[int]]:
+def render_with_mask(
+    tokenizer, messages: list[dict], spec: ChatSpec, tools: list | None = None
+) -> tuple[list[int], list[int]]:
     """Token ids of the rendered messages and a 0/1 mask of the assistant tokens the template trains."""
     try:
         if spec.prefix_masks:
             return prefix_mask(tokenizer, messages, tools)
-        out = tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
+        out = tokenizer.apply_chat_template(
+            messages, tools=tools or None, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
         return list(out["input_ids"]), list(out["assistant_masks"])
     except (TemplateError, TypeError) as e:  # the template's raise_exception, or an operation it cannot do on the row
         raise RowProblem(f"the chat template rejects this row: {e}") from None
@@ -51,9 +55,13 @@ def render_with_mask(tokenizer, messages: list[dict], spec: ChatSpec, tools: lis
 
 def prefix_mask(tokenizer, messages: list[dict], tools: list | None = None) -> tuple[list[int], list[int]]:
     """Assistant spans as the tokens each assistant turn adds to the rendered prefix, checked to be exact."""
+
     def ids(msgs, generation_prompt):
-        return list(tokenizer.apply_chat_template(msgs, tools=tools or None, tokenize=True, return_dict=True,
-                                                  add_generation_prompt=generation_prompt)["input_ids"])
+        return list(
+            tokenizer.apply_chat_template(
+                msgs, tools=tools or None, tokenize=True, return_dict=True, add_generation_prompt=generation_prompt
+            )["input_ids"]
+        )
 
     full = ids(messages, False)
     mask = [0] * len(full)
@@ -64,17 +72,22 @@ def prefix_mask(tokenizer, messages: list[dict], tools: list | None = None) -> t
             raise RowProblem(f"an assistant turn comes first, which prefix rendering cannot place; {FIX}")
         prompt, turn = ids(messages[:i], True), ids(messages[: i + 1], False)
         if turn[: len(prompt)] != prompt:
-            raise RowProblem(f"the chat template is not prefix-stable: its generation prompt is not a prefix of the "
-                             f"rendered assistant turn; {FIX}")
+            raise RowProblem(
+                f"the chat template is not prefix-stable: its generation prompt is not a prefix of the "
+                f"rendered assistant turn; {FIX}"
+            )
         if full[: len(turn)] != turn:
-            raise RowProblem(f"the chat template is not prefix-stable: a conversation ending in an assistant turn "
-                             f"does not render as a prefix of the whole row; {FIX}")
+            raise RowProblem(
+                f"the chat template is not prefix-stable: a conversation ending in an assistant turn "
+                f"does not render as a prefix of the whole row; {FIX}"
+            )
         mask[len(prompt) : len(turn)] = [1] * (len(turn) - len(prompt))
     return full, mask
 
 
-def prompt_and_answer(tokenizer, prompt: list[dict], answer: list[dict], spec: ChatSpec,
-                      tools=None) -> tuple[list[int], list[int]]:
+def prompt_and_answer(
+    tokenizer, prompt: list[dict], answer: list[dict], spec: ChatSpec, tools=None
+) -> tuple[list[int], list[int]]:
     """(prompt_ids, answer_ids) of a conversation rendered whole: the answer is its assistant turns' trained
     tokens (with the end-of-turn token), the prompt everything before them, as in training (DPO's pairs)."""
     tools = normalize_tools(tools)
@@ -96,7 +109,7 @@ def trained_stop_token(tokenizer, spec: ChatSpec) -> int | None:
         input_ids, mask = render_with_mask(tokenizer, prepare_messages(PROBES[2][:3], spec), spec)
     except RowProblem:
         return None
-    trained = [t for t, m in zip(input_ids, mask) if m and tokenizer.decode([t]).strip()]
+    trained = [t for t, m in zip(input_ids, mask, strict=False) if m and tokenizer.decode([t]).strip()]
     added = set(tokenizer.get_added_vocab().values())  # a content token is no end of turn
     return trained[-1] if trained and trained[-1] in added else None
 
@@ -119,8 +132,10 @@ def _turn_spans(mask: list[int], turns: list[dict]) -> list[tuple[int, int]]:
     unterminated) or join two: such a row is refused."""
     found = spans(mask)
     if len(found) != len(turns):
-        raise RowProblem(f"the chat template's mask does not give each assistant turn a span of its own ({len(found)} "
-                         f"trained spans for {len(turns)} assistant turns); {FIX}")
+        raise RowProblem(
+            f"the chat template's mask does not give each assistant turn a span of its own ({len(found)} "
+            f"trained spans for {len(turns)} assistant turns); {FIX}"
+        )
     return found
 
 
@@ -146,16 +161,19 @@ def _check_trained_text(tokenizer, input_ids: list[int], mask: list[int], turns:
         if text in tokenizer.decode(input_ids):
             raise RowProblem(f"the chat template's mask leaves out part of an assistant turn; {FIX}")
         if part == "reasoning":
-            raise RowProblem("the chat template drops the reasoning of an assistant turn (it shows only the last "
-                             "turn's); set reasoning=drop, chat_template=path/to/template.jinja or "
-                             "chat_format=special_tokens")
+            raise RowProblem(
+                "the chat template drops the reasoning of an assistant turn (it shows only the last "
+                "turn's); set reasoning=drop, chat_template=path/to/template.jinja or "
+                "chat_format=special_tokens"
+            )
         raise RowProblem(f"the chat template does not show {part} of an assistant turn; {FIX}")
 
     at = 0
     for turn in turns:
         at = end_of(turn.get("reasoning_content") or "", at, "reasoning")
-        answer = end_of(turn["content"], at,
-                        "the text next to the tool calls" if turn.get("tool_calls") else "the text")
+        answer = end_of(
+            turn["content"], at, "the text next to the tool calls" if turn.get("tool_calls") else "the text"
+        )
         call = at
         for name, *values in (calls_text([c]) for c in turn.get("tool_calls") or []):
             call = end_of(name, call, "every tool call")
@@ -173,5 +191,7 @@ def chat_example(tokenizer, spec: ChatSpec, loss_on: str, row: dict) -> tuple[li
         counts["system_turns_folded_into_user"] = 1
     reasoning_turns = sum(bool(m.get("reasoning_content")) for m in with_reasoning(messages, "keep"))
     if reasoning_turns:
-        counts[f"assistant_turns_with_reasoning_{'trained' if spec.reasoning == 'keep' else 'dropped'}"] = reasoning_turns
+        counts[f"assistant_turns_with_reasoning_{'trained' if spec.reasoning == 'keep' else 'dropped'}"] = (
+            reasoning_turns
+        )
     return [{"input_ids": input_ids, "labels": labels}], counts

@@ -28,23 +28,45 @@ FIX = "set chat_template=path/to/template.jinja (with {% generation %} markers) 
 MARK = "zq-reasoning-probe-zq"
 
 _SYSTEM = {"role": "system", "content": "You are brief."}
-_TURNS = [{"role": "user", "content": "Name three primary colours."},
-          {"role": "assistant", "content": "Red, yellow and blue."},
-          {"role": "user", "content": "And one secondary colour?"},
-          {"role": "assistant", "content": "Green."}]
+_TURNS = [
+    {"role": "user", "content": "Name three primary colours."},
+    {"role": "assistant", "content": "Red, yellow and blue."},
+    {"role": "user", "content": "And one secondary colour?"},
+    {"role": "assistant", "content": "Green."},
+]
 # Conversations on which a template is compared with TRL's copies and checked for prefix stability.
-PROBES = [_TURNS[:2], [_SYSTEM, *_TURNS[:2]], _TURNS, [_SYSTEM, *_TURNS],
-          [_TURNS[0], {**_TURNS[1], "reasoning_content": "Primaries."}, *_TURNS[2:]],
-          [_TURNS[0], {**_TURNS[1], "content": "<think>\nPrimaries.\n</think>\n\nRed, yellow and blue."}]]
+PROBES = [
+    _TURNS[:2],
+    [_SYSTEM, *_TURNS[:2]],
+    _TURNS,
+    [_SYSTEM, *_TURNS],
+    [_TURNS[0], {**_TURNS[1], "reasoning_content": "Primaries."}, *_TURNS[2:]],
+    [_TURNS[0], {**_TURNS[1], "content": "<think>\nPrimaries.\n</think>\n\nRed, yellow and blue."}],
+]
 # A tool-calling exchange with distinct marks, to see which parts a template shows (and, rendered with
 # PROBE_TOOLS, to tell templates apart that differ only there). Its call id is nine letters and digits, the only
 # form Mistral's templates accept, so that no template rejects the probe for its id.
-PROBE_TOOLS = [{"type": "function", "function": {"name": "zq_tool_name", "description": "zq-tool-doc", "parameters": {
-    "type": "object", "properties": {"zq_arg": {"type": "string"}}, "required": ["zq_arg"]}}}]
-_CALL = {"type": "function", "id": "zqcallid1", "function": {"name": "zq_tool_name", "arguments": {"zq_arg": "zq-value"}}}
-TOOL_PROBE = [_TURNS[0], {"role": "assistant", "content": "", "tool_calls": [_CALL]},
-              {"role": "tool", "name": "zq_tool_name", "tool_call_id": _CALL["id"], "content": "zq-result"},
-              {"role": "assistant", "content": "Done."}]
+PROBE_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "zq_tool_name",
+            "description": "zq-tool-doc",
+            "parameters": {"type": "object", "properties": {"zq_arg": {"type": "string"}}, "required": ["zq_arg"]},
+        },
+    }
+]
+_CALL = {
+    "type": "function",
+    "id": "zqcallid1",
+    "function": {"name": "zq_tool_name", "arguments": {"zq_arg": "zq-value"}},
+}
+TOOL_PROBE = [
+    _TURNS[0],
+    {"role": "assistant", "content": "", "tool_calls": [_CALL]},
+    {"role": "tool", "name": "zq_tool_name", "tool_call_id": _CALL["id"], "content": "zq-result"},
+    {"role": "assistant", "content": "Done."},
+]
 
 
 @dataclass
@@ -74,10 +96,16 @@ def has_generation_markers(template: str) -> bool:
     return markers(template)
 
 
-def render(tokenizer, messages: list[dict], template: str | None = None, generation_prompt: bool = False,
-           tools: list | None = None) -> str:
-    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                         add_generation_prompt=generation_prompt, tools=tools or None)
+def render(
+    tokenizer,
+    messages: list[dict],
+    template: str | None = None,
+    generation_prompt: bool = False,
+    tools: list | None = None,
+) -> str:
+    return tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt, tools=tools or None
+    )
 
 
 @lru_cache(maxsize=1)
@@ -86,8 +114,11 @@ def known_templates() -> list[tuple[str, str, str]]:
     from trl import chat_template_utils as utils
 
     suffix = "_training_chat_template"
-    return [(name[: -len(suffix)], getattr(utils, name[: -len(suffix)] + "_chat_template"), getattr(utils, name))
-            for name in sorted(dir(utils)) if name.endswith(suffix) and hasattr(utils, name[: -len(suffix)] + "_chat_template")]
+    return [
+        (name[: -len(suffix)], getattr(utils, name[: -len(suffix)] + "_chat_template"), getattr(utils, name))
+        for name in sorted(dir(utils))
+        if name.endswith(suffix) and hasattr(utils, name[: -len(suffix)] + "_chat_template")
+    ]
 
 
 def _probe_renders(tokenizer, template: str):
@@ -110,7 +141,7 @@ def recognise(tokenizer, template: str) -> tuple[str, str, str] | None:
     if all(text.startswith("error: ") for text in mine):
         return None
     for family, original, training in known:
-        if all(a == b for a, b in zip(_probe_renders(tokenizer, original), mine)):  # stops at the first difference
+        if all(a == b for a, b in zip(_probe_renders(tokenizer, original), mine, strict=False)):  # stops at the first difference
             return family, training, "renders as"
     return None
 
@@ -140,8 +171,10 @@ def use_training_template(tokenizer, template_file: str = "") -> str:
 
         tokenizer.chat_template = template
         if trained_stop_token(tokenizer, ChatSpec("", reasoning_style=reasoning_style(tokenizer))) is None:
-            return (f"{origin}, its own {{% generation %}} markers (warning: they leave out the end-of-turn token, "
-                    "so the model does not learn to stop)")
+            return (
+                f"{origin}, its own {{% generation %}} markers (warning: they leave out the end-of-turn token, "
+                "so the model does not learn to stop)"
+            )
         return f"{origin}, its own {{% generation %}} markers"
     known = recognise(tokenizer, template)
     if known:
@@ -159,8 +192,10 @@ def use_training_template(tokenizer, template_file: str = "") -> str:
     except TemplateError:
         pass  # the row that meets the same error says so
     except RowProblem as e:
-        raise UserError(f"{origin} is not one TRL has a training variant of, and rendering growing prefixes "
-                        f"is not exact with it on a single turn ({str(e).split('; set ')[0]}); {FIX}") from None
+        raise UserError(
+            f"{origin} is not one TRL has a training variant of, and rendering growing prefixes "
+            f"is not exact with it on a single turn ({str(e).split('; set ')[0]}); {FIX}"
+        ) from None
     return f"{origin}, masks from prefix rendering verified on every row"
 
 
@@ -182,9 +217,14 @@ def add_response_parser(tokenizer, original: str) -> None:
 def chat_spec(tokenizer, source: str, reasoning: str = "keep") -> ChatSpec:
     """The rules for rendering rows with the tokenizer's current template."""
     template = template_text(tokenizer)
-    return ChatSpec(source=source, prefix_masks=not has_generation_markers(template),
-                    reasoning_style=reasoning_style(tokenizer), fold_system=rejects_system(tokenizer), reasoning=reasoning,
-                    **tool_support(tokenizer))
+    return ChatSpec(
+        source=source,
+        prefix_masks=not has_generation_markers(template),
+        reasoning_style=reasoning_style(tokenizer),
+        fold_system=rejects_system(tokenizer),
+        reasoning=reasoning,
+        **tool_support(tokenizer),
+    )
 
 
 def tool_support(tokenizer) -> dict:
@@ -202,18 +242,34 @@ def tool_support(tokenizer) -> dict:
 
     def exchange(style: str, *values: str, results=TOOL_PROBE[2:]) -> str:
         """The probe exchange with one call per value, arguments in the given style."""
-        calls = [{**_CALL, "id": f"zqcallid{i + 1}", "function": {**_CALL["function"], "arguments": (
-            {"zq_arg": value} if style == "dict" else json.dumps({"zq_arg": value}))}} for i, value in enumerate(values)]
+        calls = [
+            {
+                **_CALL,
+                "id": f"zqcallid{i + 1}",
+                "function": {
+                    **_CALL["function"],
+                    "arguments": ({"zq_arg": value} if style == "dict" else json.dumps({"zq_arg": value})),
+                },
+            }
+            for i, value in enumerate(values)
+        ]
         return shown([TOOL_PROBE[0], {**TOOL_PROBE[1], "tool_calls": calls}, *results])
 
     shows_tools = "zq_tool_name" in shown(_TURNS[:2])  # a conversation without calls: the name comes from the schema
     for style in ("dict", "string"):
         text = exchange(style, "zq-value")
         if all(mark in text for mark in ("zq_tool_name", "zq_arg", "zq-value")):
-            return {"shows_tools": shows_tools, "call_arguments": style, "shows_tool_results": "zq-result" in text,
-                    "several_calls": "zq-other" in exchange(style, "zq-value", "zq-other", results=[])}
-    return {"shows_tools": shows_tools, "call_arguments": "",
-            "shows_tool_results": "zq-result" in exchange("dict", "zq-value")}
+            return {
+                "shows_tools": shows_tools,
+                "call_arguments": style,
+                "shows_tool_results": "zq-result" in text,
+                "several_calls": "zq-other" in exchange(style, "zq-value", "zq-other", results=[]),
+            }
+    return {
+        "shows_tools": shows_tools,
+        "call_arguments": "",
+        "shows_tool_results": "zq-result" in exchange("dict", "zq-value"),
+    }
 
 
 def rejects_system(tokenizer) -> bool:
@@ -262,17 +318,34 @@ def prepare_messages(messages: list[dict], spec: ChatSpec, tools: list | None = 
         messages = fold_system(messages)
     _check_tool_support(messages, spec, tools)
     if spec.call_arguments == "string":
-        messages = [{**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": json.dumps(
-            c["function"]["arguments"], ensure_ascii=False)}} for c in m["tool_calls"]]} if m.get("tool_calls") else m
-            for m in messages]
+        messages = [
+            {
+                **m,
+                "tool_calls": [
+                    {
+                        **c,
+                        "function": {
+                            **c["function"],
+                            "arguments": json.dumps(c["function"]["arguments"], ensure_ascii=False),
+                        },
+                    }
+                    for c in m["tool_calls"]
+                ],
+            }
+            if m.get("tool_calls")
+            else m
+            for m in messages
+        ]
     if spec.reasoning_style == "field":
         return messages
     out = []
     for message in messages:
         reasoning = message.get("reasoning_content")
         if reasoning and spec.reasoning_style == "none":
-            raise RowProblem("the chat template does not show reasoning (reasoning_content or <think>); set "
-                             "reasoning=drop, chat_template=path/to/template.jinja or chat_format=special_tokens")
+            raise RowProblem(
+                "the chat template does not show reasoning (reasoning_content or <think>); set "
+                "reasoning=drop, chat_template=path/to/template.jinja or chat_format=special_tokens"
+            )
         if reasoning and spec.reasoning_style == "inline":
             message = {key: value for key, value in message.items() if key != "reasoning_content"}
             message["content"] = f"<think>\n{reasoning}\n</think>\n\n{message['content']}"
@@ -287,7 +360,8 @@ def _check_tool_support(messages: list[dict], spec: ChatSpec, tools: list | None
     if not spec.call_arguments and any(m.get("tool_calls") for m in messages):
         raise RowProblem(f"the chat template does not show tool calls; {fix}")
     if not spec.several_calls and any(len(m.get("tool_calls") or []) > 1 for m in messages):
-        raise RowProblem(f"the chat template takes one tool call per assistant turn and this row has a turn with "
-                         f"more; {fix}")
+        raise RowProblem(
+            f"the chat template takes one tool call per assistant turn and this row has a turn with more; {fix}"
+        )
     if not spec.shows_tool_results and any(m["role"] == "tool" for m in messages):
         raise RowProblem(f"the chat template does not show tool results; {fix}")

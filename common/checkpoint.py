@@ -12,7 +12,15 @@ import torch
 from common.distributed import is_main, wait_for_everyone
 from common.errors import UserError
 
-RUN_FILES = ("params.yaml", "data_report.json", "metrics.jsonl", "loss.png", "data_preview.jsonl", "tokenizer", "datasets")
+RUN_FILES = (
+    "params.yaml",
+    "data_report.json",
+    "metrics.jsonl",
+    "loss.png",
+    "data_preview.jsonl",
+    "tokenizer",
+    "datasets",
+)
 
 
 def checkpoints(output_dir: str) -> list[str]:
@@ -65,8 +73,12 @@ def resume_point(output_dir: str) -> str | None:
         bad = found.pop()
         name = os.path.basename(bad)
         os.replace(bad, os.path.join(output_dir, f"unusable-{name}"))
-        print(f"warning: {name} is unusable ({problem}); set aside as unusable-{name}, "
-              f"resuming from {os.path.basename(found[-1]) if found else 'the start'}", file=sys.stderr, flush=True)
+        print(
+            f"warning: {name} is unusable ({problem}); set aside as unusable-{name}, "
+            f"resuming from {os.path.basename(found[-1]) if found else 'the start'}",
+            file=sys.stderr,
+            flush=True,
+        )
     wait_for_everyone()
     found = checkpoints(output_dir)
     return found[-1] if found else None
@@ -150,7 +162,9 @@ def stop_ids(model, tokenizer) -> list[int]:
     return ids if isinstance(ids, list) else [ids if ids is not None else tokenizer.eos_token_id]
 
 
-def export_final(trainer, tokenizer, output_dir: str, eos_ids: list[int], merge_lora: bool = True, extra_files=None) -> str:
+def export_final(
+    trainer, tokenizer, output_dir: str, eos_ids: list[int], merge_lora: bool = True, extra_files=None
+) -> str:
     """Write output_dir/final: a plain Hugging Face folder (merged when LoRA), written whole then renamed.
 
     extra_files maps a file name to the JSON-able object it holds (written inside final/ too).

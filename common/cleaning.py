@@ -42,14 +42,26 @@ CLEAN_DEFAULTS = dict(
 HELD_OUT_KEYS = ("test_data", "exact_match_data", "eval_data")
 CACHE_VERSION = 2  # part of the cache key: raise it when a step changes what it keeps
 REFUSALS = (
-    "as an ai language model", "as an ai assistant", "i'm sorry, but i can't", "i am sorry, but i cannot",
-    "i cannot fulfill", "i can't assist with", "i'm unable to help", "i cannot help with that",
-    "openai's use case policy", "i don't have personal opinions",
+    "as an ai language model",
+    "as an ai assistant",
+    "i'm sorry, but i can't",
+    "i am sorry, but i cannot",
+    "i cannot fulfill",
+    "i can't assist with",
+    "i'm unable to help",
+    "i cannot help with that",
+    "openai's use case policy",
+    "i don't have personal opinions",
 )
 PII = [
     ("<EMAIL>", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")),
-    ("<SECRET>", re.compile(r"\b(?:sk-[A-Za-z0-9_-]{20,}|hf_[A-Za-z0-9]{30,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}"
-                            r"|xox[abpr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})\b")),
+    (
+        "<SECRET>",
+        re.compile(
+            r"\b(?:sk-[A-Za-z0-9_-]{20,}|hf_[A-Za-z0-9]{30,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}"
+            r"|xox[abpr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})\b"
+        ),
+    ),
     ("<IP>", re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b")),
     ("<PHONE>", re.compile(r"(?<![\w+(])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)|\d{2,4})[ .-]?\d{3,4}[ .-]?\d{3,4}\b")),
 ]
@@ -59,8 +71,14 @@ SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")
 def fields(row: dict) -> list[tuple[str, str, bool]]:
     """(path, text, trained) for every text in a row of any schema; trained marks answers and targets."""
     out = []
-    for key, trained in (("messages", True), ("text", True), ("prompt", False), ("completion", True), ("chosen", True),
-                         ("rejected", True)):
+    for key, trained in (
+        ("messages", True),
+        ("text", True),
+        ("prompt", False),
+        ("completion", True),
+        ("chosen", True),
+        ("rejected", True),
+    ):
         value = row.get(key)
         if isinstance(value, str):
             out.append((key, value, trained))
@@ -71,7 +89,10 @@ def fields(row: dict) -> list[tuple[str, str, bool]]:
 
 def _turn_text(message: dict) -> str:
     """A turn's text, with its tool calls written out (a call is an answer as much as text is)."""
-    calls = [f"{c['function']['name']}({json.dumps(arguments_of(c), ensure_ascii=False)})" for c in message.get("tool_calls") or []]
+    calls = [
+        f"{c['function']['name']}({json.dumps(arguments_of(c), ensure_ascii=False)})"
+        for c in message.get("tool_calls") or []
+    ]
     return "\n".join([message.get("content") or "", *calls]).strip()
 
 
@@ -82,10 +103,19 @@ def _rewrite(row: dict, fn) -> dict:
     row = dict(row)
     for key in ("messages", "prompt", "chosen", "rejected"):
         if isinstance(row.get(key), list):
-            turns = [{**m, "content": fn(m.get("content") or ""),
-                      **({"reasoning_content": fn(m["reasoning_content"])} if isinstance(m.get("reasoning_content"), str) else {}),
-                      **({"tool_calls": [map_strings(c, fn) for c in m["tool_calls"]]} if m.get("tool_calls") else {})}
-                     for m in row[key]]
+            turns = [
+                {
+                    **m,
+                    "content": fn(m.get("content") or ""),
+                    **(
+                        {"reasoning_content": fn(m["reasoning_content"])}
+                        if isinstance(m.get("reasoning_content"), str)
+                        else {}
+                    ),
+                    **({"tool_calls": [map_strings(c, fn) for c in m["tool_calls"]]} if m.get("tool_calls") else {}),
+                }
+                for m in row[key]
+            ]
             row[key] = [m for m in turns if m["content"] or m.get("tool_calls")]
     for key in ("text", "prompt", "completion", "chosen", "rejected"):
         if isinstance(row.get(key), str):
@@ -108,7 +138,7 @@ def scrub(text: str) -> str:
 def _scrubbed(data: dict) -> tuple[dict, int]:
     """The row with PII scrubbed, and how many of its texts changed."""
     scrubbed = _rewrite(data, scrub)
-    return scrubbed, sum(a[1] != b[1] for a, b in zip(fields(data), fields(scrubbed)))
+    return scrubbed, sum(a[1] != b[1] for a, b in zip(fields(data), fields(scrubbed), strict=False))
 
 
 def _words(text: str) -> list[str]:
@@ -141,16 +171,24 @@ def clean_once(rows: list[Row], params: dict, report: DataReport, tokenizer=None
     by_tokens = settings["min_tokens"] or settings["max_tokens"]
     if by_tokens and tokenizer is None:
         raise UserError("clean.min_tokens and clean.max_tokens need the model's tokenizer (not loaded for this stage)")
-    eval_inputs = eval_set_inputs(eval_sets_of(params))  # every rank reads them, so a missing file stops every rank alike
+    eval_inputs = eval_set_inputs(
+        eval_sets_of(params)
+    )  # every rank reads them, so a missing file stops every rank alike
     steps = {k: v for k, v in settings.items() if k != "cache_dir"}
     counter = [tokenizer.name_or_path, len(tokenizer)] if by_tokens else None
-    content = json.dumps([CACHE_VERSION, steps, counter, eval_inputs, [[r.data, r.where] for r in rows]], sort_keys=True)
+    content = json.dumps(
+        [CACHE_VERSION, steps, counter, eval_inputs, [[r.data, r.where] for r in rows]], sort_keys=True
+    )
     path = os.path.join(settings["cache_dir"], hashlib.sha256(content.encode()).hexdigest()[:32] + ".json")
     cached = os.path.isfile(path)
     if is_main() and not cached:
         fresh = DataReport()
         kept = clean_rows(rows, settings, fresh, eval_inputs, tokenizer)
-        result = {"dropped": fresh.dropped, "cleaning": fresh.counts["cleaning"], "rows": [[r.data, r.where] for r in kept]}
+        result = {
+            "dropped": fresh.dropped,
+            "cleaning": fresh.counts["cleaning"],
+            "rows": [[r.data, r.where] for r in kept],
+        }
         os.makedirs(settings["cache_dir"], exist_ok=True)
         with open(f"{path}.tmp{os.getpid()}", "w", encoding="utf-8") as f:
             json.dump(result, f)
@@ -179,8 +217,12 @@ def eval_sets_of(params: dict) -> list:
 
 def cleaning_table(counts: dict, dropped: dict, reused: str | None) -> str:
     """The short table a script prints: rows in and out, then each reason with its count."""
-    lines = [f"cleaning: {counts['rows_in']} rows in, {counts['rows_out']} kept" + (f" (reused {reused})" if reused else "")]
-    removed = [(reason.removeprefix("cleaning: "), n) for reason, n in dropped.items() if reason.startswith("cleaning: ")]
+    lines = [
+        f"cleaning: {counts['rows_in']} rows in, {counts['rows_out']} kept" + (f" (reused {reused})" if reused else "")
+    ]
+    removed = [
+        (reason.removeprefix("cleaning: "), n) for reason, n in dropped.items() if reason.startswith("cleaning: ")
+    ]
     removed += [(f"contaminated by {name}", 0) for name, n in counts.get("contaminated", {}).items() if not n]
     for reason, n in [*removed, ("texts with PII scrubbed (kept)", counts.get("pii_texts_scrubbed", 0))]:
         lines.append(f"  {reason:<48} {n:>7}")
@@ -194,11 +236,12 @@ def scrub_rows(rows: list[Row], settings: dict, report: DataReport) -> list[Row]
         return rows
     results = [_scrubbed(row.data) for row in rows]
     report.counts["input_texts_scrubbed"] = sum(changed for _, changed in results)
-    return [dataclasses.replace(row, data=data) for row, (data, _) in zip(rows, results)]
+    return [dataclasses.replace(row, data=data) for row, (data, _) in zip(rows, results, strict=False)]
 
 
-def clean_rows(rows: list[Row], settings: dict, report: DataReport, eval_inputs: dict | None = None,
-               tokenizer=None) -> list[Row]:
+def clean_rows(
+    rows: list[Row], settings: dict, report: DataReport, eval_inputs: dict | None = None, tokenizer=None
+) -> list[Row]:
     """The rows that survive every enabled step, rewritten (normalised, scrubbed); counts go into the report.
 
     eval_inputs maps an eval-set name to its input texts (see eval_set_inputs) for decontamination. The same
@@ -215,10 +258,14 @@ def clean_rows(rows: list[Row], settings: dict, report: DataReport, eval_inputs:
     for r in results:
         if r["reason"]:
             report.drop(f"cleaning: {r['reason']}")
-    kept = select_rows(np.array([not r["reason"] for r in results], dtype=bool),
-                       np.array([r["exact"] for r in results], dtype=np.int64),
-                       np.array([r["bands"] for r in results], dtype=np.int64).reshape(len(rows), -1),
-                       np.array([r["contaminated"] for r in results], dtype=np.int32), checks, report)
+    kept = select_rows(
+        np.array([not r["reason"] for r in results], dtype=bool),
+        np.array([r["exact"] for r in results], dtype=np.int64),
+        np.array([r["bands"] for r in results], dtype=np.int64).reshape(len(rows), -1),
+        np.array([r["contaminated"] for r in results], dtype=np.int32),
+        checks,
+        report,
+    )
     return [Row(results[i]["row"], rows[i].where) for i in kept]
 
 
@@ -246,7 +293,14 @@ class RowCleaner:
             row, pii = _scrubbed(row)
         prompt_only = not any(trained for _, _, trained in fields(data))  # requests alone (synth_data.py, grpo.py)
         reason = _row_problem(row, settings, prompt_only, self.tokenizer)
-        out = {"row": row, "reason": reason or "", "pii": pii, "exact": 0, "bands": [0] * len(self.bands), "contaminated": -1}
+        out = {
+            "row": row,
+            "reason": reason or "",
+            "pii": pii,
+            "exact": 0,
+            "bands": [0] * len(self.bands),
+            "contaminated": -1,
+        }
         if reason:
             return out
         texts = [t for _, t, _ in fields(row)]
@@ -264,7 +318,9 @@ class RowCleaner:
         shingles = {" ".join(words[j : j + n]).encode() for j in range(max(1, len(words) - n + 1))}
         signature = MinHash(num_perm=self.settings["num_perm"], permutations=self.permutations, scheme=self.scheme)
         signature.update_batch(list(shingles))
-        return [_key(hashlib.blake2b(signature.hashvalues[a:b].tobytes(), digest_size=8).digest()) for a, b in self.bands]
+        return [
+            _key(hashlib.blake2b(signature.hashvalues[a:b].tobytes(), digest_size=8).digest()) for a, b in self.bands
+        ]
 
     def _contaminated(self, texts: list[str]) -> int:
         """The index of the first eval set sharing an n-gram with the row (see _eval_grams), or -1."""
@@ -336,7 +392,6 @@ def _row_problem(data: dict, settings: dict, prompt_only: bool, tokenizer=None) 
     return quality_problem(trained, settings)
 
 
-
 def _near_duplicates(bands):
     """Which rows share a band key with an earlier row that is not itself a near duplicate. Only rows in a band
     group of two or more are walked in order; every other row is kept without a look."""
@@ -350,10 +405,10 @@ def _near_duplicates(bands):
     taken = [set() for _ in groups]
     for i in np.flatnonzero(crowded).tolist():
         keys = [int(inverse[i]) for inverse in groups]
-        if any(key in seen for key, seen in zip(keys, taken)):
+        if any(key in seen for key, seen in zip(keys, taken, strict=False)):
             near[i] = True
             continue
-        for key, seen in zip(keys, taken):
+        for key, seen in zip(keys, taken, strict=False):
             seen.add(key)
     return near
 
@@ -394,8 +449,9 @@ def _word_keys(words: list[str]):
 
     import numpy as np
 
-    return np.fromiter(((zlib.crc32(w.encode()) << 32) | zlib.adler32(w.encode()) for w in words), dtype=np.uint64,
-                       count=len(words))
+    return np.fromiter(
+        ((zlib.crc32(w.encode()) << 32) | zlib.adler32(w.encode()) for w in words), dtype=np.uint64, count=len(words)
+    )
 
 
 def _gram_keys(keys, length: int):

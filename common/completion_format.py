@@ -14,7 +14,9 @@ def check_template(template: str, tokenizer) -> str:
     try:
         rendered = template.format(prompt="\0")
     except (KeyError, IndexError, ValueError) as e:
-        raise UserError(f"template: not a str.format pattern with only {{prompt}} ({e}); write a literal brace as {{{{ }}}}") from None
+        raise UserError(
+            f"template: not a str.format pattern with only {{prompt}} ({e}); write a literal brace as {{{{ }}}}"
+        ) from None
     if "\0" not in rendered:
         raise UserError(f"template: must contain {{prompt}}, got {template!r}")
     if tokenizer.eos_token_id is None:
@@ -29,7 +31,10 @@ def check_template(template: str, tokenizer) -> str:
 def adds_bos(tokenizer) -> bool:
     """Whether the tokenizer puts BOS in front of plain text by itself (it differs between model families)."""
     bos = tokenizer.bos_token_id
-    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos] != tokenizer("a", add_special_tokens=False)["input_ids"][:1]
+    return (
+        bos is not None
+        and tokenizer("a")["input_ids"][:1] == [bos] != tokenizer("a", add_special_tokens=False)["input_ids"][:1]
+    )
 
 
 def completion_row_problem(row: dict) -> str | None:

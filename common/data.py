@@ -11,8 +11,15 @@ from dataclasses import dataclass, field
 from common.errors import UserError
 
 FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
-                  "observation": "tool", "tool": "tool"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "observation": "tool",
+    "tool": "tool",
+}
 
 
 @dataclass
@@ -74,7 +81,9 @@ def source_specs(sources, key: str = "data") -> list[tuple[dict, object]]:
         spec = {"path": source} if isinstance(source, str) else dict(source)
         unknown = set(spec) - {"path", "split", "fields", "weight"}
         if unknown or not isinstance(spec.get("path"), str):
-            raise UserError(f"{key}: a source must be a path or a dict with path, split, fields, weight; got {source!r}")
+            raise UserError(
+                f"{key}: a source must be a path or a dict with path, split, fields, weight; got {source!r}"
+            )
         specs.append((spec, _weight(spec.get("weight"), key, spec["path"])))
     return specs
 
@@ -83,7 +92,9 @@ def mixed_indices(per_source: list[list], specs: list[tuple[dict, object]], seed
     """The items of every source in order, or mixed by the sources' weights when any has one (see mix)."""
     if all(weight is None for _, weight in specs):
         return [item for part in per_source for item in part]
-    return mix([(spec["path"], part) for (spec, _), part in zip(specs, per_source)], [w for _, w in specs], seed, report)
+    return mix(
+        [(spec["path"], part) for (spec, _), part in zip(specs, per_source, strict=False)], [w for _, w in specs], seed, report
+    )
 
 
 def _weight(weight, key: str, path: str):
@@ -101,8 +112,10 @@ def _weight(weight, key: str, path: str):
         return ("rows", weight)
     elif isinstance(weight, float) and 0 < weight <= 1:
         return ("fraction", weight)
-    raise UserError(f"{key}: weight of {path} must be a fraction in (0, 1], a row count >= 1, or an oversampling "
-                    f"factor like '2x'; got {weight!r}")
+    raise UserError(
+        f"{key}: weight of {path} must be a fraction in (0, 1], a row count >= 1, or an oversampling "
+        f"factor like '2x'; got {weight!r}"
+    )
 
 
 def mix(loaded: list[tuple[str, list[Row]]], weights: list, seed: int, report: DataReport) -> list[Row]:
@@ -112,11 +125,15 @@ def mix(loaded: list[tuple[str, list[Row]]], weights: list, seed: int, report: D
     mix is as large as it can be without repeating a row; beside fixed sources, fractions scale to them.
     """
     rng = random.Random(seed)
+
     def fixed_count(rows, w):
         return len(rows) if w is None else w[1] if w[0] == "rows" else round(w[1] * len(rows))
 
-    fixed = {i: fixed_count(rows, w) for i, ((_, rows), w) in enumerate(zip(loaded, weights))
-             if w is None or w[0] != "fraction"}
+    fixed = {
+        i: fixed_count(rows, w)
+        for i, ((_, rows), w) in enumerate(zip(loaded, weights, strict=False))
+        if w is None or w[0] != "fraction"
+    }
     shares = {i: w[1] for i, w in enumerate(weights) if w and w[0] == "fraction"}
     total_share = sum(shares.values())
     if total_share > 1 + 1e-9 or (fixed and total_share >= 1):
@@ -189,8 +206,11 @@ def read_in_batches(path: str, split: str | None, size: int = 10_000):
         name = f"{path}[{split or 'train'}]" if not os.path.exists(path) else path
         for start in range(0, len(ds), size):
             part = ds[start : start + size]
-            rows = [dict(zip(part, values)) for values in zip(*part.values())]
-            yield [(json.dumps(r, ensure_ascii=False, default=str), f"{name}: row {start + i + 1}") for i, r in enumerate(rows)]
+            rows = [dict(zip(part, values, strict=False)) for values in zip(*part.values(), strict=False)]
+            yield [
+                (json.dumps(r, ensure_ascii=False, default=str), f"{name}: row {start + i + 1}")
+                for i, r in enumerate(rows)
+            ]
         count = len(ds)
     if not count:
         raise UserError(f"{path}: no rows in this data file")

@@ -62,8 +62,10 @@ def describe_sharding(model) -> str | None:
     held = sum(p.ds_tensor.numel() for p in partitioned)
     total = sum(p.ds_numel for p in partitioned)
     rank = dist.get_rank() if dist.is_initialized() else 0
-    return (f"zero3: rank {rank} holds {held} of {total} parameter elements ({held / max(1, total):.0%}); "
-            f"{len(partitioned)} tensors partitioned")
+    return (
+        f"zero3: rank {rank} holds {held} of {total} parameter elements ({held / max(1, total):.0%}); "
+        f"{len(partitioned)} tensors partitioned"
+    )
 
 
 def wait_for_everyone() -> None:

@@ -36,8 +36,10 @@ def disk_full(error: BaseException | None, folder: str | None = None) -> bool:
     while error is not None:
         chain.append(error)
         error = error.__cause__ or error.__context__
-    if any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or any(s in str(e) for s in DISK_FULL_SIGNS)
-           for e in chain):
+    if any(
+        isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) or any(s in str(e) for s in DISK_FULL_SIGNS)
+        for e in chain
+    ):
         return True
     while folder and not os.path.isdir(folder):
         folder = os.path.dirname(folder)
@@ -69,7 +71,10 @@ def exit_on_user_error(fn):
             params = args[0] if args and isinstance(args[0], dict) else {}
             if not disk_full(e, os.path.abspath(params.get("output_dir", ".") or ".")):
                 raise
-            _fail(f"no space left on the device while writing ({str(e).splitlines()[0][:200]}); finished checkpoints "
-                  "are whole: free some space and run again with resume=true", 3)
+            _fail(
+                f"no space left on the device while writing ({str(e).splitlines()[0][:200]}); finished checkpoints "
+                "are whole: free some space and run again with resume=true",
+                3,
+            )
 
     return wrapper

@@ -62,20 +62,32 @@ def is_exact_match(answer: str, reference: str) -> bool:
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, prompts: list, batch_size: int = 64, max_new_tokens: int = 128,
-                     tools: list | None = None, raw: bool = False) -> list[str]:
+def generate_answers(
+    model,
+    tokenizer,
+    prompts: list,
+    batch_size: int = 64,
+    max_new_tokens: int = 128,
+    tools: list | None = None,
+    raw: bool = False,
+) -> list[str]:
     """Greedy answers; a prompt is a list of messages (chat template, with tools[i] when given) or a string
     (tokenized as it is). raw: keep special tokens (a response parser reads them) up to the end of the turn."""
     tokenizer.padding_side = "left"
     model.eval()
-    texts = [p if isinstance(p, str) else _chat_prompt(tokenizer, p, (tools or [None] * len(prompts))[i])
-             for i, p in enumerate(prompts)]
+    texts = [
+        p if isinstance(p, str) else _chat_prompt(tokenizer, p, (tools or [None] * len(prompts))[i])
+        for i, p in enumerate(prompts)
+    ]
     answers = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
-        batch = tokenizer(chunk, padding=True, return_tensors="pt",
-                          add_special_tokens=isinstance(prompts[start], str)).to(model.device)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True)  # training turns it off
+        batch = tokenizer(
+            chunk, padding=True, return_tensors="pt", add_special_tokens=isinstance(prompts[start], str)
+        ).to(model.device)
+        out = model.generate(
+            **batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True
+        )  # training turns it off
         for ids in out[:, batch["input_ids"].shape[1] :].tolist():
             answers.append(tokenizer.decode(until_stop(ids, model.generation_config), skip_special_tokens=not raw))
     return answers
@@ -125,23 +137,33 @@ def exact_match_of(model, tokenizer, examples: list[Example], show: int = 0, tem
     from common.chat_templates import fold_system, rejects_system
 
     fold = rejects_system(tokenizer)  # as training folded it (Gemma 1 and 2)
-    prompts = [(fold_system(e.prompt) if fold else e.prompt) if isinstance(e.prompt, list)
-               else template.format(prompt=e.prompt) for e in examples]
+    prompts = [
+        (fold_system(e.prompt) if fold else e.prompt)
+        if isinstance(e.prompt, list)
+        else template.format(prompt=e.prompt)
+        for e in examples
+    ]
     calls = any(isinstance(e.reference, dict) for e in examples)
     if calls and getattr(tokenizer, "response_template", None) is None:
         from common.errors import UserError
 
-        raise UserError("the held-out rows call tools, but the saved tokenizer has no response_template to read "
-                        "calls back with (transformers' parse_response)")
+        raise UserError(
+            "the held-out rows call tools, but the saved tokenizer has no response_template to read "
+            "calls back with (transformers' parse_response)"
+        )
     answers = generate_answers(model, tokenizer, prompts, tools=[e.tools for e in examples], raw=calls)
-    hits = [_hit(tokenizer, answer, e, calls) for answer, e in zip(answers, examples)]
-    for answer, e, hit in list(zip(answers, examples, hits))[:show]:
+    hits = [_hit(tokenizer, answer, e, calls) for answer, e in zip(answers, examples, strict=False)]
+    for answer, e, hit in list(zip(answers, examples, hits, strict=False))[:show]:
         shown = e.prompt[-1]["content"] if isinstance(e.prompt, list) else e.prompt
         print(f"{'ok  ' if hit else 'MISS'} {shown!r} -> {answer.strip()!r} (expected {_shown(e.reference)!r})")
     if calls:
         by_function = {}
-        for e, hit in zip(examples, hits):
-            name = " + ".join(c["function"]["name"] for c in e.reference["tool_calls"]) if isinstance(e.reference, dict) else "(no call)"
+        for e, hit in zip(examples, hits, strict=False):
+            name = (
+                " + ".join(c["function"]["name"] for c in e.reference["tool_calls"])
+                if isinstance(e.reference, dict)
+                else "(no call)"
+            )
             by_function.setdefault(name, []).append(hit)
         for name, results in sorted(by_function.items()):
             print(f"  {name}: {sum(results) / len(results):.1%} of {len(results)}")
@@ -174,8 +196,10 @@ def _parsed(tokenizer, answer: str) -> dict | None:
 def _shown(reference) -> str:
     if isinstance(reference, str):
         return reference
-    return "; ".join(f"{c['function']['name']}({json.dumps(c['function']['arguments'], ensure_ascii=False)})"
-                     for c in reference["tool_calls"])
+    return "; ".join(
+        f"{c['function']['name']}({json.dumps(c['function']['arguments'], ensure_ascii=False)})"
+        for c in reference["tool_calls"]
+    )
 
 
 def main(argv=None) -> None:
@@ -183,7 +207,9 @@ def main(argv=None) -> None:
     parser.add_argument("model_dir")
     parser.add_argument("data", nargs="?", default="data/examples/chat_test.jsonl")
     parser.add_argument("--show", type=int, default=5, help="print this many examples")
-    parser.add_argument("--template", help=f"prompt format for prompt/completion rows (default: {TEMPLATE_FILE} in model_dir)")
+    parser.add_argument(
+        "--template", help=f"prompt format for prompt/completion rows (default: {TEMPLATE_FILE} in model_dir)"
+    )
     args = parser.parse_args(argv)
     accuracy = exact_match(args.model_dir, args.data, args.show, args.template)
     print(f"exact match: {accuracy:.1%} on {args.data}")

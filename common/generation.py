@@ -53,8 +53,10 @@ class Tally:
     seconds: float = 0.0
 
     def line(self) -> str:
-        return (f"requests {self.requests}, cache hits {self.cache_hits}, answered {self.sent}, failed or unfinished {self.unfinished}, "
-                f"tokens {self.prompt_tokens} in / {self.completion_tokens} out, {self.seconds:.0f} s")
+        return (
+            f"requests {self.requests}, cache hits {self.cache_hits}, answered {self.sent}, failed or unfinished {self.unfinished}, "
+            f"tokens {self.prompt_tokens} in / {self.completion_tokens} out, {self.seconds:.0f} s"
+        )
 
 
 def sampling_of(params: dict) -> dict:
@@ -70,8 +72,15 @@ def make_backend(params: dict):
     return OpenAIBackend(params)
 
 
-def generate(backend, requests: list[Request], sampling: dict, cache: RequestCache, tally: Tally, label: str,
-             progress: bool = True) -> dict:
+def generate(
+    backend,
+    requests: list[Request],
+    sampling: dict,
+    cache: RequestCache,
+    tally: Tally,
+    label: str,
+    progress: bool = True,
+) -> dict:
     """{key: result} for every request; finished ones come from the cache, the rest from the backend, each
     written to the cache as it arrives."""
     from tqdm.auto import tqdm
@@ -121,9 +130,13 @@ class HFBackend:
         # a template that rejects system turns (Gemma 1 and 2) gets the system prompt in the first user turn
         self.fold = rejects_system(self.tokenizer)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.lm = AutoModelForCausalLM.from_pretrained(
-            self.model, dtype=resolve_dtype(params["dtype"]), trust_remote_code=params["trust_remote_code"]
-        ).to(device).eval()
+        self.lm = (
+            AutoModelForCausalLM.from_pretrained(
+                self.model, dtype=resolve_dtype(params["dtype"]), trust_remote_code=params["trust_remote_code"]
+            )
+            .to(device)
+            .eval()
+        )
         self.batch_size, self.seed = params["batch_size"], params["seed"]
         # a tokenizer with a response parser (an sft_chat.py output has one) reads calls back from the answer
         self.parse = getattr(self.tokenizer, "response_template", None) is not None
@@ -136,21 +149,38 @@ class HFBackend:
             chunk = order[start : start + self.batch_size]
             # each prompt rendered alone, as each has its own tools; the rendered text holds its special tokens
             texts = [r.prompt if isinstance(r.prompt, str) else self._render(r) for r in chunk]
-            batch = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt").to(self.lm.device)
+            batch = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt").to(
+                self.lm.device
+            )
             torch.manual_seed(self.seed + int(chunk[0].key[:8], 16))  # the same batch samples the same answers
             sample = sampling["temperature"] > 0
-            out = self.lm.generate(**batch, max_new_tokens=sampling["max_new_tokens"], do_sample=sample,
-                                   temperature=sampling["temperature"] if sample else None,
-                                   top_p=sampling["top_p"] if sample else None, use_cache=True)
-            for i, (request, ids) in enumerate(zip(chunk, out[:, batch["input_ids"].shape[1] :].tolist())):
+            out = self.lm.generate(
+                **batch,
+                max_new_tokens=sampling["max_new_tokens"],
+                do_sample=sample,
+                temperature=sampling["temperature"] if sample else None,
+                top_p=sampling["top_p"] if sample else None,
+                use_cache=True,
+            )
+            for i, (request, ids) in enumerate(zip(chunk, out[:, batch["input_ids"].shape[1] :].tolist(), strict=False)):
                 ids = until_stop(ids, self.lm.generation_config)
-                done(request, {**self._answer(ids), "prompt_tokens": int(batch["attention_mask"][i].sum()),
-                               "completion_tokens": len(ids)})
+                done(
+                    request,
+                    {
+                        **self._answer(ids),
+                        "prompt_tokens": int(batch["attention_mask"][i].sum()),
+                        "completion_tokens": len(ids),
+                    },
+                )
 
     def _render(self, request: Request) -> str:
         try:
-            return render(self.tokenizer, fold_system(request.prompt) if self.fold else request.prompt, generation_prompt=True,
-                          tools=request.tools)
+            return render(
+                self.tokenizer,
+                fold_system(request.prompt) if self.fold else request.prompt,
+                generation_prompt=True,
+                tools=request.tools,
+            )
         except TemplateError as e:
             raise UserError(f"the chat template of {self.model} rejects a prompt: {e}") from None
 
@@ -183,23 +213,39 @@ class VLLMBackend:
         from vllm import SamplingParams
 
         if any(r.tools for r in requests):
-            raise UserError("backend=vllm does not offer rows' tools to the model; serve it (vllm serve MODEL "
-                            "--enable-auto-tool-choice --tool-call-parser ...) and use backend=openai")
+            raise UserError(
+                "backend=vllm does not offer rows' tools to the model; serve it (vllm serve MODEL "
+                "--enable-auto-tool-choice --tool-call-parser ...) and use backend=openai"
+            )
 
         def params_of(r):  # a seed per request: a rerun samples the same answer
-            return SamplingParams(temperature=sampling["temperature"], top_p=sampling["top_p"],
-                                  max_tokens=sampling["max_new_tokens"], seed=self.seed + int(r.key[:8], 16))
+            return SamplingParams(
+                temperature=sampling["temperature"],
+                top_p=sampling["top_p"],
+                max_tokens=sampling["max_new_tokens"],
+                seed=self.seed + int(r.key[:8], 16),
+            )
 
         chats = [r for r in requests if not isinstance(r.prompt, str)]
         texts = [r for r in requests if isinstance(r.prompt, str)]
         outputs = []
         if chats:
-            outputs += zip(chats, self.llm.chat([r.prompt for r in chats], sampling_params=[params_of(r) for r in chats]))
+            outputs += zip(
+                chats, self.llm.chat([r.prompt for r in chats], sampling_params=[params_of(r) for r in chats]), strict=False
+            )
         if texts:
-            outputs += zip(texts, self.llm.generate([r.prompt for r in texts], sampling_params=[params_of(r) for r in texts]))
+            outputs += zip(
+                texts, self.llm.generate([r.prompt for r in texts], sampling_params=[params_of(r) for r in texts]), strict=False
+            )
         for request, out in outputs:
-            done(request, {"text": out.outputs[0].text, "prompt_tokens": len(out.prompt_token_ids),
-                           "completion_tokens": len(out.outputs[0].token_ids)})
+            done(
+                request,
+                {
+                    "text": out.outputs[0].text,
+                    "prompt_tokens": len(out.prompt_token_ids),
+                    "completion_tokens": len(out.outputs[0].token_ids),
+                },
+            )
 
 
 class OpenAIBackend:
@@ -216,8 +262,10 @@ class OpenAIBackend:
             raise UserError(f"base_url={self.base_url!r} is not a URL (like http://127.0.0.1:8000/v1)")
         key = os.environ.get(params["api_key_env"], "")
         if not key and host not in LOCAL_HOSTS:
-            raise UserError(f"backend=openai at {self.base_url} needs an API key in the environment variable "
-                            f"{params['api_key_env']} (api_key_env names it; keys are never read from PARAMS)")
+            raise UserError(
+                f"backend=openai at {self.base_url} needs an API key in the environment variable "
+                f"{params['api_key_env']} (api_key_env names it; keys are never read from PARAMS)"
+            )
         self.settings = dict(base_url=self.base_url, api_key=key or "none", timeout=params["timeout"])
         self.concurrency, self.retries, self.seed = params["concurrency"], params["retries"], params["seed"]
         try:  # fail now, in one line, rather than after every request's retries
@@ -237,8 +285,12 @@ class OpenAIBackend:
 
         client = openai.AsyncOpenAI(**self.settings, max_retries=self.retries)
         gate, failures = asyncio.Semaphore(self.concurrency), []
-        common = dict(model=self.model, max_tokens=sampling["max_new_tokens"], temperature=sampling["temperature"],
-                      top_p=sampling["top_p"])
+        common = dict(
+            model=self.model,
+            max_tokens=sampling["max_new_tokens"],
+            temperature=sampling["temperature"],
+            top_p=sampling["top_p"],
+        )
 
         async def one(request: Request) -> None:
             async with gate:
@@ -251,15 +303,22 @@ class OpenAIBackend:
                         answer = {"text": reply.choices[0].text or ""}
                     else:
                         tools = {"tools": request.tools} if request.tools else {}
-                        reply = await client.chat.completions.create(messages=_wire(request.prompt), seed=seed,
-                                                                     **tools, **common)
+                        reply = await client.chat.completions.create(
+                            messages=_wire(request.prompt), seed=seed, **tools, **common
+                        )
                         answer = _answer_of(reply.choices[0].message)
                 except openai.APIError as e:
                     failures.append(e)
                     return
                 usage = reply.usage
-                done(request, {**answer, "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
-                               "completion_tokens": getattr(usage, "completion_tokens", 0) or 0})
+                done(
+                    request,
+                    {
+                        **answer,
+                        "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
+                        "completion_tokens": getattr(usage, "completion_tokens", 0) or 0,
+                    },
+                )
 
         try:
             await asyncio.gather(*(one(r) for r in requests))
@@ -268,9 +327,11 @@ class OpenAIBackend:
         if failures:
             error = failures[0]
             status = getattr(error, "status_code", None)
-            raise UserError(f"{self.base_url} failed a request after {self.retries} retries "
-                            f"({f'HTTP {status}' if status else type(error).__name__}: {str(error).splitlines()[0][:200]}); "
-                            "finished results are kept in the request cache: run again to continue")
+            raise UserError(
+                f"{self.base_url} failed a request after {self.retries} retries "
+                f"({f'HTTP {status}' if status else type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+                "finished results are kept in the request cache: run again to continue"
+            )
 
 
 def with_think(reasoning: str | None, content: str) -> str:
@@ -280,6 +341,7 @@ def with_think(reasoning: str | None, content: str) -> str:
 
 def _wire(messages: list[dict]) -> list[dict]:
     """Messages as the OpenAI API takes them: call arguments as JSON text (rows may hold them as objects)."""
+
     def call(c):
         arguments = c["function"].get("arguments")
         text = arguments if isinstance(arguments, str) else json.dumps(arguments or {}, ensure_ascii=False)
@@ -292,7 +354,13 @@ def _answer_of(message) -> dict:
     """A chat reply's text (a server's separate reasoning_content as a <think> block) and its calls, with their ids
     and arguments as the server sent them (JSON text; common.synthesis.answer_message reads them)."""
     text = with_think(getattr(message, "reasoning_content", None), message.content or "")
-    calls = [{"type": "function", **({"id": c.id} if c.id else {}),
-              "function": {"name": c.function.name, "arguments": c.function.arguments}}
-             for c in message.tool_calls or [] if getattr(c, "function", None)]
+    calls = [
+        {
+            "type": "function",
+            **({"id": c.id} if c.id else {}),
+            "function": {"name": c.function.name, "arguments": c.function.arguments},
+        }
+        for c in message.tool_calls or []
+        if getattr(c, "function", None)
+    ]
     return {"text": text, **({"tool_calls": calls} if calls else {})}

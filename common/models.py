@@ -26,7 +26,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:
-    """"auto" is bf16 on a GPU that has it and fp32 elsewhere (bf16 on CPU is slower and not reproducible)."""
+    """ "auto" is bf16 on a GPU that has it and fp32 elsewhere (bf16 on CPU is slower and not reproducible)."""
     if dtype == "auto":
         return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     return getattr(torch, dtype)

@@ -29,8 +29,23 @@ CHOICES = {
     "judge": ("verifier", "llm", "reward_model"),
     "instruction_style": ("self_instruct", "magpie"),
     # TRL 1.16's DPO losses (it checks them only inside the first training step)
-    "loss_type": ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"),
+    "loss_type": (
+        "sigmoid",
+        "hinge",
+        "ipo",
+        "exo_pair",
+        "nca_pair",
+        "robust",
+        "bco_pair",
+        "sppo_hard",
+        "aot",
+        "aot_unpaired",
+        "apo_zero",
+        "apo_down",
+        "discopop",
+        "sft",
+        "sigmoid_norm",
+    ),
 }
 # (check, reason) for numeric keys shared across scripts.
 BOUNDS = {
@@ -70,15 +85,23 @@ BOUNDS = {
 # Keys that mean another thing in one script: its PARAMS are told apart by a key only they have.
 SCRIPT_RULES = {
     "num_generations": (  # grpo.py
-        {"loss_type": ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo"),
-         "scale_rewards": ("group", "batch", "none"), "importance_sampling_level": ("token", "sequence"),
-         "vllm_mode": ("colocate", "server")},
-        {"beta": (lambda v: v >= 0, "must be >= 0 (0: no reference model)"), "temperature": (lambda v: v > 0, "must be > 0"),
-         "num_generations": (lambda v: v >= 2, "must be >= 2"),
-         "max_completion_length": (lambda v: v >= 1, "must be >= 1"), "epsilon": (lambda v: v > 0, "must be > 0"),
-         "epsilon_high": (lambda v: v >= 0, "must be >= 0 (0: epsilon)"), "num_iterations": (lambda v: v >= 1, "must be >= 1"),
-         "vllm_gpu_memory_utilization": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
-         "top_entropy_quantile": (lambda v: 0 < v <= 1, "must be in (0, 1]")},
+        {
+            "loss_type": ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo"),
+            "scale_rewards": ("group", "batch", "none"),
+            "importance_sampling_level": ("token", "sequence"),
+            "vllm_mode": ("colocate", "server"),
+        },
+        {
+            "beta": (lambda v: v >= 0, "must be >= 0 (0: no reference model)"),
+            "temperature": (lambda v: v > 0, "must be > 0"),
+            "num_generations": (lambda v: v >= 2, "must be >= 2"),
+            "max_completion_length": (lambda v: v >= 1, "must be >= 1"),
+            "epsilon": (lambda v: v > 0, "must be > 0"),
+            "epsilon_high": (lambda v: v >= 0, "must be >= 0 (0: epsilon)"),
+            "num_iterations": (lambda v: v >= 1, "must be >= 1"),
+            "vllm_gpu_memory_utilization": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+            "top_entropy_quantile": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+        },
     ),
 }
 SECRET_KEY = re.compile(r"(^|[._])(api_?key|key|token|secret|password)s?($|_)", re.IGNORECASE)

@@ -59,7 +59,7 @@ def _conversation_problem(prompt: list, answer: list, name: str, names: set) -> 
     at = re.match(r"messages\[(\d+)\]", problem or "")
     if at:
         i = int(at[1])
-        problem = (f"prompt[{i}]" if i < len(prompt) else f"{name}[{i - len(prompt)}]") + problem[at.end():]
+        problem = (f"prompt[{i}]" if i < len(prompt) else f"{name}[{i - len(prompt)}]") + problem[at.end() :]
     if not problem and not any((m.get("content") or "").strip() or m.get("tool_calls") for m in answer):
         return f"'{name}' is empty"
     return problem
@@ -85,8 +85,12 @@ def as_chat(row: dict, has_chat_template: bool) -> dict:
         return [{"role": role, "content": value}] if isinstance(value, str) else value
 
     tools = {"tools": row["tools"]} if row.get("tools") else {}
-    return {"prompt": messages(row["prompt"], "user"), "chosen": messages(row["chosen"], "assistant"),
-            "rejected": messages(row["rejected"], "assistant"), **tools}
+    return {
+        "prompt": messages(row["prompt"], "user"),
+        "chosen": messages(row["chosen"], "assistant"),
+        "rejected": messages(row["rejected"], "assistant"),
+        **tools,
+    }
 
 
 def plain_row_problem(has_chat_template: bool, row: dict) -> str | None:
@@ -125,14 +129,20 @@ def cached_reference(trainer_class, cache_dir: str, tokenizer):
                 if is_main():
                     print(f"reference log-probs for {name}: read from {path}", flush=True)
                 return dataset.add_column("ref_chosen_logps", cached["chosen"].tolist()).add_column(
-                    "ref_rejected_logps", cached["rejected"].tolist())
+                    "ref_rejected_logps", cached["rejected"].tolist()
+                )
             type(self).reference_cache["misses"] += 1
             dataset = super()._precompute_ref_logps(dataset, name, batch_size)
             if is_main():
                 os.makedirs(cache_dir, exist_ok=True)
                 tmp = f"{path}.tmp{os.getpid()}"
-                torch.save({"chosen": torch.tensor(dataset["ref_chosen_logps"]),
-                            "rejected": torch.tensor(dataset["ref_rejected_logps"])}, tmp)
+                torch.save(
+                    {
+                        "chosen": torch.tensor(dataset["ref_chosen_logps"]),
+                        "rejected": torch.tensor(dataset["ref_rejected_logps"]),
+                    },
+                    tmp,
+                )
                 os.replace(tmp, path)
                 print(f"reference log-probs for {name}: computed, cached in {path}", flush=True)
             wait_for_everyone()
@@ -143,7 +153,9 @@ def cached_reference(trainer_class, cache_dir: str, tokenizer):
             args = self.args
             settings = [str(self._precompute_model_hash), args.bf16, args.fp16, args.max_length, args.truncation_mode]
             digest.update(json.dumps(settings).encode())
-            digest.update(tokenizer.backend_tokenizer.to_str().encode() if tokenizer.is_fast else repr(tokenizer).encode())
+            digest.update(
+                tokenizer.backend_tokenizer.to_str().encode() if tokenizer.is_fast else repr(tokenizer).encode()
+            )
             digest.update((tokenizer.chat_template or "").encode())
             for column in ("prompt_ids", "chosen_ids", "rejected_ids"):  # json.dumps of the column, batch by batch
                 digest.update(b"[")
@@ -169,9 +181,12 @@ def preference_margins(model, tokenizer, rows: list[dict], spec=None, batch_size
     margins = []
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start : start + batch_size])
-        logits = model(input_ids=batch["input_ids"].to(model.device),
-                       attention_mask=batch["attention_mask"].to(model.device)).logits.float()
-        logps = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch["input_ids"][:, 1:, None].to(model.device))[..., 0]
+        logits = model(
+            input_ids=batch["input_ids"].to(model.device), attention_mask=batch["attention_mask"].to(model.device)
+        ).logits.float()
+        logps = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch["input_ids"][:, 1:, None].to(model.device))[
+            ..., 0
+        ]
         scores = (logps * batch["completion_mask"][:, 1:].to(model.device)).sum(-1)
         chosen, rejected = scores.chunk(2)
         margins += (chosen - rejected).tolist()
@@ -185,8 +200,13 @@ def tokenize_preference(tokenizer, row: dict, spec=None) -> dict:
     for chosen and rejected. A plain row is the prompt's tokens and each answer followed by eos."""
     if isinstance(row["prompt"], str):
         prompt = tokenizer(row["prompt"])["input_ids"]
-        return {"prompt_ids": prompt, **{f"{k}_ids": tokenizer(row[k] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-                                         for k in ("chosen", "rejected")}}
+        return {
+            "prompt_ids": prompt,
+            **{
+                f"{k}_ids": tokenizer(row[k] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+                for k in ("chosen", "rejected")
+            },
+        }
     prompt, chosen = prompt_and_answer(tokenizer, row["prompt"], row["chosen"], spec, row.get("tools"))
     prompt_again, rejected = prompt_and_answer(tokenizer, row["prompt"], row["rejected"], spec, row.get("tools"))
     if prompt != prompt_again:
@@ -227,11 +247,13 @@ def write_preference_preview(tokenizer, examples, output_dir: str, max_length: i
     previews = []
     for example in examples.select(range(min(n, len(examples)))):
         batch = collate([example])
-        previews.append({**example, "input_ids": batch["input_ids"].tolist(), "completion_mask": batch["completion_mask"].tolist()})
+        previews.append(
+            {**example, "input_ids": batch["input_ids"].tolist(), "completion_mask": batch["completion_mask"].tolist()}
+        )
     with open(os.path.join(output_dir, "data_preview.jsonl"), "w", encoding="utf-8") as f:
         for preview in previews:
             f.write(json.dumps(preview) + "\n")
     for side, i in (("chosen", 0), ("rejected", 1)):
         ids, mask = previews[0]["input_ids"][i], previews[0]["completion_mask"][i]
-        shown = show_example(tokenizer, {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]})
+        shown = show_example(tokenizer, {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask, strict=False)]})
         print(f"first pair, {side}, scored tokens in [[ ]]:\n{shown}")

@@ -20,14 +20,55 @@ from common.errors import RowProblem, UserError
 
 PREP_VERSION = 1  # part of the key, with the source of common/: raise it when the saved layout changes
 TRAINING_ONLY = {  # settings that never change the prepared data, so changing them reuses it
-    "learning_rate", "lr_scheduler", "warmup", "weight_decay", "adam_beta2", "max_grad_norm", "grad_accum", "num_epochs",
-    "max_steps", "dtype", "activation_checkpointing", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
-    "resume", "overwrite", "dry_run", "report_to", "progress_bar", "output_dir", "lora", "num_proc", "data_cache_dir",
-    "test_data", "exact_match_data", "loss_type", "loss_weights", "beta", "label_smoothing", "ref_cache_dir", "model",
-    "trust_remote_code", "rewards", "reward_weights", "num_generations", "temperature", "top_p", "epsilon",
-    "epsilon_high", "scale_rewards", "mask_truncated_completions", "importance_sampling_level", "num_iterations",
+    "learning_rate",
+    "lr_scheduler",
+    "warmup",
+    "weight_decay",
+    "adam_beta2",
+    "max_grad_norm",
+    "grad_accum",
+    "num_epochs",
+    "max_steps",
+    "dtype",
+    "activation_checkpointing",
+    "logging_steps",
+    "eval_steps",
+    "save_steps",
+    "save_total_limit",
+    "resume",
+    "overwrite",
+    "dry_run",
+    "report_to",
+    "progress_bar",
+    "output_dir",
+    "lora",
+    "num_proc",
+    "data_cache_dir",
+    "test_data",
+    "exact_match_data",
+    "loss_type",
+    "loss_weights",
+    "beta",
+    "label_smoothing",
+    "ref_cache_dir",
+    "model",
+    "trust_remote_code",
+    "rewards",
+    "reward_weights",
+    "num_generations",
+    "temperature",
+    "top_p",
+    "epsilon",
+    "epsilon_high",
+    "scale_rewards",
+    "mask_truncated_completions",
+    "importance_sampling_level",
+    "num_iterations",
     "top_entropy_quantile",
-    "use_vllm", "vllm_mode", "vllm_server_base_url", "vllm_gpu_memory_utilization",
+    "use_vllm",
+    "vllm_mode",
+    "vllm_server_base_url",
+    "vllm_gpu_memory_utilization",
 }
 ROWS_PER_PROCESS = 2000  # fewer rows a process than this, and starting the process costs more than it saves
 BATCH = 1000
@@ -70,8 +111,10 @@ def prepare(params: dict, recipe: Recipe, tokenizer, report: DataReport) -> Prep
     extra = _prepare_into(folder, params, recipe, tokenizer) if fresh else None
     wait_for_everyone()
     if not os.path.isfile(os.path.join(folder, "meta.json")):
-        raise UserError(f"data_cache_dir: {folder} was prepared by the main process but is not visible here; on several "
-                        "machines put data_cache_dir on a filesystem they all share")
+        raise UserError(
+            f"data_cache_dir: {folder} was prepared by the main process but is not visible here; on several "
+            "machines put data_cache_dir on a filesystem they all share"
+        )
     with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
     report.sources.update(meta["report"]["sources"])
@@ -84,8 +127,11 @@ def prepare(params: dict, recipe: Recipe, tokenizer, report: DataReport) -> Prep
     if is_main():
         table = meta["cleaning_table"]
         print(f"{table}\n" if table else "", end="")
-        print(f"prepared data: {meta['report']['counts'].get('train_rows', len(_open(os.path.join(folder, 'train.arrow'))))} "
-              f"training examples, {folder}{'' if fresh else ' (reused)'}", flush=True)
+        print(
+            f"prepared data: {meta['report']['counts'].get('train_rows', len(_open(os.path.join(folder, 'train.arrow'))))} "
+            f"training examples, {folder}{'' if fresh else ' (reused)'}",
+            flush=True,
+        )
     return Prepared(*(_open(os.path.join(folder, f"{split}.arrow")) for split in ("train", "eval")), extra, folder)
 
 
@@ -105,11 +151,17 @@ def cache_key(params: dict, recipe: Recipe, tokenizer) -> str:
     settings = {k: v for k, v in params.items() if k not in TRAINING_ONLY}
     eval_sets = eval_sets_of(params) if params["clean"]["enabled"] else []
     digest.update(json.dumps([PREP_VERSION, recipe.name, settings, eval_sets], sort_keys=True, default=str).encode())
-    for value, key in ((params["data"], "data"), (params.get("eval_data"), "eval_data"), (eval_sets, "clean.eval_sets")):
+    for value, key in (
+        (params["data"], "data"),
+        (params.get("eval_data"), "eval_data"),
+        (eval_sets, "clean.eval_sets"),
+    ):
         for spec, _ in source_specs(value, key) if value else []:
             digest.update(_fingerprint(spec["path"]).encode())
     digest.update(tokenizer.backend_tokenizer.to_str().encode() if tokenizer.is_fast else repr(tokenizer).encode())
-    digest.update(json.dumps([tokenizer.chat_template, sorted(tokenizer.get_added_vocab().items())], default=str).encode())
+    digest.update(
+        json.dumps([tokenizer.chat_template, sorted(tokenizer.get_added_vocab().items())], default=str).encode()
+    )
     for path in _code_files(recipe):
         if path is None:  # code without a file to key on (defined interactively): never reuse
             digest.update(os.urandom(16))
@@ -169,7 +221,13 @@ class _Preparation:
 
         if not params["progress_bar"]:
             datasets.disable_progress_bars()
-        self.folder, self.work, self.params, self.recipe, self.tokenizer = folder, os.path.join(folder, "work"), params, recipe, tokenizer
+        self.folder, self.work, self.params, self.recipe, self.tokenizer = (
+            folder,
+            os.path.join(folder, "work"),
+            params,
+            recipe,
+            tokenizer,
+        )
         self.report, self.steps = DataReport(), 0
         self.cores = params["num_proc"] or len(os.sched_getaffinity(0))
 
@@ -189,8 +247,14 @@ class _Preparation:
             indices, eval_indices = split_eval(indices, params.get("eval_fraction", 0.0), params["seed"])
             eval_rows = train
         train_rows = train.select(indices)
-        names = sorted({n for batch in train_rows.select_columns(["tool_names"]).iter(BATCH) for row in batch["tool_names"]
-                        for n in row})
+        names = sorted(
+            {
+                n
+                for batch in train_rows.select_columns(["tool_names"]).iter(BATCH)
+                for row in batch["tool_names"]
+                for n in row
+            }
+        )
         self.extra = self.recipe.on_tool_names(names, self.report) if self.recipe.on_tool_names else None
         self._examples(train_rows, "train")
         if eval_indices:
@@ -204,7 +268,9 @@ class _Preparation:
         import numpy as np
 
         sources = np.asarray(checked.data.column("source"))[kept]
-        return mixed_indices([kept[sources == i].tolist() for i in range(len(specs))], specs, self.params["seed"], self.report)
+        return mixed_indices(
+            [kept[sources == i].tolist() for i in range(len(specs))], specs, self.params["seed"], self.report
+        )
 
     def _map(self, ds, function, name: str, **kwargs):
         """ds.map in batches on up to num_proc processes, its files in the work folder."""
@@ -212,9 +278,16 @@ class _Preparation:
         processes = max(1, min(self.cores, len(ds) // ROWS_PER_PROCESS))
         if processes > 1:  # the forked workers tokenize one row at a time; the warning about it would be noise
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
-        return ds.map(function, batched=True, batch_size=BATCH, num_proc=processes if processes > 1 else None,
-                      cache_file_name=os.path.join(self.work, f"{self.steps}-{name}.arrow"),
-                      new_fingerprint=f"{self.steps}-{name}", load_from_cache_file=False, **kwargs)
+        return ds.map(
+            function,
+            batched=True,
+            batch_size=BATCH,
+            num_proc=processes if processes > 1 else None,
+            cache_file_name=os.path.join(self.work, f"{self.steps}-{name}.arrow"),
+            new_fingerprint=f"{self.steps}-{name}",
+            load_from_cache_file=False,
+            **kwargs,
+        )
 
     def _cleaner(self):
         from common.cleaning import RowCleaner, eval_set_inputs, eval_sets_of
@@ -248,7 +321,9 @@ class _Preparation:
         import pyarrow.compute as pc
 
         check = _Check([spec.get("fields") for spec, _ in specs], self.recipe.problem, self.recipe.hook, cleaner)
-        checked = self._map(self._read(specs, key), check, f"check-{key}", remove_columns=["text"], features=check.features())
+        checked = self._map(
+            self._read(specs, key), check, f"check-{key}", remove_columns=["text"], features=check.features()
+        )
         malformed = pc.not_equal(checked.data.column("malformed"), "")
         if pc.any(malformed).as_py():
             first = pc.index(malformed, True).as_py()
@@ -304,8 +379,14 @@ class _Preparation:
         self._count_drops(reason, filtered, "cleaning: ")
         self.report.counts["cleaning"]["pii_texts_scrubbed"] = int(np.asarray(column("pii"))[passed].sum())
         bands = np.asarray(pc.list_flatten(column("bands"))).reshape(len(checked), -1)[passed]
-        kept = select_rows(~np.asarray(filtered), np.asarray(column("exact"))[passed], bands,
-                           np.asarray(column("contaminated"))[passed], cleaner, self.report)
+        kept = select_rows(
+            ~np.asarray(filtered),
+            np.asarray(column("exact"))[passed],
+            bands,
+            np.asarray(column("contaminated"))[passed],
+            cleaner,
+            self.report,
+        )
         return passed[kept]
 
     def _examples(self, rows, split: str) -> None:
@@ -314,7 +395,9 @@ class _Preparation:
         import pyarrow.compute as pc
 
         tokenize = _Tokenize(self.recipe.examples, split, self.params["max_length"], self.recipe.columns)
-        made = self._map(rows, tokenize, f"tokenize-{split}", remove_columns=rows.column_names, features=tokenize.features())
+        made = self._map(
+            rows, tokenize, f"tokenize-{split}", remove_columns=rows.column_names, features=tokenize.features()
+        )
         problem = self._bad_rows(made, "problem")
         dropped = pc.not_equal(made.data.column("dropped"), "")
         self._count_drops(made.data.column("dropped"), dropped, "")
@@ -339,7 +422,9 @@ class _Preparation:
             return
         from common.batching import pack_lengths, packed_row_length
 
-        row_length = packed_row_length(lengths, self.params["max_length"], self.params["batch_size"]) if len(lengths) else 0
+        row_length = (
+            packed_row_length(lengths, self.params["max_length"], self.params["batch_size"]) if len(lengths) else 0
+        )
         packs = pack_lengths(lengths.tolist(), row_length, self.params["seed"])
         self._write_packed(path, packs, os.path.join(self.folder, f"{split}.arrow"))
         if packs:
@@ -388,11 +473,16 @@ class _Preparation:
                     writers[b] = writers[b] or pa.ipc.new_stream(sinks[b], batch.schema)
                     writers[b].write_batch(batch.filter(pa.array(bucket == b)))
                 start += len(batch)
-        for writer, sink in zip(writers, sinks):
+        for writer, sink in zip(writers, sinks, strict=False):
             writer.close()
             sink.close()
-        schema = pa.schema([("input_ids", pa.list_(pa.int64())), ("labels", pa.list_(pa.int64())),
-                            ("seq_lengths", pa.list_(pa.int64()))])
+        schema = pa.schema(
+            [
+                ("input_ids", pa.list_(pa.int64())),
+                ("labels", pa.list_(pa.int64())),
+                ("seq_lengths", pa.list_(pa.int64())),
+            ]
+        )
         with pa.OSFile(packed_path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
             for b, bucket in enumerate(buckets):
                 part = packs[b * chunk : (b + 1) * chunk]
@@ -404,8 +494,10 @@ class _Preparation:
                 sizes = pc.list_value_length(examples.column("input_ids")).to_numpy().astype(np.int64)
                 members = np.cumsum([0] + [len(pack) for pack in part])
                 offsets = pa.array(np.concatenate([[0], np.cumsum(sizes)])[members].astype(np.int32))
-                columns = [pa.ListArray.from_arrays(offsets, pc.list_flatten(examples.column(name).combine_chunks()))
-                           for name in ("input_ids", "labels")]
+                columns = [
+                    pa.ListArray.from_arrays(offsets, pc.list_flatten(examples.column(name).combine_chunks()))
+                    for name in ("input_ids", "labels")
+                ]
                 columns.append(pa.ListArray.from_arrays(pa.array(members.astype(np.int32)), pa.array(sizes)))
                 writer.write_batch(pa.record_batch(columns, schema=schema))
                 os.remove(bucket)
@@ -421,20 +513,55 @@ class _Check:
     def features():
         from datasets import Features, Sequence, Value
 
-        return Features({"where": Value("string"), "source": Value("int32"), "row": Value("string"),
-                         "malformed": Value("string"), "hooked_none": Value("bool"), "bad": Value("string"),
-                         "reason": Value("string"), "pii": Value("int64"), "exact": Value("int64"),
-                         "bands": Sequence(Value("int64")), "contaminated": Value("int32"),
-                         "tool_names": Sequence(Value("string"))})
+        return Features(
+            {
+                "where": Value("string"),
+                "source": Value("int32"),
+                "row": Value("string"),
+                "malformed": Value("string"),
+                "hooked_none": Value("bool"),
+                "bad": Value("string"),
+                "reason": Value("string"),
+                "pii": Value("int64"),
+                "exact": Value("int64"),
+                "bands": Sequence(Value("int64")),
+                "contaminated": Value("int32"),
+                "tool_names": Sequence(Value("string")),
+            }
+        )
 
     def __call__(self, batch: dict) -> dict:
         from common.tool_calls import tool_names
 
         width = len(self.cleaner.bands) if self.cleaner else 0
-        out = {k: [] for k in ("row", "malformed", "hooked_none", "bad", "reason", "pii", "exact", "bands", "contaminated", "tool_names")}
-        for text, where, source in zip(batch["text"], batch["where"], batch["source"]):
-            result = {"malformed": "", "hooked_none": False, "bad": "", "reason": "", "pii": 0, "exact": 0,
-                      "bands": [0] * width, "contaminated": -1, "row": "", "tool_names": []}
+        out = {
+            k: []
+            for k in (
+                "row",
+                "malformed",
+                "hooked_none",
+                "bad",
+                "reason",
+                "pii",
+                "exact",
+                "bands",
+                "contaminated",
+                "tool_names",
+            )
+        }
+        for text, where, source in zip(batch["text"], batch["where"], batch["source"], strict=False):
+            result = {
+                "malformed": "",
+                "hooked_none": False,
+                "bad": "",
+                "reason": "",
+                "pii": 0,
+                "exact": 0,
+                "bands": [0] * width,
+                "contaminated": -1,
+                "row": "",
+                "tool_names": [],
+            }
             try:
                 data = parse_row(text, where, self.fields[source])
             except UserError as e:
@@ -465,16 +592,26 @@ class _Tokenize:
 
     def __init__(self, examples, split: str, max_length: int, columns: tuple):
         self.examples, self.split, self.max_length = examples, split, max_length
-        self.columns = {**{name: "" if name in self.TEXT else [] for name in columns}, **({"length": 0, "truncated": False, "trained": 0}
-                                                           if "labels" in columns else {})}
+        self.columns = {
+            **{name: "" if name in self.TEXT else [] for name in columns},
+            **({"length": 0, "truncated": False, "trained": 0} if "labels" in columns else {}),
+        }
 
     def features(self):
         from datasets import Features, Sequence, Value
 
-        kinds = {"length": Value("int64"), "truncated": Value("bool"), "trained": Value("int64"),
-                 **{name: Value("string") for name in self.TEXT}}
-        return Features({**{k: kinds.get(k, Sequence(Value("int64"))) for k in self.columns},
-                         **{k: Value("string") for k in self.STATUS}})
+        kinds = {
+            "length": Value("int64"),
+            "truncated": Value("bool"),
+            "trained": Value("int64"),
+            **{name: Value("string") for name in self.TEXT},
+        }
+        return Features(
+            {
+                **{k: kinds.get(k, Sequence(Value("int64"))) for k in self.columns},
+                **{k: Value("string") for k in self.STATUS},
+            }
+        )
 
     def __call__(self, batch: dict) -> dict:
         out, totals = {k: [] for k in (*self.columns, *self.STATUS)}, {}
@@ -483,7 +620,7 @@ class _Tokenize:
             for k, default in {**self.columns, **self.STATUS}.items():
                 out[k].append(status.get(k, example.get(k, default)))
 
-        for text, where in zip(batch["row"], batch["where"]):
+        for text, where in zip(batch["row"], batch["where"], strict=False):
             try:
                 made, counts = self.examples(json.loads(text))
             except RowProblem as e:
@@ -514,5 +651,13 @@ class _Tokenize:
             return {}, f"{self.split}: no trained token in the row"
         ids, labels = ids[: self.max_length], labels[: self.max_length]
         if trained(labels) <= 0:
-            return {"truncated": True}, f"{self.split}: no trained token after truncation to max_length={self.max_length}"
-        return {"input_ids": ids, "labels": labels, "length": len(ids), "truncated": truncated, "trained": trained(labels)}, ""
+            return {
+                "truncated": True
+            }, f"{self.split}: no trained token after truncation to max_length={self.max_length}"
+        return {
+            "input_ids": ids,
+            "labels": labels,
+            "length": len(ids),
+            "truncated": truncated,
+            "trained": trained(labels),
+        }, ""

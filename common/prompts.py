@@ -23,8 +23,12 @@ def prompt_example(tokenizer, template: str, fold: bool, max_prompt_tokens: int,
     if tokenizer.chat_template:
         messages = prompt_of(row)
         try:
-            text = render(tokenizer, fold_system(messages) if fold else messages, generation_prompt=True,
-                          tools=normalize_tools(row.get("tools")))
+            text = render(
+                tokenizer,
+                fold_system(messages) if fold else messages,
+                generation_prompt=True,
+                tools=normalize_tools(row.get("tools")),
+            )
         except TemplateError as e:
             raise RowProblem(f"the chat template rejects the prompt: {e}") from None
     elif isinstance(row.get("prompt"), str):
@@ -61,9 +65,15 @@ def rendered_prompts(trainer_class, add_special_tokens: bool):
 
         def _get_train_sampler(self, dataset=None):
             sampler = super()._get_train_sampler(dataset)
-            return EpochShuffled(self.state, data_source=sampler.data_source, mini_repeat_count=sampler.mini_repeat_count,
-                                 batch_size=sampler.batch_size, repeat_count=sampler.repeat_count, shuffle=sampler.shuffle,
-                                 seed=sampler.seed)
+            return EpochShuffled(
+                self.state,
+                data_source=sampler.data_source,
+                mini_repeat_count=sampler.mini_repeat_count,
+                batch_size=sampler.batch_size,
+                repeat_count=sampler.repeat_count,
+                shuffle=sampler.shuffle,
+                seed=sampler.seed,
+            )
 
     RenderedPrompts.__name__ = RenderedPrompts.__qualname__ = trainer_class.__name__
     return RenderedPrompts
@@ -76,6 +86,8 @@ def write_prompt_preview(tokenizer, prompts, output_dir: str, n: int = 16) -> No
     with open(os.path.join(output_dir, "data_preview.jsonl"), "w", encoding="utf-8") as f:
         for example in prompts.select(range(min(n, len(prompts)))):
             ids = tokenizer(example["prompt"], add_special_tokens=not tokenizer.chat_template)["input_ids"]
-            f.write(json.dumps({**example, "row": json.loads(example["row"]), "prompt_ids": ids}, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps({**example, "row": json.loads(example["row"]), "prompt_ids": ids}, ensure_ascii=False) + "\n"
+            )
     if len(prompts):
         print(f"first prompt ({len(prompts)} prompts):\n{prompts[0]['prompt']}", flush=True)

@@ -28,7 +28,7 @@ def split_reasoning(message: dict) -> tuple[str, str]:
         return message["reasoning_content"], content
     found = THINK_BLOCK.match(content)
     if found:
-        return found.group(1), content[found.end():]
+        return found.group(1), content[found.end() :]
     return "", content
 
 
@@ -44,8 +44,13 @@ def with_reasoning(messages: list[dict], mode: str) -> list[dict]:
     out = []
     for message in messages:
         if message["role"] != "assistant":
-            out.append({key: message[key] for key in ("role", "content", "name", "tool_call_id")
-                        if key in message and (key in ("role", "content") or message["role"] == "tool")})
+            out.append(
+                {
+                    key: message[key]
+                    for key in ("role", "content", "name", "tool_call_id")
+                    if key in message and (key in ("role", "content") or message["role"] == "tool")
+                }
+            )
             continue
         reasoning, answer = split_reasoning(message)
         turn = {"role": "assistant", "content": answer}

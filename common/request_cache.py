@@ -29,7 +29,10 @@ class RequestCache:
         for start in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            found.update((k, json.loads(v)) for k, v in self.db.execute(f"SELECT key, value FROM results WHERE key IN ({marks})", chunk))
+            found.update(
+                (k, json.loads(v))
+                for k, v in self.db.execute(f"SELECT key, value FROM results WHERE key IN ({marks})", chunk)
+            )
         return found
 
     def put(self, key: str, value: dict) -> None:

@@ -21,7 +21,9 @@ def load_rewards(specs: list[str], weights: list[float]) -> list:
     if not specs:
         raise UserError("rewards is empty: name at least one function, e.g. data/examples/verify.py:verify")
     if weights and len(weights) != len(specs):
-        raise UserError(f"reward_weights has {len(weights)} weights for {len(specs)} rewards; give one per reward or none")
+        raise UserError(
+            f"reward_weights has {len(weights)} weights for {len(specs)} rewards; give one per reward or none"
+        )
     return [load_function(spec, "rewards") for spec in specs]
 
 
@@ -36,7 +38,7 @@ class Reward:
 
     def __call__(self, prompts, completions, completion_ids, row, where, **kwargs) -> list[float]:
         scores, problem = [], None
-        for text, ids, source, at in zip(completions, completion_ids, row, where):
+        for text, ids, source, at in zip(completions, completion_ids, row, where, strict=False):
             if problem:
                 break
             source = json.loads(source)
@@ -46,8 +48,10 @@ class Reward:
                 problem = f"reward {self.spec} raised {type(e).__name__}: {e} (row {at})"
                 break
             if not _is_score(value):
-                problem = (f"reward {self.spec} returned {type(value).__name__} {value!r:.60} for row {at}; "
-                           "it must return a number or a bool")
+                problem = (
+                    f"reward {self.spec} returned {type(value).__name__} {value!r:.60} for row {at}; "
+                    "it must return a number or a bool"
+                )
                 break
             scores.append(float(value))
         _stop_everywhere(problem)

@@ -1,9 +1,9 @@
 """The special-tokens chat template (Jinja) and the response parser that reads its assistant turns back.
 
-    <system>get_weather(city: string, day?: string) Weather forecast.<eot>      the row's tools, if any
-    <system>You are brief.<eot><user>Weather in Paris?<eot>
-    <assistant><call>get_weather{"city": "Paris"}<eot>                      trained: calls, content, <eot>
-    <tool>{"sky": "sunny"}<eot><assistant>Sunny.<eot>
+<system>get_weather(city: string, day?: string) Weather forecast.<eot>      the row's tools, if any
+<system>You are brief.<eot><user>Weather in Paris?<eot>
+<assistant><call>get_weather{"city": "Paris"}<eot>                      trained: calls, content, <eot>
+<tool>{"sky": "sunny"}<eot><assistant>Sunny.<eot>
 """
 
 FUNCTION_TOKEN = "<fn:{}>"  # function_tokens=true: one token per function, standing for <call>name
@@ -88,15 +88,21 @@ def special_tokens_template(function_names=()) -> str:
     """Our chat template; function_names render as their function tokens."""
     return "{%- set function_tokens = " + repr(sorted(function_names)) + " -%}" + _TOOLS + _ARGUMENTS + _MESSAGES
 
+
 # How tokenizer.parse_response reads a generated assistant turn back (transformers' response_template).
 RESPONSE_TEMPLATE = {
     "defaults": {"role": "assistant", "content": ""},
     "start_anchor": "<assistant>",
     "fields": {
         "reasoning_content": {"open": "<think>", "close": "</think>", "content": "text"},
-        "tool_calls": {"open_pattern": r"(?:<call>|<fn:)(?P<name>[^\s{}<>]+)>?", "close_pattern": r"(?=<call>|<fn:|<eot>)|\Z",
-                       "repeats": True, "content": "json", "content_args": {"unquoted_keys": True},
-                       "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{content}"}}},
+        "tool_calls": {
+            "open_pattern": r"(?:<call>|<fn:)(?P<name>[^\s{}<>]+)>?",
+            "close_pattern": r"(?=<call>|<fn:|<eot>)|\Z",
+            "repeats": True,
+            "content": "json",
+            "content_args": {"unquoted_keys": True},
+            "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{content}"}},
+        },
         "content": {"close_pattern": r"<eot>.*", "content": "text"},
     },
 }

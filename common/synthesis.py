@@ -19,8 +19,10 @@ from common.chat_format import validate_messages
 from common.errors import UserError
 from common.tool_calls import call_problem, normalize_message, normalize_tools, same_calls, tool_names, tools_problem
 
-SELF_INSTRUCT = ("Here are requests that users sent to an assistant:\n{examples}\n"
-                 "Write one new request of the same kind, different from all of these. Reply with the request only.")
+SELF_INSTRUCT = (
+    "Here are requests that users sent to an assistant:\n{examples}\n"
+    "Write one new request of the same kind, different from all of these. Reply with the request only."
+)
 MARK = "\u2063USER-TURN\u2063"  # where the user's text would go in a rendered template
 ANSWER = {"role": "assistant", "content": ""}  # stands for the answer to come where a check wants an assistant turn
 
@@ -83,8 +85,17 @@ def last_request(row: dict) -> str:
 def self_instruct_prompts(seeds: list[str], count: int, per_prompt: int, seed: int) -> list[list[dict]]:
     """count prompts, each showing per_prompt seed requests drawn under seed (the same list on every run)."""
     rng = random.Random(seed)
-    return [[{"role": "user", "content": SELF_INSTRUCT.format(
-        examples="\n".join(f"- {s}" for s in rng.sample(seeds, min(per_prompt, len(seeds)))))}] for _ in range(count)]
+    return [
+        [
+            {
+                "role": "user",
+                "content": SELF_INSTRUCT.format(
+                    examples="\n".join(f"- {s}" for s in rng.sample(seeds, min(per_prompt, len(seeds))))
+                ),
+            }
+        ]
+        for _ in range(count)
+    ]
 
 
 def magpie_prefix(tokenizer, system_prompt: str) -> str:
@@ -97,7 +108,9 @@ def magpie_prefix(tokenizer, system_prompt: str) -> str:
     try:
         rendered = tokenizer.apply_chat_template([*messages, {"role": "user", "content": MARK}], tokenize=False)
     except TemplateError as e:
-        raise UserError(f"instruction_style=magpie: the chat template rejects a system prompt and user turn: {e}") from None
+        raise UserError(
+            f"instruction_style=magpie: the chat template rejects a system prompt and user turn: {e}"
+        ) from None
     return rendered.split(MARK)[0]
 
 
@@ -109,7 +122,7 @@ def novel(candidates: list[str], seeds: list[str], max_similarity: float, limit:
     def signature(text: str) -> MinHash:
         words = re.findall(r"\w+", text.lower())
         m = MinHash(num_perm=128)
-        m.update_batch([w.encode() for w in words] + [f"{a} {b}".encode() for a, b in zip(words, words[1:])])
+        m.update_batch([w.encode() for w in words] + [f"{a} {b}".encode() for a, b in zip(words, words[1:], strict=False)])
         return m
 
     lsh = MinHashLSH(threshold=max_similarity, num_perm=128)
@@ -166,8 +179,9 @@ def reward_scores(model_name: str, asks: list[tuple[list[dict], list, dict]], tr
             conversation = [*prompt, answer]
             if tokenizer.chat_template:
                 try:
-                    ids = tokenizer.apply_chat_template(conversation, tools=tools or None, return_tensors="pt",
-                                                        return_dict=True)
+                    ids = tokenizer.apply_chat_template(
+                        conversation, tools=tools or None, return_tensors="pt", return_dict=True
+                    )
                 except TemplateError as e:
                     raise UserError(f"the reward model's chat template rejects a conversation: {e}") from None
             else:
@@ -194,9 +208,12 @@ def answer_message(result: dict, names: set) -> dict:
 
 def answer_text(message: dict) -> str:
     """A message as one text (for judges that read text): its content, then each call as name{arguments}."""
+
     def call_text(call):
         arguments = call["function"].get("arguments") or {}
-        return call["function"]["name"] + (arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False))
+        return call["function"]["name"] + (
+            arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+        )
 
     return "\n".join([message.get("content") or "", *map(call_text, message.get("tool_calls") or [])]).strip()
 
@@ -204,9 +221,10 @@ def answer_text(message: dict) -> str:
 def best_and_worst(answers: list[dict], scores: list[float]) -> tuple[dict, dict] | None:
     """(chosen, rejected): the highest- and lowest-scored distinct answer messages, or None when no score is higher
     than another (nothing to prefer)."""
-    ranked = sorted(zip(scores, range(len(answers))), key=lambda p: (-p[0], p[1]))
+    ranked = sorted(zip(scores, range(len(answers)), strict=False), key=lambda p: (-p[0], p[1]))
     (top, best), (bottom, worst) = ranked[0], ranked[-1]
     chosen, rejected = answers[best], answers[worst]
     same = chosen["content"].strip() == rejected["content"].strip() and same_calls(
-        chosen.get("tool_calls") or [], rejected.get("tool_calls") or [])
+        chosen.get("tool_calls") or [], rejected.get("tool_calls") or []
+    )
     return None if top <= bottom or same else (chosen, rejected)

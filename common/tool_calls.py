@@ -37,7 +37,7 @@ def tools_problem(tools) -> str | None:
     for i, tool in enumerate(tools):
         function = tool.get("function", tool) if isinstance(tool, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            return f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\", \"parameters\"}}}}"
+            return f'tools[{i}] must be {{"type": "function", "function": {{"name", "parameters"}}}}'
         if not NAME.fullmatch(function["name"]):
             return f"tools[{i}] name {function['name']!r} must be non-empty, without spaces, braces or angle brackets"
         if not isinstance(function.get("parameters", {}), dict):
@@ -81,9 +81,14 @@ def normalize_message(message: dict) -> dict:
     """A checked message in the form templates render: content a string, tool calls with dict arguments."""
     out = {**message, "content": message.get("content") or ""}
     if message.get("tool_calls"):
-        out["tool_calls"] = [{"type": "function", **({"id": c["id"]} if c.get("id") else {}),
-                              "function": {"name": c["function"]["name"], "arguments": arguments_of(c)}}
-                             for c in message["tool_calls"]]
+        out["tool_calls"] = [
+            {
+                "type": "function",
+                **({"id": c["id"]} if c.get("id") else {}),
+                "function": {"name": c["function"]["name"], "arguments": arguments_of(c)},
+            }
+            for c in message["tool_calls"]
+        ]
     else:
         out.pop("tool_calls", None)
     return out
@@ -91,6 +96,7 @@ def normalize_message(message: dict) -> dict:
 
 def map_strings(call: dict, fn) -> dict:
     """A checked call with fn applied to every string in its arguments (which come back as a dict)."""
+
     def walk(value):
         if isinstance(value, str):
             return fn(value)
@@ -108,12 +114,16 @@ def calls_text(calls: list[dict]) -> list[str]:
     for call in calls:
         texts.append(call["function"]["name"])
         # a value with characters JSON (or our call syntax) escapes may show either way, so only plain ones are looked for
-        texts += [v for v in arguments_of(call).values()
-                  if isinstance(v, str) and v.strip() and json.dumps(v)[1:-1] == v and not set(v) & set(",{<")]
+        texts += [
+            v
+            for v in arguments_of(call).values()
+            if isinstance(v, str) and v.strip() and json.dumps(v)[1:-1] == v and not set(v) & set(",{<")
+        ]
     return texts
 
 
 def same_calls(answer: list[dict], reference: list[dict]) -> bool:
     """Whether two lists of calls name the same functions, in order, with arguments equal as JSON values."""
-    return [(c["function"]["name"], arguments_of(c)) for c in answer] == \
-        [(c["function"]["name"], arguments_of(c)) for c in reference]
+    return [(c["function"]["name"], arguments_of(c)) for c in answer] == [
+        (c["function"]["name"], arguments_of(c)) for c in reference
+    ]

@@ -9,7 +9,7 @@ from common.params import redact
 
 
 def report_to(choice: str) -> str:
-    """"auto" means wandb when WANDB_PROJECT is set (WANDB_MODE=offline works without network), else none."""
+    """ "auto" means wandb when WANDB_PROJECT is set (WANDB_MODE=offline works without network), else none."""
     if choice == "auto":
         return "wandb" if os.environ.get("WANDB_PROJECT") else "none"
     return choice
@@ -69,17 +69,18 @@ def plot_loss(output_dir: str) -> None:
     for key, label in (("loss", "train"), ("eval_loss", "eval")):
         points = [(m["step"], m[key]) for m in metrics if key in m]
         if points:
-            ax.plot(*zip(*points), label=label, marker="o" if label == "eval" else None)
+            ax.plot(*zip(*points, strict=False), label=label, marker="o" if label == "eval" else None)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()
     ax.grid(alpha=0.3)
     if rewards:
-        steps, mean, std = zip(*rewards)
+        steps, mean, std = zip(*rewards, strict=False)
         ax = axes[0][1]
         ax.plot(steps, mean, label="reward (mean)")
-        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2,
-                        label="± std")
+        ax.fill_between(
+            steps, [m - s for m, s in zip(mean, std, strict=False)], [m + s for m, s in zip(mean, std, strict=False)], alpha=0.2, label="± std"
+        )
         ax.set_xlabel("step")
         ax.set_ylabel("reward")
         ax.legend()

@@ -79,9 +79,11 @@ def stop_on_non_finite_loss(trainer_class):
                 bad = self.accelerator.reduce(bad, reduction="sum")
             if bad.item():
                 last = checkpoints(self.args.output_dir)
-                raise RunStopped(f"the loss is {loss.item()} at step {self.state.global_step + 1}; stopped before saving it, "
-                                 f"last good checkpoint: {os.path.basename(last[-1]) if last else 'none'} "
-                                 "(lower learning_rate or check the data, then resume=true)")
+                raise RunStopped(
+                    f"the loss is {loss.item()} at step {self.state.global_step + 1}; stopped before saving it, "
+                    f"last good checkpoint: {os.path.basename(last[-1]) if last else 'none'} "
+                    "(lower learning_rate or check the data, then resume=true)"
+                )
             return loss
 
     Guarded.__name__ = Guarded.__qualname__ = trainer_class.__name__
@@ -101,10 +103,17 @@ def sft_trainer(params: dict, model, tokenizer, train_set, eval_set, packing: bo
     if packing:
         use_varlen_attention(model)
     if is_main() and packing:
-        print(f"packing: {batch_size} packed rows per device step, about batch_size={params['batch_size']} examples, "
-              f"attention {model.config._attn_implementation}", flush=True)
-    args = SFTConfig(**trainer_args(params, eval_set is not None, batch_size), packing=packing, padding_free=packing,
-                     dataset_kwargs={"skip_prepare_dataset": True})
+        print(
+            f"packing: {batch_size} packed rows per device step, about batch_size={params['batch_size']} examples, "
+            f"attention {model.config._attn_implementation}",
+            flush=True,
+        )
+    args = SFTConfig(
+        **trainer_args(params, eval_set is not None, batch_size),
+        packing=packing,
+        padding_free=packing,
+        dataset_kwargs={"skip_prepare_dataset": True},
+    )
     _start_wandb(params, args)
     return stop_on_non_finite_loss(trainer_class or SFTTrainer)(
         model=model,
@@ -128,9 +137,15 @@ def dpo_trainer(params: dict, model, tokenizer, train_set, eval_set, trainer_cla
 
     lora = params["lora"]["enabled"]
     try:
-        args = DPOConfig(**trainer_args(params, eval_set is not None), beta=params["beta"], loss_type=params["loss_type"],
-                         loss_weights=params["loss_weights"] or None, label_smoothing=params["label_smoothing"],
-                         precompute_ref_log_probs=not lora, disable_dropout=True)
+        args = DPOConfig(
+            **trainer_args(params, eval_set is not None),
+            beta=params["beta"],
+            loss_type=params["loss_type"],
+            loss_weights=params["loss_weights"] or None,
+            label_smoothing=params["label_smoothing"],
+            precompute_ref_log_probs=not lora,
+            disable_dropout=True,
+        )
     except ValueError as e:
         raise UserError(f"DPO settings: {str(e).splitlines()[0]}") from None
     _start_wandb(params, args)
@@ -158,20 +173,43 @@ def grpo_trainer(params: dict, model, tokenizer, prompts, rewards: list, trainer
     del args["max_length"]  # GRPO's lengths are max_completion_length and the prompts prepare kept
     vllm = {}
     if params["use_vllm"]:
-        vllm = dict(use_vllm=True, vllm_mode=params["vllm_mode"], vllm_gpu_memory_utilization=params["vllm_gpu_memory_utilization"],
-                    vllm_server_base_url=params["vllm_server_base_url"] or None)
+        vllm = dict(
+            use_vllm=True,
+            vllm_mode=params["vllm_mode"],
+            vllm_gpu_memory_utilization=params["vllm_gpu_memory_utilization"],
+            vllm_server_base_url=params["vllm_server_base_url"] or None,
+        )
     try:
         config = GRPOConfig(
-            **args, **vllm, num_generations=params["num_generations"], max_completion_length=params["max_completion_length"],
-            temperature=params["temperature"], top_p=params["top_p"], beta=params["beta"], loss_type=params["loss_type"],
-            epsilon=params["epsilon"], epsilon_high=params["epsilon_high"] or None, scale_rewards=params["scale_rewards"],
-            importance_sampling_level=params["importance_sampling_level"], num_iterations=params["num_iterations"],
-            mask_truncated_completions=params["mask_truncated_completions"], top_entropy_quantile=params["top_entropy_quantile"], reward_weights=params["reward_weights"] or None,
-            remove_unused_columns=False, shuffle_dataset=True, disable_dropout=True,
+            **args,
+            **vllm,
+            num_generations=params["num_generations"],
+            max_completion_length=params["max_completion_length"],
+            temperature=params["temperature"],
+            top_p=params["top_p"],
+            beta=params["beta"],
+            loss_type=params["loss_type"],
+            epsilon=params["epsilon"],
+            epsilon_high=params["epsilon_high"] or None,
+            scale_rewards=params["scale_rewards"],
+            importance_sampling_level=params["importance_sampling_level"],
+            num_iterations=params["num_iterations"],
+            mask_truncated_completions=params["mask_truncated_completions"],
+            top_entropy_quantile=params["top_entropy_quantile"],
+            reward_weights=params["reward_weights"] or None,
+            remove_unused_columns=False,
+            shuffle_dataset=True,
+            disable_dropout=True,
         )
     except ValueError as e:
         raise UserError(f"GRPO settings: {str(e).splitlines()[0]}") from None
     _start_wandb(params, config)
     trainer_class = rendered_prompts(stop_on_non_finite_loss(trainer_class or GRPOTrainer), add_special_tokens)
-    return trainer_class(model=model, reward_funcs=rewards, args=config, train_dataset=prompts, processing_class=tokenizer,
-                         callbacks=[MetricsFile(params["output_dir"]), ShardingReport()])
+    return trainer_class(
+        model=model,
+        reward_funcs=rewards,
+        args=config,
+        train_dataset=prompts,
+        processing_class=tokenizer,
+        callbacks=[MetricsFile(params["output_dir"]), ShardingReport()],
+    )

@@ -21,7 +21,8 @@ import torch.nn.functional as F  # noqa: E402
 from trl import DPOTrainer  # noqa: E402
 
 from common.params import resolve  # noqa: E402
-from dpo import PARAMS as DPO_PARAMS, main  # noqa: E402
+from dpo import PARAMS as DPO_PARAMS  # noqa: E402
+from dpo import main
 
 PARAMS = {**DPO_PARAMS, "output_dir": "outputs/dpo_positive", "dpop_lambda": 50.0}  # the paper's value
 

@@ -19,7 +19,8 @@ import torch.nn.functional as F  # noqa: E402
 from trl import SFTTrainer  # noqa: E402
 
 from common.params import resolve  # noqa: E402
-from sft_chat import PARAMS as SFT_CHAT_PARAMS, main  # noqa: E402
+from sft_chat import PARAMS as SFT_CHAT_PARAMS  # noqa: E402
+from sft_chat import main
 
 PARAMS = {**SFT_CHAT_PARAMS, "output_dir": "outputs/sft_chat_weighted_name", "name_weight": 3.0}
 
@@ -37,7 +38,7 @@ def weighted_token_loss(logits, labels, weights, num_items_in_batch=None):
 def name_weights(labels, tokenizer, weight: float):
     """`weight` on each answer's tokens up to and including the first one holding "(", 1 elsewhere."""
     weights = torch.ones(labels.shape, dtype=torch.float32, device=labels.device)
-    for row, row_weights in zip(labels.tolist(), weights):
+    for row, row_weights in zip(labels.tolist(), weights, strict=False):
         in_name, previous = False, -100
         for i, token in enumerate(row):
             if token != -100 and previous == -100:  # an answer starts

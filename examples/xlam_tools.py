@@ -18,12 +18,25 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: sft_chat, common
 
 from common.params import resolve  # noqa: E402
-from sft_chat import PARAMS as SFT_CHAT_PARAMS, main  # noqa: E402
+from sft_chat import PARAMS as SFT_CHAT_PARAMS  # noqa: E402
+from sft_chat import main
 
-PARAMS = {**SFT_CHAT_PARAMS, "data": ["Salesforce/xlam-function-calling-60k"], "test_data": "",
-          "output_dir": "outputs/xlam_tools"}
-JSON_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "list": "array",
-              "tuple": "array", "set": "array", "dict": "object"}
+PARAMS = {
+    **SFT_CHAT_PARAMS,
+    "data": ["Salesforce/xlam-function-calling-60k"],
+    "test_data": "",
+    "output_dir": "outputs/xlam_tools",
+}
+JSON_TYPES = {
+    "str": "string",
+    "int": "integer",
+    "float": "number",
+    "bool": "boolean",
+    "list": "array",
+    "tuple": "array",
+    "set": "array",
+    "dict": "object",
+}
 
 
 def json_schema(parameters: dict) -> dict:
@@ -43,13 +56,28 @@ def json_schema(parameters: dict) -> dict:
 
 def to_chat(row: dict) -> dict:
     """The row hook: an xLAM row as {"tools", "messages"}, the query answered by one turn of all its calls."""
-    tools = [{"type": "function", "function": {"name": t["name"], "description": t.get("description", ""),
-                                               "parameters": json_schema(t.get("parameters", {}))}}
-             for t in json.loads(row["tools"])]
-    calls = [{"type": "function", "function": {"name": a["name"], "arguments": a["arguments"]}}
-             for a in json.loads(row["answers"])]
-    return {"tools": tools, "messages": [{"role": "user", "content": row["query"]},
-                                         {"role": "assistant", "content": "", "tool_calls": calls}]}
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": t["name"],
+                "description": t.get("description", ""),
+                "parameters": json_schema(t.get("parameters", {})),
+            },
+        }
+        for t in json.loads(row["tools"])
+    ]
+    calls = [
+        {"type": "function", "function": {"name": a["name"], "arguments": a["arguments"]}}
+        for a in json.loads(row["answers"])
+    ]
+    return {
+        "tools": tools,
+        "messages": [
+            {"role": "user", "content": row["query"]},
+            {"role": "assistant", "content": "", "tool_calls": calls},
+        ],
+    }
 
 
 if __name__ == "__main__":

@@ -75,9 +75,16 @@ class OpenAIStub(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).seen_keys.append(self.headers.get("Authorization", ""))
         text = f"answer {body.get('seed', 0) % 1000} to {body['messages'][-1]['content'][:40]}"
-        self._send({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-                    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+        self._send(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+            }
+        )
 
     def _send(self, payload):
         data = json.dumps(payload).encode()
@@ -116,7 +123,7 @@ def read_jsonl(path):
 def trained_spans(tokenizer, row):
     """The decoded runs of tokens that carry a loss in a data_preview.jsonl row."""
     spans, current = [], []
-    for token, label in zip(row["input_ids"], row["labels"]):
+    for token, label in zip(row["input_ids"], row["labels"], strict=False):
         if label != -100:
             assert label == token
             current.append(token)

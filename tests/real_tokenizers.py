@@ -6,7 +6,7 @@ import lzma
 import os
 import re
 import shutil
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import trl
@@ -20,7 +20,7 @@ SHARED_FAMILIES = ["qwen3", "qwen2.5", "llama3", "phi3", "smollm3"]
 TRL_FAMILIES = sorted(f"trl-{p.stem}" for p in TRL_TEMPLATES.glob("*.jinja") if not p.stem.endswith("_training"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def shared_folder(family: str, root: str) -> str:
     """A tokenizer folder for a fixture family, written once under root."""
     out = Path(root, family)
@@ -39,33 +39,33 @@ def shared_folder(family: str, root: str) -> str:
 # not nine characters long.
 OTHER_TEMPLATES = {
     "chatml": "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-              "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
     "zephyr": "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + eos_token }}"
-              "{% elif message['role'] == 'system' %}{{ '<|system|>\\n' + message['content'] + eos_token }}"
-              "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + eos_token }}{% endif %}"
-              "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}{% endfor %}",
+    "{% elif message['role'] == 'system' %}{{ '<|system|>\\n' + message['content'] + eos_token }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + eos_token }}{% endif %}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}{% endfor %}",
     "mistral": "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}"
-               "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}{%- endif %}"
-               "{%- set user_messages = loop_messages | selectattr('role', 'equalto', 'user') | list %}"
-               "{{- bos_token }}{%- for message in loop_messages %}{%- if message['role'] == 'user' %}"
-               "{%- if tools and message == user_messages[-1] %}{{- '[AVAILABLE_TOOLS] ' + tools | tojson + '[/AVAILABLE_TOOLS]' }}{%- endif %}"
-               "{%- if loop.last and system_message is defined %}{{- '[INST] ' + system_message + '\\n\\n' + message['content'] + '[/INST]' }}"
-               "{%- else %}{{- '[INST] ' + message['content'] + '[/INST]' }}{%- endif %}"
-               "{%- elif message['tool_calls'] %}{{- '[TOOL_CALLS] [' }}{%- for call in message['tool_calls'] %}"
-               "{%- if call['id'] is not defined or call['id'] | length != 9 %}"
-               "{{- raise_exception('Tool call IDs should be alphanumeric strings with length 9!') }}{%- endif %}"
-               "{{- (call['function'] | tojson)[:-1] + ', \"id\": \"' + call['id'] + '\"}' }}"
-               "{{- ', ' if not loop.last else ']' + eos_token }}{%- endfor %}"
-               "{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content'] + eos_token }}"
-               "{%- elif message['role'] == 'tool' %}{%- if message['tool_call_id'] is not defined or message['tool_call_id'] | length != 9 %}"
-               "{{- raise_exception('Tool call IDs should be alphanumeric strings with length 9!') }}{%- endif %}"
-               "{{- '[TOOL_RESULTS] {\"content\": ' + message['content'] + ', \"call_id\": \"' + message['tool_call_id'] + '\"}[/TOOL_RESULTS]' }}"
-               "{%- endif %}{%- endfor %}",
+    "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}{%- endif %}"
+    "{%- set user_messages = loop_messages | selectattr('role', 'equalto', 'user') | list %}"
+    "{{- bos_token }}{%- for message in loop_messages %}{%- if message['role'] == 'user' %}"
+    "{%- if tools and message == user_messages[-1] %}{{- '[AVAILABLE_TOOLS] ' + tools | tojson + '[/AVAILABLE_TOOLS]' }}{%- endif %}"
+    "{%- if loop.last and system_message is defined %}{{- '[INST] ' + system_message + '\\n\\n' + message['content'] + '[/INST]' }}"
+    "{%- else %}{{- '[INST] ' + message['content'] + '[/INST]' }}{%- endif %}"
+    "{%- elif message['tool_calls'] %}{{- '[TOOL_CALLS] [' }}{%- for call in message['tool_calls'] %}"
+    "{%- if call['id'] is not defined or call['id'] | length != 9 %}"
+    "{{- raise_exception('Tool call IDs should be alphanumeric strings with length 9!') }}{%- endif %}"
+    "{{- (call['function'] | tojson)[:-1] + ', \"id\": \"' + call['id'] + '\"}' }}"
+    "{{- ', ' if not loop.last else ']' + eos_token }}{%- endfor %}"
+    "{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content'] + eos_token }}"
+    "{%- elif message['role'] == 'tool' %}{%- if message['tool_call_id'] is not defined or message['tool_call_id'] | length != 9 %}"
+    "{{- raise_exception('Tool call IDs should be alphanumeric strings with length 9!') }}{%- endif %}"
+    "{{- '[TOOL_RESULTS] {\"content\": ' + message['content'] + ', \"call_id\": \"' + message['tool_call_id'] + '\"}[/TOOL_RESULTS]' }}"
+    "{%- endif %}{%- endfor %}",
 }
 OTHER_FAMILIES = sorted(f"other-{name}" for name in OTHER_TEMPLATES)
 
 
-@lru_cache(maxsize=None)
+@cache
 def template_folder(name: str, template: str, root: str) -> str:
     """Llama-3's vocabulary with a template and the special tokens its text names (<|im_start|>, <start_of_turn>,
     <｜Assistant｜>, [INST], [TOOL_CALLS], ...), so each renders as one token as in the family's own vocabulary."""
@@ -73,9 +73,13 @@ def template_folder(name: str, template: str, root: str) -> str:
     out.mkdir(parents=True, exist_ok=True)
     (out / "tokenizer.json").write_bytes(lzma.open(SHARED / "llama3" / "tokenizer.json.xz").read())
     found = set(re.findall(r"<[^<>\s'\"{}]{1,40}>|\[/?(?:INST|AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS)\]", template))
-    config = {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "chat_template": template,
-              "additional_special_tokens": sorted(found - {"<|begin_of_text|>", "<|end_of_text|>"}),
-              "tokenizer_class": "PreTrainedTokenizerFast"}
+    config = {
+        "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|end_of_text|>",
+        "chat_template": template,
+        "additional_special_tokens": sorted(found - {"<|begin_of_text|>", "<|end_of_text|>"}),
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
     (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     return str(out)
 
@@ -107,9 +111,17 @@ def tiny_model_folder(family: str, root, name: str = "model") -> str:
         return out
     tokenizer = AutoTokenizer.from_pretrained(folder(family, root))
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

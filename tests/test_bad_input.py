@@ -9,36 +9,117 @@ import pytest
 
 from tests.conftest import FAST, assert_one_line_exit_2, free_port, run_in_process, write_jsonl
 
-CHAT = {"messages": [{"role": "user", "content": "Play Adele"}, {"role": "assistant", "content": 'play_music(artist="Adele")'}]}
+CHAT = {
+    "messages": [
+        {"role": "user", "content": "Play Adele"},
+        {"role": "assistant", "content": 'play_music(artist="Adele")'},
+    ]
+}
 COMPLETION = {"prompt": "Play Adele", "completion": 'play_music(artist="Adele")'}
 PAIR = {"prompt": "Play Adele", "chosen": 'play_music(artist="Adele")', "rejected": 'play_music(artist="Sade")'}
-LONG_PROMPT = {"messages": [{"role": "user", "content": "Play " * 20}, {"role": "assistant", "content": "play_music()"}]}
-TOOLS = [{"type": "function", "function": {"name": "play_music", "parameters": {"type": "object", "properties": {"artist": {"type": "string"}}}}}]
+LONG_PROMPT = {
+    "messages": [{"role": "user", "content": "Play " * 20}, {"role": "assistant", "content": "play_music()"}]
+}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "play_music",
+            "parameters": {"type": "object", "properties": {"artist": {"type": "string"}}},
+        },
+    }
+]
 ASK = {"role": "user", "content": "Play Adele"}
 TOOL_ROWS = [  # (what is wrong, messages, the reason given)
-    ("tool_calls not a list", [ASK, {"role": "assistant", "content": "", "tool_calls": {"name": "play_music"}}],
-     "messages[1] tool_calls must be a list"),
-    ("arguments not JSON", [ASK, {"role": "assistant", "content": "", "tool_calls": [
-        {"type": "function", "function": {"name": "play_music", "arguments": "{artist: Adele}"}}]}],
-     "messages[1] tool_calls[0] arguments of 'play_music' are not valid JSON"),
-    ("result before any call", [ASK, {"role": "tool", "content": "ok"}, {"role": "assistant", "content": "Done."}],
-     "messages[1] is a tool result with no assistant tool call before it"),
-    ("unknown function", [ASK, {"role": "assistant", "content": "", "tool_calls": [
-        {"type": "function", "function": {"name": "stop_music", "arguments": {}}}]}],
-     "messages[1] tool_calls[0] calls 'stop_music', which is not in the row's tools"),
+    (
+        "tool_calls not a list",
+        [ASK, {"role": "assistant", "content": "", "tool_calls": {"name": "play_music"}}],
+        "messages[1] tool_calls must be a list",
+    ),
+    (
+        "arguments not JSON",
+        [
+            ASK,
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"type": "function", "function": {"name": "play_music", "arguments": "{artist: Adele}"}}
+                ],
+            },
+        ],
+        "messages[1] tool_calls[0] arguments of 'play_music' are not valid JSON",
+    ),
+    (
+        "result before any call",
+        [ASK, {"role": "tool", "content": "ok"}, {"role": "assistant", "content": "Done."}],
+        "messages[1] is a tool result with no assistant tool call before it",
+    ),
+    (
+        "unknown function",
+        [
+            ASK,
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"type": "function", "function": {"name": "stop_music", "arguments": {}}}],
+            },
+        ],
+        "messages[1] tool_calls[0] calls 'stop_music', which is not in the row's tools",
+    ),
 ]
-ADELE_CALL = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "play_music", "arguments": {"artist": "Adele"}}}]}
+ADELE_CALL = {
+    "role": "assistant",
+    "content": "",
+    "tool_calls": [{"type": "function", "function": {"name": "play_music", "arguments": {"artist": "Adele"}}}],
+}
 TOOL_PAIRS = [  # (what is wrong, pair, the reason given)
-    ("tool_calls not a list", {"prompt": [ASK], "chosen": [ADELE_CALL], "rejected": [{"role": "assistant", "content": "", "tool_calls": {"name": "play_music"}}]},
-     "rejected[0] tool_calls must be a list"),
-    ("arguments not JSON", {"prompt": [ASK], "chosen": [ADELE_CALL], "rejected": [{"role": "assistant", "content": None, "tool_calls": [
-        {"type": "function", "function": {"name": "play_music", "arguments": "{artist: Sade}"}}]}]},
-     "rejected[0] tool_calls[0] arguments of 'play_music' are not valid JSON"),
-    ("result before any call", {"prompt": [ASK, {"role": "tool", "content": "ok"}], "chosen": "Done.", "rejected": "Failed."},
-     "prompt[1] is a tool result with no assistant tool call before it"),
-    ("unknown function", {"prompt": [ASK], "chosen": [ADELE_CALL], "rejected": [{"role": "assistant", "content": "", "tool_calls": [
-        {"type": "function", "function": {"name": "stop_music", "arguments": {}}}]}]},
-     "rejected[0] tool_calls[0] calls 'stop_music', which is not in the row's tools"),
+    (
+        "tool_calls not a list",
+        {
+            "prompt": [ASK],
+            "chosen": [ADELE_CALL],
+            "rejected": [{"role": "assistant", "content": "", "tool_calls": {"name": "play_music"}}],
+        },
+        "rejected[0] tool_calls must be a list",
+    ),
+    (
+        "arguments not JSON",
+        {
+            "prompt": [ASK],
+            "chosen": [ADELE_CALL],
+            "rejected": [
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"type": "function", "function": {"name": "play_music", "arguments": "{artist: Sade}"}}
+                    ],
+                }
+            ],
+        },
+        "rejected[0] tool_calls[0] arguments of 'play_music' are not valid JSON",
+    ),
+    (
+        "result before any call",
+        {"prompt": [ASK, {"role": "tool", "content": "ok"}], "chosen": "Done.", "rejected": "Failed."},
+        "prompt[1] is a tool result with no assistant tool call before it",
+    ),
+    (
+        "unknown function",
+        {
+            "prompt": [ASK],
+            "chosen": [ADELE_CALL],
+            "rejected": [
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [{"type": "function", "function": {"name": "stop_music", "arguments": {}}}],
+                }
+            ],
+        },
+        "rejected[0] tool_calls[0] calls 'stop_music', which is not in the row's tools",
+    ),
 ]
 GOOD = {"sft_chat.py": CHAT, "sft_completion.py": COMPLETION, "dpo.py": PAIR, "synth_data.py": CHAT, "grpo.py": CHAT}
 
@@ -64,8 +145,10 @@ def config(text):
 CASES = [
     # (script, id, args: a list or callable(tmp_path, script) -> list, the message the error line holds)
     # PARAMS: every key type, nested keys, choices, bounds, config files
-    *[(s, "unknown key", ["learnig_rate=1e-3"], "unknown PARAMS key 'learnig_rate'; did you mean learning_rate")
-      for s in ("sft_chat.py", "sft_completion.py", "dpo.py")],
+    *[
+        (s, "unknown key", ["learnig_rate=1e-3"], "unknown PARAMS key 'learnig_rate'; did you mean learning_rate")
+        for s in ("sft_chat.py", "sft_completion.py", "dpo.py")
+    ],
     ("sft_chat.py", "int given text", ["batch_size=many"], "batch_size must be int"),
     ("sft_completion.py", "int given a float", ["max_length=12.5"], "max_length must be int"),
     ("dpo.py", "float given text", ["beta=strong"], "beta must be float"),
@@ -75,109 +158,344 @@ CASES = [
     ("sft_chat.py", "unknown nested key", ["lora.rank=8"], "unknown PARAMS key 'lora.rank'; did you mean lora.r"),
     ("sft_chat.py", "nested bool given text", ["lora.enabled=sometimes"], "lora.enabled must be bool"),
     ("sft_chat.py", "bad choice", ["chat_format=chatml"], "chat_format='chatml' is not one of"),
-    *[(s, "bad reasoning mode", ["reasoning=hide"], "reasoning='hide' is not one of 'keep', 'drop'") for s in ("sft_chat.py", "dpo.py")],
-    ("sft_chat.py", "chat_template with special tokens", ["chat_template=t.jinja"], "chat_template applies to chat_format=native"),
-    ("sft_chat.py", "missing chat_template file", ["chat_format=native", "chat_template=/nonexistent/t.jinja"],
-     "chat_template file not found: /nonexistent/t.jinja"),
-    ("sft_chat.py", "chat_template that does not compile", lambda p, s: ["chat_format=native", f"chat_template={written(p / 't.jinja', '{% for m in messages %}')}"],
-     "does not compile"),
-    ("sft_chat.py", "native on a model without a template", ["chat_format=native"], "chat_format=native needs a chat template"),
+    *[
+        (s, "bad reasoning mode", ["reasoning=hide"], "reasoning='hide' is not one of 'keep', 'drop'")
+        for s in ("sft_chat.py", "dpo.py")
+    ],
+    (
+        "sft_chat.py",
+        "chat_template with special tokens",
+        ["chat_template=t.jinja"],
+        "chat_template applies to chat_format=native",
+    ),
+    (
+        "sft_chat.py",
+        "missing chat_template file",
+        ["chat_format=native", "chat_template=/nonexistent/t.jinja"],
+        "chat_template file not found: /nonexistent/t.jinja",
+    ),
+    (
+        "sft_chat.py",
+        "chat_template that does not compile",
+        lambda p, s: ["chat_format=native", f"chat_template={written(p / 't.jinja', '{% for m in messages %}')}"],
+        "does not compile",
+    ),
+    (
+        "sft_chat.py",
+        "native on a model without a template",
+        ["chat_format=native"],
+        "chat_format=native needs a chat template",
+    ),
     ("sft_chat.py", "int below its bound", ["batch_size=0"], "batch_size=0 must be >= 1"),
     ("sft_completion.py", "fraction out of range", ["eval_fraction=1.5"], "eval_fraction=1.5 must be in [0, 1)"),
     ("sft_chat.py", "not key=value", ["stray"], "unexpected argument 'stray'"),
     ("dpo.py", "missing config file", ["--config", "/nonexistent.yaml"], "config file not found: /nonexistent.yaml"),
-    ("sft_chat.py", "unknown key in a config file", config("learning_rat: 1.0\n"), "c.yaml: unknown PARAMS key 'learning_rat'"),
+    (
+        "sft_chat.py",
+        "unknown key in a config file",
+        config("learning_rat: 1.0\n"),
+        "c.yaml: unknown PARAMS key 'learning_rat'",
+    ),
     ("sft_completion.py", "malformed config file", config("a: [1, 2\n"), "c.yaml"),
     ("synth_data.py", "config file that is not a mapping", config("- 1\n- 2\n"), "c.yaml"),
-    ("sft_chat.py", "unknown cleaning step", ["clean.dedup=true"], "unknown PARAMS key 'clean.dedup'; did you mean clean."),
+    (
+        "sft_chat.py",
+        "unknown cleaning step",
+        ["clean.dedup=true"],
+        "unknown PARAMS key 'clean.dedup'; did you mean clean.",
+    ),
     ("sft_chat.py", "threshold above 1", ["clean.threshold=1.5"], "clean.threshold=1.5 must be in [0, 1]"),
     ("sft_completion.py", "threshold below 0", ["clean.threshold=-0.1"], "clean.threshold=-0.1 must be in [0, 1]"),
-    ("dpo.py", "repeated-line share above 1", ["clean.max_repeated_lines=2"], "clean.max_repeated_lines=2.0 must be in [0, 1]"),
-    *[(s, "missing eval set", ["clean.eval_sets=[/nonexistent/bench.jsonl]"], "clean.eval_sets: data file not found")
-      for s in ("sft_chat.py", "sft_completion.py", "dpo.py")],
+    (
+        "dpo.py",
+        "repeated-line share above 1",
+        ["clean.max_repeated_lines=2"],
+        "clean.max_repeated_lines=2.0 must be in [0, 1]",
+    ),
+    *[
+        (s, "missing eval set", ["clean.eval_sets=[/nonexistent/bench.jsonl]"], "clean.eval_sets: data file not found")
+        for s in ("sft_chat.py", "sft_completion.py", "dpo.py")
+    ],
     ("dpo.py", "unknown loss", ["loss_type=[sigmoid,sigmoidd]"], "loss_type='sigmoidd' is not one of 'sigmoid'"),
     ("dpo.py", "smoothing out of range", ["label_smoothing=0.5"], "label_smoothing=0.5 must be in [0, 0.5)"),
     ("sft_completion.py", "unknown key of another script", ["chat_format=native"], "unknown PARAMS key 'chat_format'"),
-    ("sft_completion.py", "bad template", ["template=Q: {question}"], "template: not a str.format pattern with only {prompt}"),
+    (
+        "sft_completion.py",
+        "bad template",
+        ["template=Q: {question}"],
+        "template: not a str.format pattern with only {prompt}",
+    ),
     ("sft_completion.py", "template without prompt", ["template=Answer:"], "template: must contain {prompt}"),
     ("synth_data.py", "unknown stage", ["stages=[answers]"], "stages='answers' is not one of"),
     ("synth_data.py", "stages out of order", ["stages=[clean,responses]"], "must be a non-empty subset of"),
     ("synth_data.py", "unknown backend", ["backend=tgi"], "backend='tgi' is not one of 'hf', 'vllm', 'openai'"),
-    ("synth_data.py", "missing API key", ["backend=openai", "base_url=https://api.example.com/v1", "model=m"],
-     "needs an API key in the environment variable OPENAI_API_KEY"),
-    ("synth_data.py", "unreachable endpoint", lambda p, s: ["backend=openai", f"base_url=http://127.0.0.1:{free_port()}/v1", "model=m"],
-     "cannot reach the endpoint http://127.0.0.1:"),
-    ("synth_data.py", "missing verifier", ["verifier=nowhere/verify.py:check"], "verifier: file not found: nowhere/verify.py"),
+    (
+        "synth_data.py",
+        "missing API key",
+        ["backend=openai", "base_url=https://api.example.com/v1", "model=m"],
+        "needs an API key in the environment variable OPENAI_API_KEY",
+    ),
+    (
+        "synth_data.py",
+        "unreachable endpoint",
+        lambda p, s: ["backend=openai", f"base_url=http://127.0.0.1:{free_port()}/v1", "model=m"],
+        "cannot reach the endpoint http://127.0.0.1:",
+    ),
+    (
+        "synth_data.py",
+        "missing verifier",
+        ["verifier=nowhere/verify.py:check"],
+        "verifier: file not found: nowhere/verify.py",
+    ),
     ("synth_data.py", "judge without model", ["judge=llm"], "judge=llm needs judge_model"),
     ("synth_data.py", "similarity out of range", ["max_similarity=1.5"], "max_similarity=1.5 must be in (0, 1]"),
     # files and folders
     *[(s, "missing data file", ["data=/nonexistent/train.jsonl"], "data file not found") for s in GOOD],
-    ("sft_chat.py", "missing model folder", lambda p, s: [*rows("g.jsonl")(p, s), "model=./no/such/model"],
-     "model folder not found: ./no/such/model"),
+    (
+        "sft_chat.py",
+        "missing model folder",
+        lambda p, s: [*rows("g.jsonl")(p, s), "model=./no/such/model"],
+        "model folder not found: ./no/such/model",
+    ),
     ("synth_data.py", "missing model folder", ["model=./no/such/model"], "model folder not found: ./no/such/model"),
-    ("sft_chat.py", "missing eval file", lambda p, s: [*rows("g.jsonl")(p, s), "eval_data=/nonexistent/eval.jsonl"], "data file not found"),
+    (
+        "sft_chat.py",
+        "missing eval file",
+        lambda p, s: [*rows("g.jsonl")(p, s), "eval_data=/nonexistent/eval.jsonl"],
+        "data file not found",
+    ),
     ("sft_chat.py", "missing test file", ["test_data=/nonexistent/test.jsonl"], "test_data file not found"),
-    ("sft_chat.py", "everything truncated", lambda p, s: [f"data={write_jsonl(p / 't.jsonl', [LONG_PROMPT])}", "max_length=8"],
-     "no training rows left"),
+    (
+        "sft_chat.py",
+        "everything truncated",
+        lambda p, s: [f"data={write_jsonl(p / 't.jsonl', [LONG_PROMPT])}", "max_length=8"],
+        "no training rows left",
+    ),
     *[(s, "unknown file type", file("d.txt", "hello\n"), "d.txt") for s in ("sft_chat.py", "dpo.py")],
     # rows: every schema, the bad row is on line 2
     *[(s, "malformed JSON", rows("m.jsonl", '{"oops'), "m.jsonl:2: malformed JSON") for s in GOOD],
-    *[(s, "not an object", rows("o.jsonl", '["p", "c"]'), "o.jsonl:2: row must be a JSON object") for s in ("sft_completion.py", "sft_chat.py")],
-    *[(s, "no messages", rows("n.jsonl", {"text": "x"}), "n.jsonl:2: row has no 'messages' field") for s in ("sft_chat.py",)],
+    *[
+        (s, "not an object", rows("o.jsonl", '["p", "c"]'), "o.jsonl:2: row must be a JSON object")
+        for s in ("sft_completion.py", "sft_chat.py")
+    ],
+    *[
+        (s, "no messages", rows("n.jsonl", {"text": "x"}), "n.jsonl:2: row has no 'messages' field")
+        for s in ("sft_chat.py",)
+    ],
     ("grpo.py", "no prompt", rows("n.jsonl", {"text": "x"}), "n.jsonl:2: row has neither 'messages' nor 'prompt'"),
-    ("grpo.py", "prompt ends with the answer", rows("a.jsonl", {"messages": [{"role": "assistant", "content": "hi"}]}),
-     "a.jsonl:2: the prompt must end with a non-empty user turn or a tool result"),
-    ("synth_data.py", "row without a prompt", rows("x.jsonl", {"text": "hi"}), "x.jsonl:2: row has neither 'messages' nor 'prompt'"),
-    ("sft_chat.py", "unknown role", rows("r.jsonl", {"messages": [{"role": "bot", "content": "x"}]}), "r.jsonl:2: messages[0] has unknown role 'bot'"),
-    ("sft_chat.py", "non-string content", rows("c.jsonl", {"messages": [{"role": "user", "content": ["x"]}, {"role": "assistant", "content": "y"}]}),
-     "c.jsonl:2: messages[0] content must be a string"),
-    ("sft_chat.py", "reasoning twice", rows("t.jsonl", {"messages": [{"role": "user", "content": "x"}, {"role": "assistant",
-     "content": "<think>a</think>b", "reasoning_content": "a"}]}), "t.jsonl:2: messages[1] has both reasoning_content and a <think> block"),
-    ("sft_chat.py", "reasoning not a string", rows("t.jsonl", {"messages": [{"role": "user", "content": "x"}, {"role": "assistant",
-     "content": "b", "reasoning_content": ["a"]}]}), "t.jsonl:2: messages[1] reasoning_content must be a string"),
-    ("sft_chat.py", "no assistant turn", rows("a.jsonl", {"messages": [{"role": "user", "content": "x"}]}), "a.jsonl:2: conversation has no assistant turn"),
-    *[("sft_chat.py", f"tool row: {what}", rows("f.jsonl", {"tools": TOOLS, "messages": messages}), f"f.jsonl:2: {reason}")
-      for what, messages, reason in TOOL_ROWS],
-    *[("dpo.py", f"tool pair: {what}", rows("f.jsonl", {"tools": TOOLS, **pair}), f"f.jsonl:2: {reason}") for what, pair, reason in TOOL_PAIRS],
-    *[("synth_data.py", f"tool row: {what}", rows("f.jsonl", {"tools": TOOLS, "messages": messages}), f"f.jsonl:2: {reason}")
-      for what, messages, reason in TOOL_ROWS],
-    ("sft_chat.py", "tools not JSON", rows("j.jsonl", {"tools": "[{", "messages": CHAT["messages"]}), "j.jsonl:2: 'tools' is a string but not valid JSON"),
-    ("sft_chat.py", "ShareGPT with an unknown speaker", rows("s.jsonl", {"conversations": [{"from": "robot", "value": "x"}]}), "s.jsonl:2:"),
-    ("sft_completion.py", "both forms", rows("b.jsonl", {"text": "x", "prompt": "p", "completion": "c"}), "b.jsonl:2: row has both 'text'"),
-    ("sft_completion.py", "neither form", rows("n.jsonl", {"input": "p", "output": "c"}), "n.jsonl:2: row has neither 'text' nor"),
-    ("sft_completion.py", "empty completion", rows("e.jsonl", {"prompt": "p", "completion": ""}), "e.jsonl:2: 'completion' is empty"),
-    ("sft_completion.py", "no completion", rows("c.jsonl", {"prompt": "p"}), "c.jsonl:2: row has no 'completion' field"),
-    ("sft_completion.py", "non-string prompt", rows("s.jsonl", {"prompt": ["p"], "completion": "c"}), "s.jsonl:2: 'prompt' must be a string"),
-    ("sft_completion.py", "non-string text", rows("t.jsonl", {"text": 5}), "t.jsonl:2: 'text' must be a string, got int"),
-    ("dpo.py", "missing chosen", rows("c.jsonl", {"prompt": "p", "rejected": "r"}), "c.jsonl:2: row has no 'chosen' field"),
-    ("dpo.py", "missing rejected", rows("r.jsonl", {"prompt": "p", "chosen": "c"}), "r.jsonl:2: row has no 'rejected' field"),
-    ("dpo.py", "identical", rows("i.jsonl", {"prompt": "p", "chosen": "same", "rejected": " same"}), "i.jsonl:2: 'chosen' and 'rejected' are identical"),
-    ("dpo.py", "empty chosen", rows("e.jsonl", {"prompt": "p", "chosen": "", "rejected": "r"}), "e.jsonl:2: 'chosen' is empty"),
-    ("dpo.py", "empty rejected message", rows("m.jsonl", {"prompt": "p", "chosen": [{"role": "assistant", "content": "c"}], "rejected": [{"role": "assistant", "content": " "}]}),
-     "m.jsonl:2: 'rejected' is empty"),
-    ("dpo.py", "mixed forms", rows("x.jsonl", {"prompt": "p", "chosen": "c", "rejected": [{"role": "assistant", "content": "r"}]}),
-     "x.jsonl:2: 'chosen' and 'rejected' must both be strings or both be message lists"),
-    ("dpo.py", "non-string", rows("n.jsonl", {"prompt": "p", "chosen": 3, "rejected": "r"}), "n.jsonl:2: 'chosen' must be a string or a list of messages"),
-    ("dpo.py", "prompt ends with assistant", rows("a.jsonl", {"prompt": [{"role": "assistant", "content": "x"}], "chosen": "c", "rejected": "r"}),
-     "a.jsonl:2: the prompt's last message must be from the user"),
+    (
+        "grpo.py",
+        "prompt ends with the answer",
+        rows("a.jsonl", {"messages": [{"role": "assistant", "content": "hi"}]}),
+        "a.jsonl:2: the prompt must end with a non-empty user turn or a tool result",
+    ),
+    (
+        "synth_data.py",
+        "row without a prompt",
+        rows("x.jsonl", {"text": "hi"}),
+        "x.jsonl:2: row has neither 'messages' nor 'prompt'",
+    ),
+    (
+        "sft_chat.py",
+        "unknown role",
+        rows("r.jsonl", {"messages": [{"role": "bot", "content": "x"}]}),
+        "r.jsonl:2: messages[0] has unknown role 'bot'",
+    ),
+    (
+        "sft_chat.py",
+        "non-string content",
+        rows("c.jsonl", {"messages": [{"role": "user", "content": ["x"]}, {"role": "assistant", "content": "y"}]}),
+        "c.jsonl:2: messages[0] content must be a string",
+    ),
+    (
+        "sft_chat.py",
+        "reasoning twice",
+        rows(
+            "t.jsonl",
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "content": "<think>a</think>b", "reasoning_content": "a"},
+                ]
+            },
+        ),
+        "t.jsonl:2: messages[1] has both reasoning_content and a <think> block",
+    ),
+    (
+        "sft_chat.py",
+        "reasoning not a string",
+        rows(
+            "t.jsonl",
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "content": "b", "reasoning_content": ["a"]},
+                ]
+            },
+        ),
+        "t.jsonl:2: messages[1] reasoning_content must be a string",
+    ),
+    (
+        "sft_chat.py",
+        "no assistant turn",
+        rows("a.jsonl", {"messages": [{"role": "user", "content": "x"}]}),
+        "a.jsonl:2: conversation has no assistant turn",
+    ),
+    *[
+        (
+            "sft_chat.py",
+            f"tool row: {what}",
+            rows("f.jsonl", {"tools": TOOLS, "messages": messages}),
+            f"f.jsonl:2: {reason}",
+        )
+        for what, messages, reason in TOOL_ROWS
+    ],
+    *[
+        ("dpo.py", f"tool pair: {what}", rows("f.jsonl", {"tools": TOOLS, **pair}), f"f.jsonl:2: {reason}")
+        for what, pair, reason in TOOL_PAIRS
+    ],
+    *[
+        (
+            "synth_data.py",
+            f"tool row: {what}",
+            rows("f.jsonl", {"tools": TOOLS, "messages": messages}),
+            f"f.jsonl:2: {reason}",
+        )
+        for what, messages, reason in TOOL_ROWS
+    ],
+    (
+        "sft_chat.py",
+        "tools not JSON",
+        rows("j.jsonl", {"tools": "[{", "messages": CHAT["messages"]}),
+        "j.jsonl:2: 'tools' is a string but not valid JSON",
+    ),
+    (
+        "sft_chat.py",
+        "ShareGPT with an unknown speaker",
+        rows("s.jsonl", {"conversations": [{"from": "robot", "value": "x"}]}),
+        "s.jsonl:2:",
+    ),
+    (
+        "sft_completion.py",
+        "both forms",
+        rows("b.jsonl", {"text": "x", "prompt": "p", "completion": "c"}),
+        "b.jsonl:2: row has both 'text'",
+    ),
+    (
+        "sft_completion.py",
+        "neither form",
+        rows("n.jsonl", {"input": "p", "output": "c"}),
+        "n.jsonl:2: row has neither 'text' nor",
+    ),
+    (
+        "sft_completion.py",
+        "empty completion",
+        rows("e.jsonl", {"prompt": "p", "completion": ""}),
+        "e.jsonl:2: 'completion' is empty",
+    ),
+    (
+        "sft_completion.py",
+        "no completion",
+        rows("c.jsonl", {"prompt": "p"}),
+        "c.jsonl:2: row has no 'completion' field",
+    ),
+    (
+        "sft_completion.py",
+        "non-string prompt",
+        rows("s.jsonl", {"prompt": ["p"], "completion": "c"}),
+        "s.jsonl:2: 'prompt' must be a string",
+    ),
+    (
+        "sft_completion.py",
+        "non-string text",
+        rows("t.jsonl", {"text": 5}),
+        "t.jsonl:2: 'text' must be a string, got int",
+    ),
+    (
+        "dpo.py",
+        "missing chosen",
+        rows("c.jsonl", {"prompt": "p", "rejected": "r"}),
+        "c.jsonl:2: row has no 'chosen' field",
+    ),
+    (
+        "dpo.py",
+        "missing rejected",
+        rows("r.jsonl", {"prompt": "p", "chosen": "c"}),
+        "r.jsonl:2: row has no 'rejected' field",
+    ),
+    (
+        "dpo.py",
+        "identical",
+        rows("i.jsonl", {"prompt": "p", "chosen": "same", "rejected": " same"}),
+        "i.jsonl:2: 'chosen' and 'rejected' are identical",
+    ),
+    (
+        "dpo.py",
+        "empty chosen",
+        rows("e.jsonl", {"prompt": "p", "chosen": "", "rejected": "r"}),
+        "e.jsonl:2: 'chosen' is empty",
+    ),
+    (
+        "dpo.py",
+        "empty rejected message",
+        rows(
+            "m.jsonl",
+            {
+                "prompt": "p",
+                "chosen": [{"role": "assistant", "content": "c"}],
+                "rejected": [{"role": "assistant", "content": " "}],
+            },
+        ),
+        "m.jsonl:2: 'rejected' is empty",
+    ),
+    (
+        "dpo.py",
+        "mixed forms",
+        rows("x.jsonl", {"prompt": "p", "chosen": "c", "rejected": [{"role": "assistant", "content": "r"}]}),
+        "x.jsonl:2: 'chosen' and 'rejected' must both be strings or both be message lists",
+    ),
+    (
+        "dpo.py",
+        "non-string",
+        rows("n.jsonl", {"prompt": "p", "chosen": 3, "rejected": "r"}),
+        "n.jsonl:2: 'chosen' must be a string or a list of messages",
+    ),
+    (
+        "dpo.py",
+        "prompt ends with assistant",
+        rows("a.jsonl", {"prompt": [{"role": "assistant", "content": "x"}], "chosen": "c", "rejected": "r"}),
+        "a.jsonl:2: the prompt's last message must be from the user",
+    ),
 ]
 
 # What each script needs besides the case's own arguments to stop before training, quickly.
 BASE = {
     "sft_chat.py": lambda p, model: [*FAST],
     "sft_completion.py": lambda p, model: [*FAST],
-    "dpo.py": lambda p, model: [f"model={model}", "test_data=", "exact_match_data=", "max_steps=1", f"ref_cache_dir={p / 'cache'}"],
+    "dpo.py": lambda p, model: [
+        f"model={model}",
+        "test_data=",
+        "exact_match_data=",
+        "max_steps=1",
+        f"ref_cache_dir={p / 'cache'}",
+    ],
     "synth_data.py": lambda p, model: [f"model={model}", "progress_bar=false", "test_data="],
     "grpo.py": lambda p, model: [f"model={model}", "progress_bar=false", "test_data=", "max_steps=1"],
 }
 
 
-@pytest.mark.parametrize("script, args, message", [(c[0], *c[2:]) for c in CASES], ids=[f"{c[0]}: {c[1]}" for c in CASES])
+@pytest.mark.parametrize(
+    "script, args, message", [(c[0], *c[2:]) for c in CASES], ids=[f"{c[0]}: {c[1]}" for c in CASES]
+)
 def test_bad_input_is_one_line_and_exit_2(request, tmp_path, monkeypatch, script, args, message):
     monkeypatch.setenv("OPENAI_API_KEY", "")
     args = args(tmp_path, script) if callable(args) else args
     model = request.getfixturevalue("sft_model") if script in ("dpo.py", "synth_data.py", "grpo.py") else None
-    base = [a for a in BASE[script](tmp_path, model) if not (a.startswith("model=") and any(x.startswith("model=") for x in args))]
+    base = [
+        a
+        for a in BASE[script](tmp_path, model)
+        if not (a.startswith("model=") and any(x.startswith("model=") for x in args))
+    ]
     out = tmp_path / "out"
     result = run_in_process(script, *base, *args, f"output_dir={out}")
     assert_one_line_exit_2(result, message, out)

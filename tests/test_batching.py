@@ -4,8 +4,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from common.batching import collator, pack_in_random_order, show_example, write_preview
 from common.data import DataReport
-from tests.test_prepare import prepared
 from tests.conftest import read_jsonl
+from tests.test_prepare import prepared
 
 
 class Tok:
@@ -17,18 +17,23 @@ class Tok:
 
 def docs():
     # Lengths 5, 9, 3, 7: some share a row of 16.
-    return [
-        (list(range(10, 10 + n)), [-100] * (n // 2) + list(range(10 + n // 2, 10 + n)))
-        for n in (5, 9, 3, 7)
-    ]
+    return [(list(range(10, 10 + n)), [-100] * (n // 2) + list(range(10 + n // 2, 10 + n))) for n in (5, 9, 3, 7)]
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_document_in_packed_row_has_same_logits_as_alone(tmp_path, attn):
     torch.manual_seed(0)
     model = LlamaForCausalLM(
-        LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=4, use_cache=False, attn_implementation=attn)
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            use_cache=False,
+            attn_implementation=attn,
+        )
     ).eval()
     dataset = prepared(tmp_path, docs(), max_length=16, packing=True).train
     collate = collator(Tok(), packing=True)
@@ -61,8 +66,10 @@ def test_truncation_and_rows_without_targets_are_counted(tmp_path):
     dataset = prepared(tmp_path, examples, report, max_length=10, packing=False).train
     assert len(dataset) == 2
     assert report.counts["train_truncated"] == 2
-    assert report.dropped == {"train: no trained token after truncation to max_length=10": 1,
-                              "train: no trained token in the row": 1}
+    assert report.dropped == {
+        "train: no trained token after truncation to max_length=10": 1,
+        "train: no trained token in the row": 1,
+    }
     assert report.counts["train_trained_tokens"] == 8 + 3
 
 

@@ -4,7 +4,6 @@ import json
 import re
 
 import pytest
-
 from conftest import run_script
 
 
@@ -30,13 +29,19 @@ def test_side_by_side_benchmark_measures_both_variants(tmp_path, script, epochs)
         assert runs["ours"]["trained_tokens"] < runs["trl"]["trained_tokens"]  # assistant turns only
 
 
-@pytest.mark.parametrize("script, args, expect", [
-    ("bench/batching_cpu.py", ["--long_tail", "8", "--strategies", "packed"], r'"strategy": "packed"'),
-    ("bench/attention_cpu.py", ["--shape", "tiny", "--documents", "4", "--repeats", "1"], r"loss \d+\.\d+ both"),
-    ("bench/cleaning_throughput.py", ["--rows", "1000"], r"every step: 1000 rows .* kept 980"),
-    ("bench/synth_load.py", ["--prompts", "10", "--samples", "2", "--concurrency", "8", "--max_new_tokens", "4"],
-     r'"served": 20, "rows": 20, "every_prompt_sample_once": true'),
-])
+@pytest.mark.parametrize(
+    "script, args, expect",
+    [
+        ("bench/batching_cpu.py", ["--long_tail", "8", "--strategies", "packed"], r'"strategy": "packed"'),
+        ("bench/attention_cpu.py", ["--shape", "tiny", "--documents", "4", "--repeats", "1"], r"loss \d+\.\d+ both"),
+        ("bench/cleaning_throughput.py", ["--rows", "1000"], r"every step: 1000 rows .* kept 980"),
+        (
+            "bench/synth_load.py",
+            ["--prompts", "10", "--samples", "2", "--concurrency", "8", "--max_new_tokens", "4"],
+            r'"served": 20, "rows": 20, "every_prompt_sample_once": true',
+        ),
+    ],
+)
 def test_other_benchmarks_run(tmp_path, script, args, expect):
     result = run_script(script, *args, *(["--workdir", str(tmp_path)] if script == "bench/synth_load.py" else []))
     assert result.returncode == 0, result.stderr[-2000:]
@@ -53,7 +58,9 @@ def test_prep_benchmark_measures_ours_and_trl(tmp_path):
         assert run["peak_rss_main_mb"] > 100 and run["peak_rss_mb"] >= run["peak_rss_main_mb"]
     assert runs["ours"]["tokens"] == runs["ours_rerun"]["tokens"]
     assert runs["trl_1proc"]["tokens"] == runs["trl_2proc"]["tokens"]
-    table = [line for line in result.stdout.splitlines() if re.match(r"\| (ours|ours_rerun|trl_\dproc) \| 300 \|", line)]
+    table = [
+        line for line in result.stdout.splitlines() if re.match(r"\| (ours|ours_rerun|trl_\dproc) \| 300 \|", line)
+    ]
     assert len(table) == 4 and all(re.search(r"\| [\d,.]+ \|$", line) for line in table)  # wall s, the last column
     assert re.search(r"ours prepares [\d.]+x as fast as trl_1proc", result.stdout)
 

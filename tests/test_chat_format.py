@@ -6,13 +6,13 @@ from common.chat_masks import tokenize_chat
 from common.models import BUILTIN
 from tests.conftest import trained_spans
 
-CALL = 'set_timer(minutes=5)'
+CALL = "set_timer(minutes=5)"
 MULTI_TURN = [
     {"role": "system", "content": "Answer with one call."},
     {"role": "user", "content": "Set a timer for 5 minutes"},
     {"role": "assistant", "content": CALL},
     {"role": "user", "content": f"Now repeat {CALL} exactly"},  # the assistant text inside a user turn
-    {"role": "assistant", "content": "play_music(artist=\"Adele\")"},
+    {"role": "assistant", "content": 'play_music(artist="Adele")'},
 ]
 
 
@@ -41,7 +41,7 @@ def test_special_tokens_and_pad(tokenizer):
 def test_labels_cover_exactly_assistant_content_and_end_of_turn(tokenizer, loss_on, expected):
     input_ids, labels = tokenize_chat(tokenizer, MULTI_TURN, loss_on)
     assert trained_spans(tokenizer, {"input_ids": input_ids, "labels": labels}) == expected
-    assert [t for t, lab in zip(input_ids, labels) if lab != -100] == [lab for lab in labels if lab != -100]
+    assert [t for t, lab in zip(input_ids, labels, strict=False) if lab != -100] == [lab for lab in labels if lab != -100]
 
 
 def test_native_template_without_generation_markers(tokenizer):

@@ -25,12 +25,25 @@ def assistant(text, reasoning=None):
 CALL = 'get_weather(city="Oslo")'
 CONVERSATIONS = {
     "single": [user("Name three primary colours."), assistant("Red, yellow and blue.")],
-    "system_multi": [{"role": "system", "content": "You answer in few words."}, user("Quelle est la capitale ?"),
-                     assistant("Paris."), user("Und die zweite Stadt?"), assistant("Marseille.")],
-    "reasoning": [user("What is 17 + 25?"), assistant("42", reasoning="17 + 25: 7 + 5 = 12, carry 1, so 42."),
-                  user("And doubled?"), assistant("<think>\nTwice 42 is 84.\n</think>\n\n84")],
-    "whitespace": [user("  padded request \n"), assistant("\n  leading and trailing  \n\n"), user("next\n\n"),
-                   assistant("line one\nline two\n")],
+    "system_multi": [
+        {"role": "system", "content": "You answer in few words."},
+        user("Quelle est la capitale ?"),
+        assistant("Paris."),
+        user("Und die zweite Stadt?"),
+        assistant("Marseille."),
+    ],
+    "reasoning": [
+        user("What is 17 + 25?"),
+        assistant("42", reasoning="17 + 25: 7 + 5 = 12, carry 1, so 42."),
+        user("And doubled?"),
+        assistant("<think>\nTwice 42 is 84.\n</think>\n\n84"),
+    ],
+    "whitespace": [
+        user("  padded request \n"),
+        assistant("\n  leading and trailing  \n\n"),
+        user("next\n\n"),
+        assistant("line one\nline two\n"),
+    ],
     "unicode": [user("Ça coûte combien ? 日本語で"), assistant("5 € — 😀 ünïcödé, 価格は五ユーロ")],
     "echo": [user(f"Say exactly {CALL}"), assistant(CALL), user(f"Again: {CALL}"), assistant(CALL)],
 }
@@ -48,12 +61,27 @@ def result(id, name, text):
     return {"role": "tool", "tool_call_id": id, "name": name, "content": text}
 
 
-TOOLS = [{"type": "function", "function": {"name": name, "description": doc, "parameters": {
-    "type": "object", "properties": {"city": {"type": "string", "description": "City name."}}, "required": ["city"]}}}
-    for name, doc in (("get_weather", "Weather forecast for a city."), ("get_time", "Local time in a city."))]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": doc,
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "description": "City name."}},
+                "required": ["city"],
+            },
+        },
+    }
+    for name, doc in (("get_weather", "Weather forecast for a city."), ("get_time", "Local time in a city."))
+]
 # Call ids are nine letters and digits, the only form Mistral's template takes; call_only has none.
 WEATHER, TIME = call("get_weather", {"city": "Oslo"}, "call00001"), call("get_time", {"city": "Lima"}, "call00002")
-RAIN, NOON = result("call00001", "get_weather", '{"sky": "drizzle", "celsius": 7}'), result("call00002", "get_time", "12:05")
+RAIN, NOON = (
+    result("call00001", "get_weather", '{"sky": "drizzle", "celsius": 7}'),
+    result("call00002", "get_time", "12:05"),
+)
 ASK = user("Weather in Oslo, time in Lima?")
 # One row per shape of function calling: (messages, tools).
 TOOL_CONVERSATIONS = {
@@ -61,12 +89,24 @@ TOOL_CONVERSATIONS = {
     "text_two_calls": ([ASK, calls("Checking both.", WEATHER, TIME)], TOOLS),
     "text_one_call": ([ASK, calls("Let me look.", WEATHER), RAIN, assistant("Drizzle, 7 °C.")], TOOLS),
     "call_result_answer": ([ASK, calls("", WEATHER), RAIN, assistant("Drizzle, 7 °C.")], TOOLS),
-    "two_rounds": ([ASK, calls("", WEATHER), RAIN, calls("", TIME), NOON, assistant("Drizzle in Oslo; 12:05 in Lima.")],
-                   TOOLS),
-    "string_arguments": ([ASK, calls("", call("get_weather", '{"city": "Oslo"}', "call00001")), RAIN,
-                          assistant("Drizzle, 7 °C.")], TOOLS),
-    "system_tools": ([{"role": "system", "content": "You answer in few words."}, ASK, calls("", WEATHER), RAIN,
-                      assistant("Drizzle, 7 °C.")], TOOLS),
+    "two_rounds": (
+        [ASK, calls("", WEATHER), RAIN, calls("", TIME), NOON, assistant("Drizzle in Oslo; 12:05 in Lima.")],
+        TOOLS,
+    ),
+    "string_arguments": (
+        [ASK, calls("", call("get_weather", '{"city": "Oslo"}', "call00001")), RAIN, assistant("Drizzle, 7 °C.")],
+        TOOLS,
+    ),
+    "system_tools": (
+        [
+            {"role": "system", "content": "You answer in few words."},
+            ASK,
+            calls("", WEATHER),
+            RAIN,
+            assistant("Drizzle, 7 °C."),
+        ],
+        TOOLS,
+    ),
 }
 ROWS = {**{name: (messages, None) for name, messages in CONVERSATIONS.items()}, **TOOL_CONVERSATIONS}
 
@@ -84,8 +124,11 @@ REFUSED = {
     ("trl-deepseekv3", "reasoning"): "does not show reasoning",  # it drops everything before </think>
     # thinking shown only after the last user turn (in TRL's training variants too): an earlier turn's reasoning
     # would vanish unnoticed
-    **{(f, "reasoning"): "drops the reasoning" for f in TRL_FAMILIES
-       if f.removeprefix("trl-").startswith(("diffusion_gemma", "glm4moe", "gptoss", "lfm2_2_5", "nemotron"))},
+    **{
+        (f, "reasoning"): "drops the reasoning"
+        for f in TRL_FAMILIES
+        if f.removeprefix("trl-").startswith(("diffusion_gemma", "glm4moe", "gptoss", "lfm2_2_5", "nemotron"))
+    },
     # Gemma 4 (no training variant in TRL: prefix masks): its last revision shows reasoning_content only after the
     # last user turn, so an earlier turn's reasoning leaves later prefixes; the earlier revisions show no
     # reasoning_content, so reasoning goes inline into the content as with any template that prints content as it is
@@ -101,22 +144,53 @@ REFUSED = {
     ("other-chatml", "whitespace"): "not prefix-stable",
     # templates that leave out the tool schemas: DeepSeek-V3 and R1 render no tools at all, nor do Llama 3.0,
     # Gemma 1 to 3, Phi-3, Cohere, Qwen2.5-VL, the other vision templates and the plain ones
-    **refused_tool_rows(["llama3", "phi3", "other-chatml", "other-zephyr", *(f"trl-{f}" for f in (
-        "cohere", "cohere2", "deepseek_r1_distill", "deepseekv3", "gemma", "gemma3", "idefics3", "llama3", "llava_next",
-        "phi3", "phi3_5", "qwen2_5_vl", "smolvlm"))], "does not show the row's tools"),
+    **refused_tool_rows(
+        [
+            "llama3",
+            "phi3",
+            "other-chatml",
+            "other-zephyr",
+            *(
+                f"trl-{f}"
+                for f in (
+                    "cohere",
+                    "cohere2",
+                    "deepseek_r1_distill",
+                    "deepseekv3",
+                    "gemma",
+                    "gemma3",
+                    "idefics3",
+                    "llama3",
+                    "llava_next",
+                    "phi3",
+                    "phi3_5",
+                    "qwen2_5_vl",
+                    "smolvlm",
+                )
+            ),
+        ],
+        "does not show the row's tools",
+    ),
     # SmolLM3 and LFM2's first template expect calls written into the content: tool_calls are not rendered
     **refused_tool_rows(["smollm3", "trl-lfm2"], "does not show tool calls"),
     # one call per turn: Llama 3.1 and 3.2 raise on more, gpt-oss shows the first
-    **refused_tool_rows(["trl-gptoss", "trl-llama3_1", "trl-llama3_2"], "takes one tool call per assistant turn",
-                        ["text_two_calls"]),
+    **refused_tool_rows(
+        ["trl-gptoss", "trl-llama3_1", "trl-llama3_2"], "takes one tool call per assistant turn", ["text_two_calls"]
+    ),
     # text next to calls: dropped (and gpt-oss drops it when a final answer follows)
-    **refused_tool_rows(["trl-gptoss", "trl-llama3_1", "trl-llama3_2", "trl-muse_glimmer", "other-mistral"],
-                        "does not show the text next to the tool calls", ["text_one_call"]),
+    **refused_tool_rows(
+        ["trl-gptoss", "trl-llama3_1", "trl-llama3_2", "trl-muse_glimmer", "other-mistral"],
+        "does not show the text next to the tool calls",
+        ["text_one_call"],
+    ),
     ("trl-muse_glimmer", "text_two_calls"): "does not show the text next to the tool calls",
     # text next to a call goes after the call's results once they follow: Gemma 4's rendering of the turn then changes
     # (not prefix-stable), and DiffusionGemma's leaves the text unterminated before a new turn (two spans, one turn)
-    **refused_tool_rows([f for f in TRL_FAMILIES if f.startswith("trl-gemma4") and f != "trl-gemma4_v2"],
-                        "not prefix-stable", ["text_one_call"]),
+    **refused_tool_rows(
+        [f for f in TRL_FAMILIES if f.startswith("trl-gemma4") and f != "trl-gemma4_v2"],
+        "not prefix-stable",
+        ["text_one_call"],
+    ),
     ("trl-diffusion_gemma", "text_one_call"): "a span of its own",
 }
 # TRL's DiffusionGemma training variant counts the <|tool_response> that ends a turn of calls as the environment's and
@@ -141,8 +215,14 @@ def expected_training_template(family):
 
 
 def schema_texts(tools):
-    return [text for tool in normalize_tools(tools) for text in (
-        tool["function"]["description"], *(p["description"] for p in tool["function"]["parameters"]["properties"].values()))]
+    return [
+        text
+        for tool in normalize_tools(tools)
+        for text in (
+            tool["function"]["description"],
+            *(p["description"] for p in tool["function"]["parameters"]["properties"].values()),
+        )
+    ]
 
 
 def check_exact(tokenizer, spec, family, messages, input_ids, labels, tools=None):
@@ -150,8 +230,14 @@ def check_exact(tokenizer, spec, family, messages, input_ids, labels, tools=None
     mask = [int(label != -100) for label in labels]
     training = expected_training_template(family)
     if training is not None:  # token by token against the family's training template
-        out = tokenizer.apply_chat_template(prepared, tools=normalize_tools(tools) or None, chat_template=training,
-                                            tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        out = tokenizer.apply_chat_template(
+            prepared,
+            tools=normalize_tools(tools) or None,
+            chat_template=training,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+        )
         assert list(out["input_ids"]) == input_ids and list(out["assistant_masks"]) == mask
     turns = [m for m in messages if m["role"] == "assistant"]
     found = spans(mask)
@@ -159,7 +245,7 @@ def check_exact(tokenizer, spec, family, messages, input_ids, labels, tools=None
     added = set(tokenizer.get_added_vocab().values())
     # nothing of a user, system or tool turn, nor of the schemas
     others = [m["content"].strip() for m in messages if m["role"] != "assistant"] + schema_texts(tools)
-    for (start, end), turn in zip(found, turns):
+    for (start, end), turn in zip(found, turns, strict=False):
         text = tokenizer.decode(input_ids[start:end])
         reasoning, answer = split_reasoning(turn)
         assert answer.strip() in text
@@ -194,20 +280,27 @@ def test_native_masks_are_exact_or_refused(family, root):
         input_ids, labels = tokenize_chat(tokenizer, messages, "all_assistant", spec, tools)
         found = check_exact(tokenizer, spec, family, messages, input_ids, labels, tools)
         if name == "system_multi" and family in GOLDEN:
-            assert tokenizer.decode(input_ids[found[-1][0]:found[-1][1]]) == GOLDEN[family]
+            assert tokenizer.decode(input_ids[found[-1][0] : found[-1][1]]) == GOLDEN[family]
         _, last = tokenize_chat(tokenizer, messages, "last_assistant", spec, tools)
         assert spans([int(x != -100) for x in last]) == found[-1:]
 
 
-@pytest.mark.parametrize("family, generated", [
-    ("qwen3", '<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call><|im_end|>'),  # trained with TRL's variant
-    ("trl-llama3_2", '{"name": "f", "parameters": {"a": 1}}<|eot_id|>'),  # its own template, prefix masks
-])
+@pytest.mark.parametrize(
+    "family, generated",
+    [
+        (
+            "qwen3",
+            '<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call><|im_end|>',
+        ),  # trained with TRL's variant
+        ("trl-llama3_2", '{"name": "f", "parameters": {"a": 1}}<|eot_id|>'),  # its own template, prefix masks
+    ],
+)
 def test_native_tokenizer_parses_generated_calls(family, generated, root):
     tokenizer = load(family, root)
     prepare_tokenizer(tokenizer, "native")
     assert tokenizer.parse_response(generated, prefix="")["tool_calls"] == [
-        {"type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]
+        {"type": "function", "function": {"name": "f", "arguments": {"a": 1}}}
+    ]
 
 
 def test_arguments_reach_a_template_in_the_form_it_takes(root):
@@ -248,7 +341,9 @@ def test_gemma_folds_the_system_turn_and_counts_it(root):
     spec = prepare_tokenizer(tokenizer, "native")
     assert spec.fold_system
     [example], counts = chat_example(tokenizer, spec, "all_assistant", {"messages": CONVERSATIONS["system_multi"]})
-    assert "<start_of_turn>user\nYou answer in few words.\n\nQuelle est la capitale ?" in tokenizer.decode(example["input_ids"])
+    assert "<start_of_turn>user\nYou answer in few words.\n\nQuelle est la capitale ?" in tokenizer.decode(
+        example["input_ids"]
+    )
     assert counts == {"system_turns_folded_into_user": 1}
     assert chat_example(tokenizer, spec, "all_assistant", {"messages": CONVERSATIONS["single"]})[1] == {}
 
@@ -260,15 +355,22 @@ def test_a_row_the_template_rejects_is_a_row_problem(root):
         chat_example(tokenizer, spec, "all_assistant", {"messages": [user("a"), user("b"), assistant("c")]})
 
 
-@pytest.mark.parametrize("family, edit, at_start", [
-    # Qwen3's template with one byte changed and a system header TRL's copy lacks: unknown. A single turn masks
-    # exactly, but it drops the think block of earlier assistant turns, so a multi-turn row is refused.
-    ("qwen3", lambda t: t.replace("'<|im_start|>system\\n'", "'<|im_start|>system\\n# '"), False),
-    # DeepSeek-R1's, edited in its user header so TRL does not know it: its generation prompt ends in <think>\n,
-    # which the rendered answer lacks, so not even a single turn masks exactly. (A byte edit that renders the
-    # same is still recognised.)
-    ("trl-deepseek_r1_distill", lambda t: t.replace("{{'<｜User｜>' + message['content']}}", "{{'<｜User｜> ' + message['content']}}"), True),
-])
+@pytest.mark.parametrize(
+    "family, edit, at_start",
+    [
+        # Qwen3's template with one byte changed and a system header TRL's copy lacks: unknown. A single turn masks
+        # exactly, but it drops the think block of earlier assistant turns, so a multi-turn row is refused.
+        ("qwen3", lambda t: t.replace("'<|im_start|>system\\n'", "'<|im_start|>system\\n# '"), False),
+        # DeepSeek-R1's, edited in its user header so TRL does not know it: its generation prompt ends in <think>\n,
+        # which the rendered answer lacks, so not even a single turn masks exactly. (A byte edit that renders the
+        # same is still recognised.)
+        (
+            "trl-deepseek_r1_distill",
+            lambda t: t.replace("{{'<｜User｜>' + message['content']}}", "{{'<｜User｜> ' + message['content']}}"),
+            True,
+        ),
+    ],
+)
 def test_unknown_template_that_is_not_prefix_stable_stops_with_the_fix(family, edit, at_start, root):
     tokenizer = load(family, root)
     edited = edit(tokenizer.chat_template)
@@ -282,7 +384,8 @@ def test_unknown_template_that_is_not_prefix_stable_stops_with_the_fix(family, e
         assert spec.prefix_masks
         input_ids, labels = tokenize_chat(tokenizer, CONVERSATIONS["single"], "all_assistant", spec)
         assert [tokenizer.decode(input_ids[a:b]) for a, b in spans([int(x != -100) for x in labels])] == [
-            "<think>\n\n</think>\n\nRed, yellow and blue.<|im_end|>\n"]
+            "<think>\n\n</think>\n\nRed, yellow and blue.<|im_end|>\n"
+        ]
         with pytest.raises(RowProblem) as stop:
             tokenize_chat(tokenizer, CONVERSATIONS["system_multi"], "all_assistant", spec)
     message = str(stop.value)
@@ -295,6 +398,7 @@ def test_own_markers_that_leave_out_the_end_of_turn_token_are_used_with_a_warnin
     tokenizer.chat_template = tokenizer.chat_template.replace(
         "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}",
         "{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] }}"
-        "{% endgeneration %}{{ '<|im_end|>\\n' }}{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endif %}")
+        "{% endgeneration %}{{ '<|im_end|>\\n' }}{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endif %}",
+    )
     spec = prepare_tokenizer(tokenizer, "native")
     assert "its own {% generation %} markers (warning: they leave out the end-of-turn token" in spec.source

@@ -21,14 +21,20 @@ def truncate(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-@pytest.mark.parametrize("damage, problem", [
-    (None, None),
-    (lambda c: truncate(c / "model.safetensors"), "model.safetensors is"),
-    (lambda c: (c / "model.safetensors").write_bytes(b"\x00" * 4), "model.safetensors"),
-    (lambda c: truncate(c / "optimizer.pt"), "optimizer.pt"),
-    (lambda c: truncate(c / "global_step3" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"), "global_step3/zero_pp_rank_0"),
-    (lambda c: truncate(c / "trainer_state.json"), "trainer_state.json"),
-])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (None, None),
+        (lambda c: truncate(c / "model.safetensors"), "model.safetensors is"),
+        (lambda c: (c / "model.safetensors").write_bytes(b"\x00" * 4), "model.safetensors"),
+        (lambda c: truncate(c / "optimizer.pt"), "optimizer.pt"),
+        (
+            lambda c: truncate(c / "global_step3" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"),
+            "global_step3/zero_pp_rank_0",
+        ),
+        (lambda c: truncate(c / "trainer_state.json"), "trainer_state.json"),
+    ],
+)
 def test_unusable_names_the_damaged_file(tmp_path, damage, problem):
     checkpoint = make_checkpoint(tmp_path / "checkpoint-3", 3)
     if damage:
@@ -49,4 +55,6 @@ def test_resume_sets_broken_checkpoints_aside_and_uses_the_newest_whole_one(tmp_
     assert "warning: checkpoint-9 is unusable (model.safetensors is" in err and "resuming from checkpoint-6" in err
     assert "warning: checkpoint-6 is unusable (trainer_state.json" in err and "resuming from checkpoint-3" in err
     assert (tmp_path / "unusable-checkpoint-9").is_dir() and (tmp_path / "unusable-checkpoint-6").is_dir()
-    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 3, "loss": 1}\n'  # later steps run again; torn line gone
+    assert (
+        tmp_path / "metrics.jsonl"
+    ).read_text() == '{"step": 3, "loss": 1}\n'  # later steps run again; torn line gone

@@ -70,7 +70,11 @@ def test_disabled_cleaning_returns_rows_untouched():
 
 
 def _params(tmp_path, **clean):
-    return {"clean": {**CLEAN_DEFAULTS, "cache_dir": str(tmp_path / "cache"), **clean}, "test_data": EVAL, "eval_data": []}
+    return {
+        "clean": {**CLEAN_DEFAULTS, "cache_dir": str(tmp_path / "cache"), **clean},
+        "test_data": EVAL,
+        "eval_data": [],
+    }
 
 
 def test_clean_once_prints_the_table_and_decontaminates_against_held_out_files(tmp_path, capsys):
@@ -79,8 +83,12 @@ def test_clean_once_prints_the_table_and_decontaminates_against_held_out_files(t
     table = capsys.readouterr().out
     assert len(kept) == 64 and report.counts["cleaning"]["contaminated"] == {EVAL: 3}
     assert table.splitlines()[0] == "cleaning: 81 rows in, 64 kept"
-    for reason, n in (("exact duplicate", 5), ("near duplicate", 4), (f"contaminated by {EVAL}", 3),
-                      ("texts with PII scrubbed (kept)", 4)):
+    for reason, n in (
+        ("exact duplicate", 5),
+        ("near duplicate", 4),
+        (f"contaminated by {EVAL}", 3),
+        ("texts with PII scrubbed (kept)", 4),
+    ):
         assert re.search(rf"^  {re.escape(reason)} +{n}$", table, re.M), table
     report = DataReport()
     clean_once(load_sources([CORPUS], report), _params(tmp_path, decontaminate_held_out=False), report)
@@ -115,8 +123,10 @@ def test_token_length_filters_count_with_the_model_tokenizer(tmp_path):
     rows = load_sources([CORPUS], DataReport())[:60]  # the clean rows: answers of 150 words
     lengths = sorted(len(tokenizer(r.data["messages"][1]["content"])["input_ids"]) for r in rows)
     middle = lengths[30]
-    cases = (({"max_tokens": middle}, f"more tokens than max_tokens={middle}", sum(n > middle for n in lengths)),
-             ({"min_tokens": middle}, f"fewer tokens than min_tokens={middle}", sum(n < middle for n in lengths)))
+    cases = (
+        ({"max_tokens": middle}, f"more tokens than max_tokens={middle}", sum(n > middle for n in lengths)),
+        ({"min_tokens": middle}, f"fewer tokens than min_tokens={middle}", sum(n < middle for n in lengths)),
+    )
     for settings, reason, dropped in cases:
         report = DataReport()
         kept = clean_once(rows, _params(tmp_path, **settings, near_dedup=False), report, tokenizer)

@@ -19,12 +19,14 @@ def bos_tokenizer():
     """The built-in vocabulary with a separate <s> that the tokenizer puts in front of all text, as Llama's does."""
     raw = Tokenizer.from_file(f"{BUILTIN['builtin:tiny']}/tokenizer.json")
     raw.add_special_tokens(["<s>"])
-    raw.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", raw.token_to_id("<s>"))])
+    raw.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", raw.token_to_id("<s>"))]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="<|endoftext|>")
 
 
 def trained(tokenizer, ids, labels):
-    return tokenizer.decode([t for t, lab in zip(ids, labels) if lab != -100])
+    return tokenizer.decode([t for t, lab in zip(ids, labels, strict=False) if lab != -100])
 
 
 @pytest.mark.parametrize(

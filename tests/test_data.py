@@ -32,32 +32,53 @@ def test_formats_load_the_same_rows(tmp_path):
 
 
 def test_sharegpt_and_field_mapping(tmp_path):
-    path = write_jsonl(tmp_path / "s.jsonl", [
-        {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
-    ])
+    path = write_jsonl(
+        tmp_path / "s.jsonl",
+        [
+            {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
+        ],
+    )
     assert load_sources([path], DataReport())[0].data == CHAT
-    path = write_jsonl(tmp_path / "m.jsonl", [{"dialog": [{"speaker": "user", "text": "hi"},
-                                                          {"speaker": "assistant", "text": "hello"}]}])
+    path = write_jsonl(
+        tmp_path / "m.jsonl",
+        [{"dialog": [{"speaker": "user", "text": "hi"}, {"speaker": "assistant", "text": "hello"}]}],
+    )
     spec = {"path": path, "fields": {"messages": "dialog", "role": "speaker", "content": "text"}}
     assert load_sources([spec], DataReport())[0].data == CHAT
 
 
 CALL = {"name": "get_weather", "arguments": {"city": "Paris"}}
 OSLO = {"name": "get_weather", "arguments": {"city": "Oslo"}}
-TOOLS = json.dumps([{"name": "get_weather", "description": "Weather in a city",
-                     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}])
+TOOLS = json.dumps(
+    [
+        {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        }
+    ]
+)
 
 
 @pytest.mark.parametrize(
     "turn, message",
     [
-        ({"from": "function_call", "value": json.dumps(CALL)},
-         {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": CALL}]}),
-        ({"from": "function_call", "value": json.dumps([CALL, OSLO])},  # parallel calls
-         {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": CALL},
-                                                            {"type": "function", "function": OSLO}]}),
-        ({"from": "function_call", "value": "get_weather(city='Paris')"},  # not JSON: left for the row check
-         {"role": "assistant", "content": "", "tool_calls": "get_weather(city='Paris')"}),
+        (
+            {"from": "function_call", "value": json.dumps(CALL)},
+            {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": CALL}]},
+        ),
+        (
+            {"from": "function_call", "value": json.dumps([CALL, OSLO])},  # parallel calls
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"type": "function", "function": CALL}, {"type": "function", "function": OSLO}],
+            },
+        ),
+        (
+            {"from": "function_call", "value": "get_weather(city='Paris')"},  # not JSON: left for the row check
+            {"role": "assistant", "content": "", "tool_calls": "get_weather(city='Paris')"},
+        ),
         ({"from": "observation", "value": '{"temperature": 18}'}, {"role": "tool", "content": '{"temperature": 18}'}),
         ({"from": "tool", "value": "18 degrees"}, {"role": "tool", "content": "18 degrees"}),
     ],
@@ -74,6 +95,7 @@ def test_a_sharegpt_call_that_is_not_json_is_rejected_by_the_row_check(tmp_path)
 
     turns = [{"from": "human", "value": "hi"}, {"from": "function_call", "value": "get_weather(city='Paris')"}]
     path = write_jsonl(tmp_path / "s.jsonl", [{"conversations": turns}])
+
     def problem(row):
         return validate_messages(row["messages"])
 
@@ -104,7 +126,9 @@ def test_skip_counts_bad_rows(tmp_path):
     assert report.dropped == {"bad row: row has no 'messages' field": 2}
 
 
-@pytest.mark.parametrize("source", ["missing.jsonl", "./nowhere/data.parquet", {"path": 3}, {"path": "a.jsonl", "seed": 2}])
+@pytest.mark.parametrize(
+    "source", ["missing.jsonl", "./nowhere/data.parquet", {"path": 3}, {"path": "a.jsonl", "seed": 2}]
+)
 def test_bad_sources(source):
     with pytest.raises(UserError):
         load_sources([source], DataReport())
@@ -124,7 +148,10 @@ def test_eval_split_is_seeded_and_disjoint():
 
 
 def _sources(tmp_path, sizes=(1000, 1000)):
-    return [write_jsonl(tmp_path / f"s{i}.jsonl", [{"text": f"s{i} row {j}"} for j in range(n)]) for i, n in enumerate(sizes)]
+    return [
+        write_jsonl(tmp_path / f"s{i}.jsonl", [{"text": f"s{i} row {j}"} for j in range(n)])
+        for i, n in enumerate(sizes)
+    ]
 
 
 @pytest.mark.parametrize("sizes", [(1000, 1000), (5000, 800)])
@@ -151,9 +178,14 @@ def test_counts_and_oversampling(tmp_path):
 def test_cleaning_sees_every_source_before_the_mix(tmp_path):
     from common.cleaning import CLEAN_DEFAULTS, clean_once
 
-    a = write_jsonl(tmp_path / "a.jsonl", [{"text": f"alpha document number {i} about topic {i * 7}"} for i in range(20)])
-    b = write_jsonl(tmp_path / "b.jsonl", [{"text": f"alpha document number {i} about topic {i * 7}"} for i in range(10)]
-                    + [{"text": f"beta note {i} on subject {i * 3}"} for i in range(10)])
+    a = write_jsonl(
+        tmp_path / "a.jsonl", [{"text": f"alpha document number {i} about topic {i * 7}"} for i in range(20)]
+    )
+    b = write_jsonl(
+        tmp_path / "b.jsonl",
+        [{"text": f"alpha document number {i} about topic {i * 7}"} for i in range(10)]
+        + [{"text": f"beta note {i} on subject {i * 3}"} for i in range(10)],
+    )
     params = {"clean": {**CLEAN_DEFAULTS, "cache_dir": str(tmp_path / "cache")}}
     report = DataReport()
     rows = load_sources([a, {"path": b, "weight": "2x"}], report, prepare=lambda r: clean_once(r, params, report))

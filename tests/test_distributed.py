@@ -16,8 +16,16 @@ from tests.conftest import ENV, ROOT, read_jsonl, run, weights, write_jsonl
 
 
 def launch(preset, *args, extra=()):
-    return ["accelerate", "launch", "--config_file", f"configs/accelerate/{preset}.yaml", "--num_processes", "2",
-            *extra, *args]
+    return [
+        "accelerate",
+        "launch",
+        "--config_file",
+        f"configs/accelerate/{preset}.yaml",
+        "--num_processes",
+        "2",
+        *extra,
+        *args,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +33,28 @@ def small(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
     chat = write_jsonl(folder / "chat.jsonl", read_jsonl(f"{ROOT}/data/examples/chat_train.jsonl")[:64])
     pairs = write_jsonl(folder / "pairs.jsonl", read_jsonl(f"{ROOT}/data/examples/preference_train.jsonl")[:32])
-    return {"sft_chat.py": [f"data={chat}"], "dpo.py": [f"data={pairs}", "exact_match_data="],
-            "grpo.py": [f"data={chat}", "num_generations=4", "max_completion_length=16", "clean.enabled=false",
-                        "rewards=[tests/data/length_reward.py:reward]"]}
+    return {
+        "sft_chat.py": [f"data={chat}"],
+        "dpo.py": [f"data={pairs}", "exact_match_data="],
+        "grpo.py": [
+            f"data={chat}",
+            "num_generations=4",
+            "max_completion_length=16",
+            "clean.enabled=false",
+            "rewards=[tests/data/length_reward.py:reward]",
+        ],
+    }
 
 
-SHORT = ["max_steps=4", "save_steps=2", "logging_steps=1", "eval_fraction=0", "test_data=", "progress_bar=false",
-         "batch_size=8"]
+SHORT = [
+    "max_steps=4",
+    "save_steps=2",
+    "logging_steps=1",
+    "eval_fraction=0",
+    "test_data=",
+    "progress_bar=false",
+    "batch_size=8",
+]
 
 
 def descendants(pid: int) -> list[int]:
@@ -47,15 +70,28 @@ def gathered_checkpoint(folder):
 
 
 def model_of(script, sft_model, tmp_path):
-    return {"dpo.py": [f"model={sft_model}", f"ref_cache_dir={tmp_path / 'cache'}"], "grpo.py": [f"model={sft_model}"]}.get(script, [])
+    return {
+        "dpo.py": [f"model={sft_model}", f"ref_cache_dir={tmp_path / 'cache'}"],
+        "grpo.py": [f"model={sft_model}"],
+    }.get(script, [])
 
 
-@pytest.mark.parametrize("script, preset", [("sft_chat.py", "zero2"), ("sft_chat.py", "zero3"), ("dpo.py", "zero2"),
-                                            ("dpo.py", "zero3"), ("grpo.py", "zero3")])
+@pytest.mark.parametrize(
+    "script, preset",
+    [
+        ("sft_chat.py", "zero2"),
+        ("sft_chat.py", "zero3"),
+        ("dpo.py", "zero2"),
+        ("dpo.py", "zero3"),
+        ("grpo.py", "zero3"),
+    ],
+)
 def test_zero_presets_shard_and_save_the_gathered_model(tmp_path, small, sft_model, script, preset):
     out = tmp_path / "out"
     model = model_of(script, sft_model, tmp_path)
-    short = [a for a in SHORT if not (script == "grpo.py" and a.startswith("eval_fraction"))]  # grpo.py has no eval split
+    short = [
+        a for a in SHORT if not (script == "grpo.py" and a.startswith("eval_fraction"))
+    ]  # grpo.py has no eval split
     result = run(launch(preset, script, *small[script], *model, *short, f"output_dir={out}"))
     assert result.returncode == 0, result.stderr[-4000:]
     stage = int(preset[-1])
@@ -73,20 +109,36 @@ def test_zero_presets_shard_and_save_the_gathered_model(tmp_path, small, sft_mod
 
     loaded = AutoModelForCausalLM.from_pretrained(out / "final")
     assert loaded.num_parameters() == sum(t.numel() for t in final.values() if t.dim()) - (
-        final["lm_head.weight"].numel() if "lm_head.weight" in final and loaded.config.tie_word_embeddings else 0)
+        final["lm_head.weight"].numel() if "lm_head.weight" in final and loaded.config.tie_word_embeddings else 0
+    )
 
 
 @pytest.mark.parametrize("script", ["sft_chat.py", "dpo.py", "grpo.py"])
 def test_zero3_resume_from_a_sharded_checkpoint_matches_an_uninterrupted_run(tmp_path, small, sft_model, script):
     model = model_of(script, sft_model, tmp_path)
-    args = [*small[script], *model, "max_steps=8", "save_steps=2", "logging_steps=2", "test_data=", "progress_bar=false",
-            "batch_size=8", *([] if script == "grpo.py" else ["eval_fraction=0"])]
+    args = [
+        *small[script],
+        *model,
+        "max_steps=8",
+        "save_steps=2",
+        "logging_steps=2",
+        "test_data=",
+        "progress_bar=false",
+        "batch_size=8",
+        *([] if script == "grpo.py" else ["eval_fraction=0"]),
+    ]
     straight = tmp_path / "straight"
     result = run(launch("zero3", script, *args, f"output_dir={straight}"))
     assert result.returncode == 0, result.stderr[-4000:]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(launch("zero3", script, *args, f"output_dir={killed}"), cwd=ROOT, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        launch("zero3", script, *args, f"output_dir={killed}"),
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     while not (killed / "checkpoint-4" / "trainer_state.json").exists():
         assert proc.poll() is None, "the run ended before its checkpoint"
         time.sleep(0.01)
@@ -108,10 +160,31 @@ def test_two_machines_simulated_on_one_train_and_save_once(tmp_path, small):
         port = s.getsockname()[1]
     out = tmp_path / "out"
     machines = ["--num_machines", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]
-    procs = [subprocess.Popen(
-        ["accelerate", "launch", "--config_file", "configs/accelerate/multinode.yaml", "--num_processes", "2", *machines,
-         "--machine_rank", str(rank), "sft_chat.py", *small["sft_chat.py"], *SHORT, f"output_dir={out}"],
-        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [
+                "accelerate",
+                "launch",
+                "--config_file",
+                "configs/accelerate/multinode.yaml",
+                "--num_processes",
+                "2",
+                *machines,
+                "--machine_rank",
+                str(rank),
+                "sft_chat.py",
+                *small["sft_chat.py"],
+                *SHORT,
+                f"output_dir={out}",
+            ],
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
     stdout = outputs[0][0] + outputs[1][0]
@@ -133,7 +206,9 @@ def test_lora_under_zero3_saves_a_complete_adapter_and_the_merged_model(tmp_path
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    AutoModelForCausalLM.from_pretrained(tmp_path / "zero3" / "final").generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3)
+    AutoModelForCausalLM.from_pretrained(tmp_path / "zero3" / "final").generate(
+        torch.tensor([[1, 2, 3]]), max_new_tokens=3
+    )
     adapter = load_file(tmp_path / "adapter" / "final" / "adapter_model.safetensors")
     lora_b = [t for k, t in adapter.items() if "lora_B" in k]
     assert len(lora_b) == 4 * 7 and all(t.numel() and t.abs().sum() > 0 for t in lora_b)  # every layer's, trained

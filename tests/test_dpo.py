@@ -9,7 +9,12 @@ import sys
 import pytest
 
 from tests.conftest import (
-    ROOT, read_jsonl, run, run_in_process, run_script, trained_spans,
+    ROOT,
+    read_jsonl,
+    run,
+    run_in_process,
+    run_script,
+    trained_spans,
     write_jsonl,
 )
 
@@ -21,7 +26,11 @@ TOOLS = read_jsonl(TOOLS_TEST)[0]["tools"]
 
 
 def call_turn(name, **arguments):
-    return {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}]}
+    return {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}],
+    }
 
 
 def wrong_call_pairs(rows):
@@ -32,7 +41,14 @@ def wrong_call_pairs(rows):
         function = answer["tool_calls"][0]["function"]
         (key, value), *_ = function["arguments"].items()
         wrong = {**function["arguments"], key: value + 1 if isinstance(value, (int, float)) else value + "x"}
-        pairs.append({"tools": row["tools"], "prompt": prompt, "chosen": [answer], "rejected": [call_turn(function["name"], **wrong)]})
+        pairs.append(
+            {
+                "tools": row["tools"],
+                "prompt": prompt,
+                "chosen": [answer],
+                "rejected": [call_turn(function["name"], **wrong)],
+            }
+        )
     return pairs
 
 
@@ -40,13 +56,25 @@ def tool_pairs():
     """Tool-calling pairs: a hand-written call pair, a pair that answers the call's result with text, then the
     example's held-out rows as wrong-call pairs."""
     user = {"role": "user", "content": "What's the weather in Paris today?"}
-    return [{"tools": TOOLS, "prompt": [user], "chosen": [call_turn("get_weather", city="Paris", day="today")],
-             "rejected": [call_turn("get_weather", city="Paris", day="tomorrow")]},
-            {"tools": TOOLS, "prompt": [user, call_turn("get_weather", city="Paris", day="today"),
-                                        {"role": "tool", "content": '{"temperature_c": 21, "sky": "sunny"}'}],
-             "chosen": [{"role": "assistant", "content": "It will be 21 degrees and sunny."}],
-             "rejected": [{"role": "assistant", "content": "It will be 12 degrees and rainy."}]},
-            *wrong_call_pairs(read_jsonl(TOOLS_TEST)[:14])]
+    return [
+        {
+            "tools": TOOLS,
+            "prompt": [user],
+            "chosen": [call_turn("get_weather", city="Paris", day="today")],
+            "rejected": [call_turn("get_weather", city="Paris", day="tomorrow")],
+        },
+        {
+            "tools": TOOLS,
+            "prompt": [
+                user,
+                call_turn("get_weather", city="Paris", day="today"),
+                {"role": "tool", "content": '{"temperature_c": 21, "sky": "sunny"}'},
+            ],
+            "chosen": [{"role": "assistant", "content": "It will be 21 degrees and sunny."}],
+            "rejected": [{"role": "assistant", "content": "It will be 12 degrees and rainy."}],
+        },
+        *wrong_call_pairs(read_jsonl(TOOLS_TEST)[:14]),
+    ]
 
 
 @pytest.fixture()
@@ -63,9 +91,20 @@ def first_loss(out):
 def test_first_step_loss_is_ln2_and_rewards_are_logged(tmp_path, sft_model, pairs, reference):
     out = tmp_path / "out"
     extra = ["lora.enabled=true", "lora.r=4"] if reference == "lora" else [f"ref_cache_dir={tmp_path / 'cache'}"]
-    result = run_script(SCRIPT, f"model={sft_model}", f"data={pairs}", f"output_dir={out}", *NO_EVAL, *extra,
-                        "max_steps=4", "logging_steps=1", "eval_steps=2", "batch_size=8", "progress_bar=false",
-                        env={"WANDB_PROJECT": "tests", "WANDB_DIR": str(tmp_path)})
+    result = run_script(
+        SCRIPT,
+        f"model={sft_model}",
+        f"data={pairs}",
+        f"output_dir={out}",
+        *NO_EVAL,
+        *extra,
+        "max_steps=4",
+        "logging_steps=1",
+        "eval_steps=2",
+        "batch_size=8",
+        "progress_bar=false",
+        env={"WANDB_PROJECT": "tests", "WANDB_DIR": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
     assert first_loss(out) == pytest.approx(math.log(2), abs=1e-4)  # policy and reference are the same weights
@@ -79,8 +118,9 @@ def test_first_step_loss_is_ln2_and_rewards_are_logged(tmp_path, sft_model, pair
 
     model, tokenizer = AutoModelForCausalLM.from_pretrained(out / "final"), AutoTokenizer.from_pretrained(out / "final")
     assert tokenizer.convert_tokens_to_ids("<eot>") in model.generation_config.eos_token_id
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Play Adele"}], add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Play Adele"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     assert model.generate(**prompt, max_new_tokens=4, do_sample=False).shape[1] > prompt["input_ids"].shape[1]
 
 
@@ -91,8 +131,17 @@ def test_rerun_reads_the_cache_and_never_builds_a_reference(tmp_path, sft_model,
     from common.params import apply_overrides
 
     cache = tmp_path / "cache"
-    settings = [f"model={sft_model}", f"data={pairs}", *NO_EVAL, f"ref_cache_dir={cache}", "max_steps=2",
-                "logging_steps=1", "eval_fraction=0", "batch_size=8", "progress_bar=false"]
+    settings = [
+        f"model={sft_model}",
+        f"data={pairs}",
+        *NO_EVAL,
+        f"ref_cache_dir={cache}",
+        "max_steps=2",
+        "logging_steps=1",
+        "eval_fraction=0",
+        "batch_size=8",
+        "progress_bar=false",
+    ]
     first = run_script(SCRIPT, *settings, f"output_dir={tmp_path / 'first'}")
     assert first.returncode == 0 and "computed, cached in" in first.stdout, first.stderr[-3000:]
     assert len(list(cache.glob("*.pt"))) == 1
@@ -115,8 +164,10 @@ def test_rerun_reads_the_cache_and_never_builds_a_reference(tmp_path, sft_model,
 
     # Other data (one pair fewer) is another key: computed again, and cached beside the first.
     fewer = write_jsonl(tmp_path / "fewer.jsonl", read_jsonl(pairs)[:-1])
-    dpo.main(apply_overrides(dpo.PARAMS, [*settings, f"data={fewer}", f"output_dir={tmp_path / 'fewer'}"]),
-             trainer_class=Counting)
+    dpo.main(
+        apply_overrides(dpo.PARAMS, [*settings, f"data={fewer}", f"output_dir={tmp_path / 'fewer'}"]),
+        trainer_class=Counting,
+    )
     assert Counting.reference_forwards > 0 and len(list(cache.glob("*.pt"))) == 2
 
 
@@ -130,8 +181,14 @@ def test_a_changed_model_does_not_reuse_the_cache(tmp_path, sft_model, pairs):
     weights = load_file(changed / "model.safetensors")
     weights["model.norm.weight"] = weights["model.norm.weight"] * 1.01
     save_file(weights, changed / "model.safetensors", metadata={"format": "pt"})
-    settings = [f"data={pairs}", *NO_EVAL, f"ref_cache_dir={tmp_path / 'cache'}", "max_steps=1", "eval_fraction=0",
-                "progress_bar=false"]
+    settings = [
+        f"data={pairs}",
+        *NO_EVAL,
+        f"ref_cache_dir={tmp_path / 'cache'}",
+        "max_steps=1",
+        "eval_fraction=0",
+        "progress_bar=false",
+    ]
     for model, name in ((sft_model, "a"), (changed, "b")):
         result = run_script(SCRIPT, f"model={model}", *settings, f"output_dir={tmp_path / name}")
         assert result.returncode == 0 and "computed, cached in" in result.stdout, result.stderr[-3000:]
@@ -141,22 +198,38 @@ def test_a_changed_model_does_not_reuse_the_cache(tmp_path, sft_model, pairs):
 def test_dry_run_preview_scores_exactly_the_answers_and_end_of_turn(tmp_path, sft_model):
     from transformers import AutoTokenizer
 
-    data = write_jsonl(tmp_path / "p.jsonl", [PAIR, {
-        "prompt": [{"role": "system", "content": "One call."}, {"role": "user", "content": "Timer 5 min"}],
-        "chosen": [{"role": "assistant", "content": "set_timer(minutes=5)"}],
-        "rejected": [{"role": "assistant", "content": "set_timer(minutes=50)"}]}])
+    data = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            PAIR,
+            {
+                "prompt": [{"role": "system", "content": "One call."}, {"role": "user", "content": "Timer 5 min"}],
+                "chosen": [{"role": "assistant", "content": "set_timer(minutes=5)"}],
+                "rejected": [{"role": "assistant", "content": "set_timer(minutes=50)"}],
+            },
+        ],
+    )
     out = tmp_path / "out"
-    result = run_script(SCRIPT, f"model={sft_model}", f"data={data}", f"output_dir={out}", "dry_run=true",
-                        "eval_fraction=0")
+    result = run_script(
+        SCRIPT, f"model={sft_model}", f"data={data}", f"output_dir={out}", "dry_run=true", "eval_fraction=0"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert '[[play_music(artist="Adele")<eot>]]' in result.stdout
     tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
     scored = []
     for row in read_jsonl(out / "data_preview.jsonl"):
-        for ids, mask in zip(row["input_ids"], row["completion_mask"]):
-            scored += trained_spans(tokenizer, {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]})
-    assert sorted(scored) == sorted(['play_music(artist="Adele")<eot>', 'play_music(artist="Sade")<eot>',
-                                     "set_timer(minutes=5)<eot>", "set_timer(minutes=50)<eot>"])
+        for ids, mask in zip(row["input_ids"], row["completion_mask"], strict=False):
+            scored += trained_spans(
+                tokenizer, {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask, strict=False)]}
+            )
+    assert sorted(scored) == sorted(
+        [
+            'play_music(artist="Adele")<eot>',
+            'play_music(artist="Sade")<eot>',
+            "set_timer(minutes=5)<eot>",
+            "set_timer(minutes=50)<eot>",
+        ]
+    )
     assert not (out / "final").exists()
 
 
@@ -169,54 +242,117 @@ def test_tool_pairs_score_exactly_the_calls_and_start_at_ln2(tmp_path, sft_model
     # held out: other rows, as training rows that overlap held-out ones are dropped (decontamination)
     held_out_pairs = write_jsonl(tmp_path / "held_out_pairs.jsonl", wrong_call_pairs(read_jsonl(TOOLS_TEST)[14:20]))
     held_out = write_jsonl(tmp_path / "held_out.jsonl", read_jsonl(TOOLS_TEST)[20:24])
-    common = [f"model={sft_model}", f"data={data}", "eval_fraction=0", f"ref_cache_dir={tmp_path / 'cache'}", "progress_bar=false"]
+    common = [
+        f"model={sft_model}",
+        f"data={data}",
+        "eval_fraction=0",
+        f"ref_cache_dir={tmp_path / 'cache'}",
+        "progress_bar=false",
+    ]
     preview = tmp_path / "preview"
     result = run_in_process(SCRIPT, *common, *NO_EVAL, "dry_run=true", f"output_dir={preview}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert re.search(r"\[\[<call>get_weather[^\]]*Paris[^\]]*today[^\]]*<eot>\]\]", result.stdout), result.stdout[-2000:]
+    assert re.search(r"\[\[<call>get_weather[^\]]*Paris[^\]]*today[^\]]*<eot>\]\]", result.stdout), result.stdout[
+        -2000:
+    ]
     tokenizer = AutoTokenizer.from_pretrained(preview / "tokenizer")
     previews = read_jsonl(preview / "data_preview.jsonl")
-    scored = [[trained_spans(tokenizer, {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]})
-               for ids, mask in zip(row["input_ids"], row["completion_mask"])] for row in previews]
+    scored = [
+        [
+            trained_spans(tokenizer, {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask, strict=False)]})
+            for ids, mask in zip(row["input_ids"], row["completion_mask"], strict=False)
+        ]
+        for row in previews
+    ]
     assert scored[1] == [["It will be 21 degrees and sunny.<eot>"], ["It will be 12 degrees and rainy.<eot>"]]
     # every other scored span is one call and <eot> (whatever the template's call syntax), read back as the pair's call
-    for pair, spans in zip([p for i, p in enumerate(tool_pairs()) if i != 1], scored[:1] + scored[2:]):
-        for side, (span,) in zip(("chosen", "rejected"), spans):
+    for pair, spans in zip([p for i, p in enumerate(tool_pairs()) if i != 1], scored[:1] + scored[2:], strict=False):
+        for side, (span,) in zip(("chosen", "rejected"), spans, strict=False):
             assert span.startswith("<call>") and span.endswith("<eot>"), span
             assert tokenizer.parse_response(span, prefix="")["tool_calls"] == [
-                {"type": "function", "function": pair[side][0]["tool_calls"][0]["function"]}], span
+                {"type": "function", "function": pair[side][0]["tool_calls"][0]["function"]}
+            ], span
     prompt = tokenizer.decode(previews[0]["prompt_ids"])
     assert prompt.startswith("<system>get_weather(city: string, day: string) Get the weather forecast for a city.\n")
     assert prompt.endswith("<eot><user>What's the weather in Paris today?<eot><assistant>")
 
     out = tmp_path / "out"
-    result = run_in_process(SCRIPT, *common, f"test_data={held_out_pairs}", f"exact_match_data={held_out}", f"output_dir={out}",
-                            "max_steps=1", "logging_steps=1", "batch_size=4", "grad_accum=1")
+    result = run_in_process(
+        SCRIPT,
+        *common,
+        f"test_data={held_out_pairs}",
+        f"exact_match_data={held_out}",
+        f"output_dir={out}",
+        "max_steps=1",
+        "logging_steps=1",
+        "batch_size=4",
+        "grad_accum=1",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert first_loss(out) == pytest.approx(math.log(2), abs=1e-4)
     for stage in ("before", "after"):
-        assert re.search(rf"{stage}: held-out preference accuracy [\d.]+%.* on {held_out_pairs}", result.stdout), result.stdout[-2000:]
+        assert re.search(rf"{stage}: held-out preference accuracy [\d.]+%.* on {held_out_pairs}", result.stdout), (
+            result.stdout[-2000:]
+        )
         assert re.search(rf"{stage}: held-out exact match [\d.]+% on {held_out}", result.stdout), result.stdout[-2000:]
 
 
-@pytest.mark.parametrize("row, problem", [
-    (tool_pairs()[0], None),
-    (tool_pairs()[1], None),  # the prompt ends with a tool result
-    ({**tool_pairs()[0], "tools": json.dumps(TOOLS)}, None),
-    ({**tool_pairs()[0], "tools": "[{"}, "'tools' is a string but not valid JSON"),
-    ({**tool_pairs()[0], "rejected": [{"role": "assistant", "content": "", "tool_calls": {"name": "get_weather"}}]},
-     "rejected[0] tool_calls must be a list"),
-    ({**tool_pairs()[0], "rejected": [{"role": "assistant", "content": None, "tool_calls": [
-        {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"'}}]}]},
-     "rejected[0] tool_calls[0] arguments of 'get_weather' are not valid JSON"),
-    ({**tool_pairs()[0], "chosen": [call_turn("get_forecast", city="Paris")]}, "chosen[0] tool_calls[0] calls 'get_forecast', which is not in the row's tools"),
-    ({k: v for k, v in tool_pairs()[0].items() if k != "tools"}, "chosen[0] tool_calls[0] calls 'get_weather', which is not in the row's tools"),
-    ({**tool_pairs()[1], "prompt": tool_pairs()[1]["prompt"][::2]}, "prompt[1] is a tool result with no assistant tool call before it"),
-    ({**tool_pairs()[0], "chosen": [{"role": "tool", "content": "{}"}]}, "'chosen' must hold assistant messages only"),
-    ({**tool_pairs()[0], "chosen": [{"role": "assistant", "content": " "}]}, "'chosen' is empty"),
-    ({**tool_pairs()[0], "rejected": [call_turn("get_weather", day="today", city="Paris")]}, "'chosen' and 'rejected' are identical"),
-    ({**tool_pairs()[1], "prompt": tool_pairs()[1]["prompt"][:2]}, "the prompt's last message must be from the user (or a tool result)"),
-])
+@pytest.mark.parametrize(
+    "row, problem",
+    [
+        (tool_pairs()[0], None),
+        (tool_pairs()[1], None),  # the prompt ends with a tool result
+        ({**tool_pairs()[0], "tools": json.dumps(TOOLS)}, None),
+        ({**tool_pairs()[0], "tools": "[{"}, "'tools' is a string but not valid JSON"),
+        (
+            {
+                **tool_pairs()[0],
+                "rejected": [{"role": "assistant", "content": "", "tool_calls": {"name": "get_weather"}}],
+            },
+            "rejected[0] tool_calls must be a list",
+        ),
+        (
+            {
+                **tool_pairs()[0],
+                "rejected": [
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"'}}
+                        ],
+                    }
+                ],
+            },
+            "rejected[0] tool_calls[0] arguments of 'get_weather' are not valid JSON",
+        ),
+        (
+            {**tool_pairs()[0], "chosen": [call_turn("get_forecast", city="Paris")]},
+            "chosen[0] tool_calls[0] calls 'get_forecast', which is not in the row's tools",
+        ),
+        (
+            {k: v for k, v in tool_pairs()[0].items() if k != "tools"},
+            "chosen[0] tool_calls[0] calls 'get_weather', which is not in the row's tools",
+        ),
+        (
+            {**tool_pairs()[1], "prompt": tool_pairs()[1]["prompt"][::2]},
+            "prompt[1] is a tool result with no assistant tool call before it",
+        ),
+        (
+            {**tool_pairs()[0], "chosen": [{"role": "tool", "content": "{}"}]},
+            "'chosen' must hold assistant messages only",
+        ),
+        ({**tool_pairs()[0], "chosen": [{"role": "assistant", "content": " "}]}, "'chosen' is empty"),
+        (
+            {**tool_pairs()[0], "rejected": [call_turn("get_weather", day="today", city="Paris")]},
+            "'chosen' and 'rejected' are identical",
+        ),
+        (
+            {**tool_pairs()[1], "prompt": tool_pairs()[1]["prompt"][:2]},
+            "the prompt's last message must be from the user (or a tool result)",
+        ),
+    ],
+)
 def test_preference_row_problem_with_tools(row, problem):
     from common.preference import preference_row_problem
 
@@ -235,10 +371,18 @@ def test_preview_tokens_are_what_the_trainer_prepares(sft_model):
 
     tokenizer = AutoTokenizer.from_pretrained(sft_model)
     spec = chat_spec(tokenizer, "")
-    rows = [as_chat(PAIR, True), *[json.loads(line) for line in open(f"{ROOT}/data/examples/preference_test.jsonl")][:5]]
-    prepared = DPOTrainer._prepare_dataset(type("T", (), {"_tokenizer": tokenizer})(), Dataset.from_list(rows),
-                                           tokenizer, DPOConfig(output_dir="/tmp/unused", use_cpu=True, bf16=False), "x")
-    for row, ours in zip(prepared, (tokenize_preference(tokenizer, r, spec) for r in rows)):
+    rows = [
+        as_chat(PAIR, True),
+        *[json.loads(line) for line in open(f"{ROOT}/data/examples/preference_test.jsonl")][:5],
+    ]
+    prepared = DPOTrainer._prepare_dataset(
+        type("T", (), {"_tokenizer": tokenizer})(),
+        Dataset.from_list(rows),
+        tokenizer,
+        DPOConfig(output_dir="/tmp/unused", use_cpu=True, bf16=False),
+        "x",
+    )
+    for row, ours in zip(prepared, (tokenize_preference(tokenizer, r, spec) for r in rows), strict=False):
         assert {k: row[k] for k in ours} == ours
 
 
@@ -246,15 +390,27 @@ def test_missing_sft_output_says_what_to_run(tmp_path):
     # From a folder with no outputs/sft_chat/final, the default model is missing.
     result = run([sys.executable, os.path.join(ROOT, SCRIPT), *NO_EVAL], cwd=tmp_path)
     assert result.returncode == 2
-    assert "error: model folder not found: outputs/sft_chat/final (run `accelerate launch sft_chat.py` first" in result.stderr
+    assert (
+        "error: model folder not found: outputs/sft_chat/final (run `accelerate launch sft_chat.py` first"
+        in result.stderr
+    )
 
 
 def test_default_chain_improves_preferences_and_keeps_exact_match(default_sft_chat, tmp_path):
     """`accelerate launch dpo.py` on the default sft_chat.py output: preference accuracy > 0.9 after,
     exact match at most 2 points below the SFT model's."""
     out = tmp_path / "dpo"
-    result = run(["accelerate", "launch", SCRIPT, f"model={default_sft_chat}", f"output_dir={out}",
-                  f"ref_cache_dir={tmp_path / 'cache'}", "progress_bar=false"])
+    result = run(
+        [
+            "accelerate",
+            "launch",
+            SCRIPT,
+            f"model={default_sft_chat}",
+            f"output_dir={out}",
+            f"ref_cache_dir={tmp_path / 'cache'}",
+            "progress_bar=false",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     found = dict(re.findall(r"(before|after): held-out preference accuracy ([\d.]+)%", result.stdout))
     exact = dict(re.findall(r"(before|after): held-out exact match ([\d.]+)%", result.stdout))
@@ -269,14 +425,36 @@ def test_native_qwen3_pairs_score_exactly_the_answer_and_start_at_ln2(tmp_path):
     from tests.real_tokenizers import tiny_model_folder
 
     model = tiny_model_folder("qwen3", tmp_path)
-    prompt = [{"role": "system", "content": "Answer with one call."}, {"role": "user", "content": "Play Adele"},
-              {"role": "assistant", "content": "play_music()"}, {"role": "user", "content": "Louder, and Adele"}]
-    rows = [{"prompt": prompt, "chosen": [{"role": "assistant", "content": f'play_music(artist="Adele", volume={v})',
-                                           "reasoning_content": "They want Adele."}],
-             "rejected": [{"role": "assistant", "content": f'play_music(artist="Sade", volume={v})'}]} for v in range(16)]
+    prompt = [
+        {"role": "system", "content": "Answer with one call."},
+        {"role": "user", "content": "Play Adele"},
+        {"role": "assistant", "content": "play_music()"},
+        {"role": "user", "content": "Louder, and Adele"},
+    ]
+    rows = [
+        {
+            "prompt": prompt,
+            "chosen": [
+                {
+                    "role": "assistant",
+                    "content": f'play_music(artist="Adele", volume={v})',
+                    "reasoning_content": "They want Adele.",
+                }
+            ],
+            "rejected": [{"role": "assistant", "content": f'play_music(artist="Sade", volume={v})'}],
+        }
+        for v in range(16)
+    ]
     data = write_jsonl(tmp_path / "pairs.jsonl", rows)
-    common = [f"model={model}", f"data={data}", *NO_EVAL, f"ref_cache_dir={tmp_path / 'cache'}", "progress_bar=false",
-              "eval_fraction=0", "max_length=256"]
+    common = [
+        f"model={model}",
+        f"data={data}",
+        *NO_EVAL,
+        f"ref_cache_dir={tmp_path / 'cache'}",
+        "progress_bar=false",
+        "eval_fraction=0",
+        "max_length=256",
+    ]
     preview = tmp_path / "preview"
     result = run_script(SCRIPT, *common, "dry_run=true", f"output_dir={preview}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -284,16 +462,28 @@ def test_native_qwen3_pairs_score_exactly_the_answer_and_start_at_ln2(tmp_path):
 
     tokenizer = AutoTokenizer.from_pretrained(preview / "tokenizer")
     first = read_jsonl(preview / "data_preview.jsonl")[0]
-    chosen, rejected = ({"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]}
-                        for ids, mask in zip(first["input_ids"], first["completion_mask"]))
-    assert trained_spans(tokenizer, chosen) == ['<think>\nThey want Adele.\n</think>\n\nplay_music(artist="Adele", volume=0)<|im_end|>\n']
-    assert trained_spans(tokenizer, rejected) == ['<think>\n\n</think>\n\nplay_music(artist="Sade", volume=0)<|im_end|>\n']
-    assert tokenizer.decode(first["prompt_ids"]).endswith("<|im_start|>user\nLouder, and Adele<|im_end|>\n<|im_start|>assistant\n")
-    assert "<think>\n\n</think>\n\nplay_music()<|im_end|>" in tokenizer.decode(first["prompt_ids"])  # earlier turns keep theirs
+    chosen, rejected = (
+        {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask, strict=False)]}
+        for ids, mask in zip(first["input_ids"], first["completion_mask"], strict=False)
+    )
+    assert trained_spans(tokenizer, chosen) == [
+        '<think>\nThey want Adele.\n</think>\n\nplay_music(artist="Adele", volume=0)<|im_end|>\n'
+    ]
+    assert trained_spans(tokenizer, rejected) == [
+        '<think>\n\n</think>\n\nplay_music(artist="Sade", volume=0)<|im_end|>\n'
+    ]
+    assert tokenizer.decode(first["prompt_ids"]).endswith(
+        "<|im_start|>user\nLouder, and Adele<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert "<think>\n\n</think>\n\nplay_music()<|im_end|>" in tokenizer.decode(
+        first["prompt_ids"]
+    )  # earlier turns keep theirs
     report = json.load(open(preview / "data_report.json"))
     assert report["chat_template"].startswith("TRL's qwen3 training template")
 
     out = tmp_path / "out"
-    result = run_script(SCRIPT, *common, f"output_dir={out}", "max_steps=1", "logging_steps=1", "batch_size=4", "grad_accum=1")
+    result = run_script(
+        SCRIPT, *common, f"output_dir={out}", "max_steps=1", "logging_steps=1", "batch_size=4", "grad_accum=1"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert first_loss(out) == pytest.approx(math.log(2), abs=1e-4)

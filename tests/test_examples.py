@@ -32,7 +32,7 @@ def test_name_weights_cover_the_function_name_of_each_answer():
 
     tokenizer = load_tokenizer("builtin:tiny")
     prepare_tokenizer(tokenizer, "special_tokens")
-    answer = tokenizer('set_timer(minutes=5)<eot>', add_special_tokens=False)["input_ids"]
+    answer = tokenizer("set_timer(minutes=5)<eot>", add_special_tokens=False)["input_ids"]
     prompt = tokenizer("<user>Set a timer for 5 minutes<eot><assistant>", add_special_tokens=False)["input_ids"]
     labels = torch.tensor([[-100] * len(prompt) + answer + [-100] * len(prompt) + answer])  # two answers, packed
     weights = name_weights(labels, tokenizer, 3.0)[0].tolist()
@@ -43,7 +43,11 @@ def test_name_weights_cover_the_function_name_of_each_answer():
 
 def test_weighted_name_sft_is_the_loss_used_and_equals_sft_chat_at_weight_1(tmp_path):
     script = "examples/sft_chat_weighted_name.py"
-    runs = {"sft_chat": ("sft_chat.py", []), "weight 1": (script, ["name_weight=1"]), "weight 3": (script, ["name_weight=3"])}
+    runs = {
+        "sft_chat": ("sft_chat.py", []),
+        "weight 1": (script, ["name_weight=1"]),
+        "weight 3": (script, ["name_weight=3"]),
+    }
     losses = {}
     for name, (path, extra) in runs.items():
         out = tmp_path / name.replace(" ", "_")
@@ -73,8 +77,16 @@ def test_dpo_positive_runs_and_logs_its_penalty(tmp_path, sft_model, reference):
     out = tmp_path / "out"
     pairs = write_jsonl(tmp_path / "pairs.jsonl", read_jsonl(f"{ROOT}/data/examples/preference_train.jsonl")[:32])
     extra = ["lora.enabled=true", "lora.r=4"] if reference == "lora" else [f"ref_cache_dir={tmp_path / 'cache'}"]
-    result = run_script("examples/dpo_positive.py", f"model={sft_model}", f"data={pairs}", *SHORT, "exact_match_data=",
-                        "batch_size=8", *extra, f"output_dir={out}")
+    result = run_script(
+        "examples/dpo_positive.py",
+        f"model={sft_model}",
+        f"data={pairs}",
+        *SHORT,
+        "exact_match_data=",
+        "batch_size=8",
+        *extra,
+        f"output_dir={out}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = [m for m in read_jsonl(out / "metrics.jsonl") if "loss" in m]
     assert all("dpop/penalty" in m for m in metrics)  # TRL never logs this: the subclass computed the loss
@@ -95,7 +107,9 @@ def test_a_copied_script_runs_unchanged(tmp_path):
 
 def test_row_hook_maps_another_schema_before_the_checks(tmp_path):
     rows = read_jsonl(f"{ROOT}/data/examples/chat_train.jsonl")[:64]
-    data = write_jsonl(tmp_path / "qa.jsonl", [{"q": r["messages"][-2]["content"], "a": r["messages"][-1]["content"]} for r in rows])
+    data = write_jsonl(
+        tmp_path / "qa.jsonl", [{"q": r["messages"][-2]["content"], "a": r["messages"][-1]["content"]} for r in rows]
+    )
     experiment = tmp_path / "experiment.py"
     experiment.write_text(
         "from common.params import resolve\n"
@@ -108,7 +122,14 @@ def test_row_hook_maps_another_schema_before_the_checks(tmp_path):
         "    main(resolve(PARAMS), row_hook=to_chat)\n"
     )
     out = tmp_path / "out"
-    args = [f"data={data}", "dry_run=true", "eval_fraction=0", "test_data=", f"output_dir={out}", f"clean.cache_dir={tmp_path}"]
+    args = [
+        f"data={data}",
+        "dry_run=true",
+        "eval_fraction=0",
+        "test_data=",
+        f"output_dir={out}",
+        f"clean.cache_dir={tmp_path}",
+    ]
     result = run([sys.executable, str(experiment), *args])
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.load(open(out / "data_report.json"))
@@ -138,14 +159,15 @@ def string_call(function: dict) -> str:
 JSON_TYPES = {"string": str, "integer": int, "number": (int, float)}
 
 
-@pytest.mark.parametrize("name, reference", [("tools_train.jsonl", "completion_train.jsonl"),
-                                             ("tools_test.jsonl", "completion_test.jsonl")])
+@pytest.mark.parametrize(
+    "name, reference", [("tools_train.jsonl", "completion_train.jsonl"), ("tools_test.jsonl", "completion_test.jsonl")]
+)
 def test_each_tool_row_calls_a_listed_tool_with_the_slot_values_of_its_request(name, reference):
     rows, pairs = read_jsonl(EXAMPLES / name), read_jsonl(EXAMPLES / reference)
     functions = ["get_weather", "set_timer", "send_message", "play_music", "convert_currency", "add_event"]
     assert [tool["function"]["name"] for tool in rows[0]["tools"]] == functions
     assert len(rows) == len(pairs)
-    for row, pair in zip(rows, pairs):
+    for row, pair in zip(rows, pairs, strict=False):
         assert row["tools"] == rows[0]["tools"]  # the same list in the same order, as a product sends it
         schemas = {tool["function"]["name"]: tool["function"]["parameters"] for tool in row["tools"]}
         assert [m["content"] for m in row["messages"] if m["role"] == "user"] == [pair["prompt"]]
@@ -191,26 +213,46 @@ def test_held_out_tool_requests_are_chat_tests_and_never_trained_on(train):
 
 
 XLAM_TOOLS = [
-    {"name": "get_stock", "description": "Latest price of a stock.",
-     "parameters": {"symbol": {"description": "Ticker.", "type": "str", "default": "TSLA"},
-                    "days": {"description": "History length.", "type": "int"}}},
-    {"name": "filter_words", "description": "Words of a list above a length.",
-     "parameters": {"words": {"description": "The words.", "type": "List[str]"},
-                    "min_length": {"description": "Shortest kept.", "type": "float, optional"},
-                    "strict": {"description": "Exclusive bound.", "type": "Optional[bool]"},
-                    "options": {"description": "Anything else.", "type": "Dict[str, Any]"},
-                    "extra": {"description": "Passed through.", "type": "Any"}}},
+    {
+        "name": "get_stock",
+        "description": "Latest price of a stock.",
+        "parameters": {
+            "symbol": {"description": "Ticker.", "type": "str", "default": "TSLA"},
+            "days": {"description": "History length.", "type": "int"},
+        },
+    },
+    {
+        "name": "filter_words",
+        "description": "Words of a list above a length.",
+        "parameters": {
+            "words": {"description": "The words.", "type": "List[str]"},
+            "min_length": {"description": "Shortest kept.", "type": "float, optional"},
+            "strict": {"description": "Exclusive bound.", "type": "Optional[bool]"},
+            "options": {"description": "Anything else.", "type": "Dict[str, Any]"},
+            "extra": {"description": "Passed through.", "type": "Any"},
+        },
+    },
 ]
 XLAM_SCHEMAS = [
-    {"type": "object", "properties": {"symbol": {"type": "string", "description": "Ticker.", "default": "TSLA"},
-                                      "days": {"type": "integer", "description": "History length."}},
-     "required": ["days"]},
-    {"type": "object", "properties": {"words": {"type": "array", "description": "The words."},
-                                      "min_length": {"type": "number", "description": "Shortest kept."},
-                                      "strict": {"type": "boolean", "description": "Exclusive bound."},
-                                      "options": {"type": "object", "description": "Anything else."},
-                                      "extra": {"description": "Passed through."}},
-     "required": ["words", "options", "extra"]},
+    {
+        "type": "object",
+        "properties": {
+            "symbol": {"type": "string", "description": "Ticker.", "default": "TSLA"},
+            "days": {"type": "integer", "description": "History length."},
+        },
+        "required": ["days"],
+    },
+    {
+        "type": "object",
+        "properties": {
+            "words": {"type": "array", "description": "The words."},
+            "min_length": {"type": "number", "description": "Shortest kept."},
+            "strict": {"type": "boolean", "description": "Exclusive bound."},
+            "options": {"type": "object", "description": "Anything else."},
+            "extra": {"description": "Passed through."},
+        },
+        "required": ["words", "options", "extra"],
+    },
 ]
 
 
@@ -219,8 +261,17 @@ def xlam_row(query, tools, answers):
 
 
 def chat_tools(*indices):
-    return [{"type": "function", "function": {"name": XLAM_TOOLS[i]["name"], "parameters": XLAM_SCHEMAS[i],
-                                              "description": XLAM_TOOLS[i]["description"]}} for i in indices]
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": XLAM_TOOLS[i]["name"],
+                "parameters": XLAM_SCHEMAS[i],
+                "description": XLAM_TOOLS[i]["description"],
+            },
+        }
+        for i in indices
+    ]
 
 
 def assistant_calls(*calls):
@@ -231,13 +282,25 @@ STOCK = {"name": "get_stock", "arguments": {"symbol": "AAPL", "days": 5}}
 WORDS = {"name": "filter_words", "arguments": {"words": ["a", "tree"], "options": {}, "extra": 1}}
 
 
-@pytest.mark.parametrize("row, chat", [
-    (xlam_row("AAPL over 5 days?", XLAM_TOOLS[:1], [STOCK]),
-     {"tools": chat_tools(0), "messages": [{"role": "user", "content": "AAPL over 5 days?"}, assistant_calls(STOCK)]}),
-    (xlam_row("AAPL, and long words", XLAM_TOOLS, [STOCK, WORDS]),  # parallel calls: one turn
-     {"tools": chat_tools(0, 1), "messages": [{"role": "user", "content": "AAPL, and long words"},
-                                             assistant_calls(STOCK, WORDS)]}),
-])
+@pytest.mark.parametrize(
+    "row, chat",
+    [
+        (
+            xlam_row("AAPL over 5 days?", XLAM_TOOLS[:1], [STOCK]),
+            {
+                "tools": chat_tools(0),
+                "messages": [{"role": "user", "content": "AAPL over 5 days?"}, assistant_calls(STOCK)],
+            },
+        ),
+        (
+            xlam_row("AAPL, and long words", XLAM_TOOLS, [STOCK, WORDS]),  # parallel calls: one turn
+            {
+                "tools": chat_tools(0, 1),
+                "messages": [{"role": "user", "content": "AAPL, and long words"}, assistant_calls(STOCK, WORDS)],
+            },
+        ),
+    ],
+)
 def test_xlam_rows_become_tool_calling_chat_rows(row, chat):
     from xlam_tools import to_chat
 
@@ -246,14 +309,23 @@ def test_xlam_rows_become_tool_calling_chat_rows(row, chat):
 
 def test_xlam_experiment_trains_on_xlam_rows(tmp_path):
     cities = ["Paris", "Oslo", "Lima", "Rome", "Cairo", "Seoul", "Quito", "Dakar"]
-    rows = [xlam_row(f"Price of {c} Motors over {n} days, and words of {c}", XLAM_TOOLS,
-                     [{"name": "get_stock", "arguments": {"symbol": c.upper(), "days": n}},
-                      {"name": "filter_words", "arguments": {"words": [c], "options": {}, "extra": n}}])
-            for c in cities for n in (3, 7)]
+    rows = [
+        xlam_row(
+            f"Price of {c} Motors over {n} days, and words of {c}",
+            XLAM_TOOLS,
+            [
+                {"name": "get_stock", "arguments": {"symbol": c.upper(), "days": n}},
+                {"name": "filter_words", "arguments": {"words": [c], "options": {}, "extra": n}},
+            ],
+        )
+        for c in cities
+        for n in (3, 7)
+    ]
     data = write_jsonl(tmp_path / "xlam.jsonl", rows)
     out = tmp_path / "out"
-    result = run_script("examples/xlam_tools.py", f"data={data}", *SHORT, f"output_dir={out}",
-                        f"clean.cache_dir={tmp_path}")
+    result = run_script(
+        "examples/xlam_tools.py", f"data={data}", *SHORT, f"output_dir={out}", f"clean.cache_dir={tmp_path}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.load(open(out / "data_report.json"))
     assert report["cleaning"]["rows_in"] == len(rows) and report["train_trained_tokens"] > 0

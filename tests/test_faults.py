@@ -20,26 +20,52 @@ from tests.conftest import ROOT, read_jsonl, run_script, weights, write_jsonl
 
 pytestmark = pytest.mark.faults
 FAULTS_PATH = os.path.join(ROOT, "tests", "faults")
-DATA = {"sft_chat.py": "data/examples/chat_train.jsonl", "sft_completion.py": "data/examples/completion_train.jsonl",
-        "dpo.py": "data/examples/preference_train.jsonl"}
+DATA = {
+    "sft_chat.py": "data/examples/chat_train.jsonl",
+    "sft_completion.py": "data/examples/completion_train.jsonl",
+    "dpo.py": "data/examples/preference_train.jsonl",
+}
 
 ci = pytest.mark.ci  # the cases the default test command runs
-FAULTS = [("prepare", "during data preparation"), ("step:5", "between checkpoints"), ("save", "during a checkpoint save"),
-          ("state:6", "torn trainer_state.json"), ("replace:*/final", "during the final export")]
-CACHE_FAULTS = {"sft_chat.py": [("replace:*data_cache*", "writing the prepared data")],
-                "dpo.py": [("replace:*ref_cache*", "writing the reference cache")]}
+FAULTS = [
+    ("prepare", "during data preparation"),
+    ("step:5", "between checkpoints"),
+    ("save", "during a checkpoint save"),
+    ("state:6", "torn trainer_state.json"),
+    ("replace:*/final", "during the final export"),
+]
+CACHE_FAULTS = {
+    "sft_chat.py": [("replace:*data_cache*", "writing the prepared data")],
+    "dpo.py": [("replace:*ref_cache*", "writing the reference cache")],
+}
 IN_CI = {("sft_chat.py", "step:5"), ("sft_chat.py", "state:6")}
-TRAINING_FAULTS = [pytest.param(script, fault, id=f"{script.removesuffix('.py')}: {what}", marks=[ci] if (script, fault) in IN_CI else [])
-                   for script in DATA for fault, what in [*FAULTS, *CACHE_FAULTS.get(script, [])]]
+TRAINING_FAULTS = [
+    pytest.param(
+        script, fault, id=f"{script.removesuffix('.py')}: {what}", marks=[ci] if (script, fault) in IN_CI else []
+    )
+    for script in DATA
+    for fault, what in [*FAULTS, *CACHE_FAULTS.get(script, [])]
+]
 
 
 def settings(script, out, sft_model):
     with open(os.path.join(ROOT, DATA[script])) as f:
         data = write_jsonl(out.parent / f"{out.name}_data.jsonl", [line.strip() for line in f][:100])
     extra = [f"model={sft_model}", "exact_match_data=", f"ref_cache_dir={out}_ref_cache"] if script == "dpo.py" else []
-    return [f"data={data}", f"output_dir={out}", f"data_cache_dir={out}_data_cache", "max_steps=9", "save_steps=3",
-            "logging_steps=3", "eval_fraction=0", "test_data=", "progress_bar=false", "batch_size=8", "grad_accum=1",
-            *extra]
+    return [
+        f"data={data}",
+        f"output_dir={out}",
+        f"data_cache_dir={out}_data_cache",
+        "max_steps=9",
+        "save_steps=3",
+        "logging_steps=3",
+        "eval_fraction=0",
+        "test_data=",
+        "progress_bar=false",
+        "batch_size=8",
+        "grad_accum=1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +91,12 @@ def finished_files_are_whole(out):
 
     for path in (p for root in glob.glob(f"{out}*") for p in glob.glob(f"{root}/**/*", recursive=True)):
         checkpoint = re.search(r"(.*/checkpoint-\d+)/", path)
-        if not os.path.isfile(path) or ".tmp" in path or checkpoint and not os.path.isfile(f"{checkpoint[1]}/trainer_state.json"):
+        if (
+            not os.path.isfile(path)
+            or ".tmp" in path
+            or checkpoint
+            and not os.path.isfile(f"{checkpoint[1]}/trainer_state.json")
+        ):
             continue
         if path.endswith(".jsonl"):
             read_jsonl(path)
@@ -129,12 +160,28 @@ def test_full_disk_during_a_save_fails_cleanly(tmp_path):
     """output_dir on a 20 MB filesystem: the first checkpoint (14 MB) fits, the second does not."""
     out, copy = tmp_path / "small_disk", tmp_path / "after"
     out.mkdir()
-    run_args = [sys.executable, "sft_chat.py", f"output_dir={out}", "max_steps=9", "save_steps=3", "test_data=",
-                "progress_bar=false", f"data_cache_dir={tmp_path / 'cache'}", "save_total_limit=5"]
-    script = (f"mount -t tmpfs -o size=20m tmpfs {out} && {subprocess.list2cmdline(run_args)}; echo exit=$?; "
-              f"cp -a {out} {copy}")
-    result = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], cwd=ROOT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}, capture_output=True, text=True)
+    run_args = [
+        sys.executable,
+        "sft_chat.py",
+        f"output_dir={out}",
+        "max_steps=9",
+        "save_steps=3",
+        "test_data=",
+        "progress_bar=false",
+        f"data_cache_dir={tmp_path / 'cache'}",
+        "save_total_limit=5",
+    ]
+    script = (
+        f"mount -t tmpfs -o size=20m tmpfs {out} && {subprocess.list2cmdline(run_args)}; echo exit=$?; "
+        f"cp -a {out} {copy}"
+    )
+    result = subprocess.run(
+        ["unshare", "--map-root-user", "--mount", "sh", "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+    )
     assert "exit=3" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no space left on the device" in errors[0] and "Traceback" not in result.stderr
@@ -146,17 +193,42 @@ def test_full_disk_during_a_save_fails_cleanly(tmp_path):
 
 
 def synth_args(out, prompts, url):
-    return [f"data={prompts}", f"output_dir={out}", "backend=openai", f"base_url={url}", "model=stub", "concurrency=8",
-            "stages=[responses]", "num_samples=2", "progress_bar=false", "test_data=", f"clean.cache_dir={out}_clean_cache"]
+    return [
+        f"data={prompts}",
+        f"output_dir={out}",
+        "backend=openai",
+        f"base_url={url}",
+        "model=stub",
+        "concurrency=8",
+        "stages=[responses]",
+        "num_samples=2",
+        "progress_bar=false",
+        "test_data=",
+        f"clean.cache_dir={out}_clean_cache",
+    ]
 
 
-@pytest.mark.parametrize("fault", [pytest.param("put:50", id="synth_data: during generation", marks=ci),
-                                   pytest.param("replace:*/responses.jsonl", id="synth_data: while writing")])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param("put:50", id="synth_data: during generation", marks=ci),
+        pytest.param("replace:*/responses.jsonl", id="synth_data: while writing"),
+    ],
+)
 def test_killed_synth_data_loses_nothing_and_sends_nothing_twice(tmp_path, openai_stub, fault):
     handler, url = openai_stub
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [
-        {"messages": [{"role": "user", "content": f"Play song number {i}"}, {"role": "assistant", "content": "play_music()"}]}
-        for i in range(60)])
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": f"Play song number {i}"},
+                    {"role": "assistant", "content": "play_music()"},
+                ]
+            }
+            for i in range(60)
+        ],
+    )
     straight = tmp_path / "straight"
     assert run_script("synth_data.py", *synth_args(straight, prompts, url)).returncode == 0
     expected, sent_straight = read_jsonl(straight / "responses.jsonl"), len(handler.seen_keys)

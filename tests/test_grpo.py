@@ -10,15 +10,32 @@ import pytest
 import torch
 
 from tests.conftest import (
-    ENV, ROOT, assert_one_line_exit_2, read_jsonl, run, run_in_process, run_script, weights, write_jsonl,
+    ENV,
+    ROOT,
+    assert_one_line_exit_2,
+    read_jsonl,
+    run,
+    run_in_process,
+    run_script,
+    weights,
+    write_jsonl,
 )
 from tests.real_tokenizers import shared_folder
 
 SCRIPT = "grpo.py"
 # A few small steps: 4 prompts of 4 completions each, short completions.
-FAST = ["max_steps=2", "logging_steps=1", "save_steps=2", "progress_bar=false", "batch_size=16", "num_generations=4",
-        "max_completion_length=16", "test_data=", "clean.enabled=false"]
-REWARDS = '''
+FAST = [
+    "max_steps=2",
+    "logging_steps=1",
+    "save_steps=2",
+    "progress_bar=false",
+    "batch_size=16",
+    "num_generations=4",
+    "max_completion_length=16",
+    "test_data=",
+    "clean.enabled=false",
+]
+REWARDS = """
 import json, os
 
 def record(row, completion):
@@ -40,7 +57,7 @@ def breaks(row, completion):
     if "Paris" in json.dumps(row):
         raise KeyError("city")
     return 1.0
-'''
+"""
 
 
 @pytest.fixture()
@@ -57,8 +74,15 @@ def prompts(tmp_path):
 
 def test_rewards_receive_the_source_row_and_the_bare_completion(tmp_path, sft_model, rewards, prompts):
     out, log = tmp_path / "out", tmp_path / "calls.jsonl"
-    result = run_script(SCRIPT, *FAST, f"model={sft_model}", f"data={prompts}", f"rewards=[{rewards}:record]",
-                        f"output_dir={out}", env={"REWARD_LOG": str(log)})
+    result = run_script(
+        SCRIPT,
+        *FAST,
+        f"model={sft_model}",
+        f"data={prompts}",
+        f"rewards=[{rewards}:record]",
+        f"output_dir={out}",
+        env={"REWARD_LOG": str(log)},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     calls, source = read_jsonl(log), read_jsonl(prompts)
     assert len(calls) == 2 * 16  # every completion of both steps, once
@@ -86,8 +110,16 @@ def test_rewards_receive_the_source_row_and_the_bare_completion(tmp_path, sft_mo
 def test_a_row_with_tools_gives_the_reward_an_assistant_message(tmp_path, sft_model, rewards):
     data = write_jsonl(tmp_path / "tools.jsonl", read_jsonl(f"{ROOT}/data/examples/tools_test.jsonl")[:4])
     log = tmp_path / "calls.jsonl"
-    result = run_script(SCRIPT, *FAST, "max_steps=1", f"model={sft_model}", f"data={data}", f"rewards=[{rewards}:record]",
-                        f"output_dir={tmp_path / 'out'}", env={"REWARD_LOG": str(log)})
+    result = run_script(
+        SCRIPT,
+        *FAST,
+        "max_steps=1",
+        f"model={sft_model}",
+        f"data={data}",
+        f"rewards=[{rewards}:record]",
+        f"output_dir={tmp_path / 'out'}",
+        env={"REWARD_LOG": str(log)},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     calls = read_jsonl(log)
     assert calls and all(c["completion"]["role"] == "assistant" and c["row"]["tools"] for c in calls)
@@ -95,11 +127,21 @@ def test_a_row_with_tools_gives_the_reward_an_assistant_message(tmp_path, sft_mo
 
 def test_equal_rewards_in_every_group_leave_the_weights_unchanged(tmp_path, sft_model, rewards, prompts):
     out = tmp_path / "out"
-    result = run_script(SCRIPT, *FAST, "max_steps=3", "save_steps=10", f"model={sft_model}", f"data={prompts}",
-                        f"rewards=[{rewards}:constant]", f"output_dir={out}")
+    result = run_script(
+        SCRIPT,
+        *FAST,
+        "max_steps=3",
+        "save_steps=10",
+        f"model={sft_model}",
+        f"data={prompts}",
+        f"rewards=[{rewards}:constant]",
+        f"output_dir={out}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = [m for m in read_jsonl(out / "metrics.jsonl") if "reward" in m]
-    assert all(m["frac_reward_zero_std"] == 1 and m["reward_std"] == 0 and m["grad_norm"] == 0 for m in metrics), metrics
+    assert all(m["frac_reward_zero_std"] == 1 and m["reward_std"] == 0 and m["grad_norm"] == 0 for m in metrics), (
+        metrics
+    )
     before, after = weights(sft_model), weights(out / "final")
     for name in after:
         assert torch.equal(before[name], after[name]), name
@@ -112,23 +154,45 @@ def test_an_equal_group_adds_nothing_to_a_mixed_groups_gradient(sft_model):
 
     tokenizer = AutoTokenizer.from_pretrained(sft_model)
     model = AutoModelForCausalLM.from_pretrained(sft_model, dtype=torch.float32)
-    args = GRPOConfig(output_dir="/tmp/unused", use_cpu=True, bf16=False, per_device_train_batch_size=8, num_generations=4,
-                      report_to=[], beta=0.0)
-    trainer = GRPOTrainer(model=model, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
-                          train_dataset=__import__("datasets").Dataset.from_dict({"prompt": ["a"]}), processing_class=tokenizer)
+    args = GRPOConfig(
+        output_dir="/tmp/unused",
+        use_cpu=True,
+        bf16=False,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        report_to=[],
+        beta=0.0,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+        args=args,
+        train_dataset=__import__("datasets").Dataset.from_dict({"prompt": ["a"]}),
+        processing_class=tokenizer,
+    )
     trainer.current_gradient_accumulation_steps = 1
     prompt = tokenizer("<user>Play Adele<eot><assistant>", add_special_tokens=False)["input_ids"]
-    completions = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in
-                   ['play_music(artist="Adele")<eot>', 'play_music(artist="Sade")<eot>', "x<eot>", 'set_timer(minutes=5)<eot>']]
+    completions = [
+        tokenizer(t, add_special_tokens=False)["input_ids"]
+        for t in [
+            'play_music(artist="Adele")<eot>',
+            'play_music(artist="Sade")<eot>',
+            "x<eot>",
+            "set_timer(minutes=5)<eot>",
+        ]
+    ]
     width = max(map(len, completions))
 
     def gradient(groups):
-        rows = [(c, a) for advantages in groups for c, a in zip(completions, advantages)]
-        inputs = {"prompt_ids": torch.tensor([prompt] * len(rows)), "prompt_mask": torch.ones(len(rows), len(prompt), dtype=torch.long),
-                  "completion_ids": torch.tensor([c + [tokenizer.pad_token_id] * (width - len(c)) for c, _ in rows]),
-                  "completion_mask": torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c, _ in rows]),
-                  "advantages": torch.tensor([a for _, a in rows]),
-                  "num_items_in_batch": torch.tensor(sum(len(c) for c, a in rows if a != 0))}
+        rows = [(c, a) for advantages in groups for c, a in zip(completions, advantages, strict=False)]
+        inputs = {
+            "prompt_ids": torch.tensor([prompt] * len(rows)),
+            "prompt_mask": torch.ones(len(rows), len(prompt), dtype=torch.long),
+            "completion_ids": torch.tensor([c + [tokenizer.pad_token_id] * (width - len(c)) for c, _ in rows]),
+            "completion_mask": torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c, _ in rows]),
+            "advantages": torch.tensor([a for _, a in rows]),
+            "num_items_in_batch": torch.tensor(sum(len(c) for c, a in rows if a != 0)),
+        }
         model.zero_grad()
         trainer.compute_loss(model, inputs).backward()
         return torch.cat([p.grad.flatten() for p in model.parameters()])
@@ -149,11 +213,21 @@ def test_rewards_drive_learning_an_inverted_reward_unlearns(tmp_path, default_sf
     reward_file.write_text(REWARDS)
     accuracy = {}
     for name, reward in (("right", "data/examples/verify.py:verify"), ("inverted", f"{reward_file}:inverted")):
-        result = run_script(SCRIPT, f"model={default_sft_chat}", f"rewards=[{reward}]", "max_steps=30", "learning_rate=1e-3",
-                            "progress_bar=false", f"output_dir={tmp_path / name}")
+        result = run_script(
+            SCRIPT,
+            f"model={default_sft_chat}",
+            f"rewards=[{reward}]",
+            "max_steps=30",
+            "learning_rate=1e-3",
+            "progress_bar=false",
+            f"output_dir={tmp_path / name}",
+        )
         assert result.returncode == 0, result.stderr[-3000:]
-        before, after = [float(line.split("exact match ")[1].split("%")[0]) for line in result.stdout.splitlines()
-                         if "held-out exact match" in line]
+        before, after = [
+            float(line.split("exact match ")[1].split("%")[0])
+            for line in result.stdout.splitlines()
+            if "held-out exact match" in line
+        ]
         accuracy[name] = after
     assert accuracy["inverted"] < accuracy["right"] - 30, accuracy
 
@@ -166,8 +240,13 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, sft_model, 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     result = run_script(SCRIPT, *args, f"output_dir={straight}", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    proc = subprocess.Popen(["python", SCRIPT, *args, f"output_dir={killed}"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["python", SCRIPT, *args, f"output_dir={killed}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     while not (killed / "checkpoint-4" / "trainer_state.json").exists():
         assert proc.poll() is None, "the run ended before its checkpoint"
         time.sleep(0.01)
@@ -184,9 +263,19 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, sft_model, 
 
 def test_lora_merges_and_beta_uses_the_adapter_free_model_as_reference(tmp_path, sft_model, rewards, prompts):
     out = tmp_path / "out"
-    result = run_script(SCRIPT, *FAST, f"model={sft_model}", f"data={prompts}", "lora.enabled=true", "lora.r=4", "beta=0.04",
-                        "learning_rate=1e-2", f"rewards=[{rewards}:record]", f"output_dir={out}",
-                        env={"REWARD_LOG": str(tmp_path / "calls.jsonl")})
+    result = run_script(
+        SCRIPT,
+        *FAST,
+        f"model={sft_model}",
+        f"data={prompts}",
+        "lora.enabled=true",
+        "lora.r=4",
+        "beta=0.04",
+        "learning_rate=1e-2",
+        f"rewards=[{rewards}:record]",
+        f"output_dir={out}",
+        env={"REWARD_LOG": str(tmp_path / "calls.jsonl")},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert all("kl" in m for m in read_jsonl(out / "metrics.jsonl") if "reward" in m)
     assert not (out / "final" / "adapter_config.json").exists()
@@ -196,9 +285,23 @@ def test_lora_merges_and_beta_uses_the_adapter_free_model_as_reference(tmp_path,
 
 def test_two_cpu_processes_train_and_save_a_loadable_model(tmp_path, sft_model, rewards, prompts):
     out, log = tmp_path / "out", tmp_path / "calls.jsonl"
-    result = run(["accelerate", "launch", "--config_file", "configs/accelerate/ddp.yaml", "--num_processes", "2", SCRIPT,
-                  *FAST, f"model={sft_model}", f"data={prompts}", f"rewards=[{rewards}:record]", f"output_dir={out}"],
-                 env={"REWARD_LOG": str(log)})
+    result = run(
+        [
+            "accelerate",
+            "launch",
+            "--config_file",
+            "configs/accelerate/ddp.yaml",
+            "--num_processes",
+            "2",
+            SCRIPT,
+            *FAST,
+            f"model={sft_model}",
+            f"data={prompts}",
+            f"rewards=[{rewards}:record]",
+            f"output_dir={out}",
+        ],
+        env={"REWARD_LOG": str(log)},
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "world_size=2" in result.stdout
     assert len(read_jsonl(log)) == 2 * 2 * 16  # each rank scores its own 16 completions a step
@@ -207,36 +310,46 @@ def test_two_cpu_processes_train_and_save_a_loadable_model(tmp_path, sft_model, 
     AutoModelForCausalLM.from_pretrained(out / "final").generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("rewards=[missing.py:f]", "rewards: file not found: missing.py"),
-    ("rewards=[data/examples/verify.py:nope]", "rewards: data/examples/verify.py has no function nope"),
-    ("rewards=[no_such_module:f]", "rewards: cannot import no_such_module"),
-    ("rewards=[]", "rewards is empty"),
-    ("reward_weights=[1.0,2.0]", "reward_weights has 2 weights for 1 rewards"),
-    ("loss_type=sigmoid", "loss_type='sigmoid' is not one of"),
-    ("beta=-0.1", "beta=-0.1 must be >= 0"),
-    ("num_generations=1", "num_generations=1 must be >= 2"),
-    ("batch_size=6", "GRPO settings"),
-    ("max_completion_length=600", "leaves no room for a prompt"),
-    ("batch_size=16384", "1324 prompts, fewer than the 2048 that one step takes"),
-    ("num_generation=4", "unknown PARAMS key 'num_generation'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("rewards=[missing.py:f]", "rewards: file not found: missing.py"),
+        ("rewards=[data/examples/verify.py:nope]", "rewards: data/examples/verify.py has no function nope"),
+        ("rewards=[no_such_module:f]", "rewards: cannot import no_such_module"),
+        ("rewards=[]", "rewards is empty"),
+        ("reward_weights=[1.0,2.0]", "reward_weights has 2 weights for 1 rewards"),
+        ("loss_type=sigmoid", "loss_type='sigmoid' is not one of"),
+        ("beta=-0.1", "beta=-0.1 must be >= 0"),
+        ("num_generations=1", "num_generations=1 must be >= 2"),
+        ("batch_size=6", "GRPO settings"),
+        ("max_completion_length=600", "leaves no room for a prompt"),
+        ("batch_size=16384", "1324 prompts, fewer than the 2048 that one step takes"),
+        ("num_generation=4", "unknown PARAMS key 'num_generation'"),
+    ],
+)
 def test_bad_settings_stop_before_training_with_one_line(tmp_path, sft_model, override, message):
     out = tmp_path / "out"
     result = run_in_process(SCRIPT, f"model={sft_model}", override, f"output_dir={out}", "progress_bar=false")
     assert_one_line_exit_2(result, message, out)
 
 
-@pytest.mark.parametrize("reward, message", [
-    ("says_yes", "returned str 'yes' for row "),
-    ("breaks", "raised KeyError: 'city' (row "),
-])
+@pytest.mark.parametrize(
+    "reward, message",
+    [
+        ("says_yes", "returned str 'yes' for row "),
+        ("breaks", "raised KeyError: 'city' (row "),
+    ],
+)
 def test_a_bad_reward_stops_with_one_line_naming_it_and_the_row(tmp_path, sft_model, rewards, reward, message):
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Weather in Paris?", "city": "Paris"}] * 4)
     out = tmp_path / "out"
-    result = run_script(SCRIPT, *FAST, f"model={sft_model}", f"data={data}", f"rewards=[{rewards}:{reward}]", f"output_dir={out}")
+    result = run_script(
+        SCRIPT, *FAST, f"model={sft_model}", f"data={data}", f"rewards=[{rewards}:{reward}]", f"output_dir={out}"
+    )
     assert_one_line_exit_2(result, message, out)
-    assert f"reward {rewards}:{reward} " in result.stderr and re.search(rf"row {re.escape(data)}:[1-4]\b", result.stderr)
+    assert f"reward {rewards}:{reward} " in result.stderr and re.search(
+        rf"row {re.escape(data)}:[1-4]\b", result.stderr
+    )
 
 
 @pytest.mark.parametrize("family", ["qwen3", "llama3"])
@@ -249,24 +362,46 @@ def test_prompts_follow_a_real_template_with_each_rows_tools(tmp_path, family):
     tools_row = read_jsonl(f"{ROOT}/data/examples/tools_test.jsonl")[0]
     rows = [tools_row, {"prompt": "Play Adele", "answer": 'play_music(artist="Adele")'}]
     data = write_jsonl(tmp_path / "rows.jsonl", rows)
-    result = run_in_process(SCRIPT, f"model={folder}", f"data={data}", "dry_run=true", f"output_dir={tmp_path / 'out'}",
-                            "progress_bar=false", "clean.enabled=false", "max_length=2048")
+    result = run_in_process(
+        SCRIPT,
+        f"model={folder}",
+        f"data={data}",
+        "dry_run=true",
+        f"output_dir={tmp_path / 'out'}",
+        "progress_bar=false",
+        "clean.enabled=false",
+        "max_length=2048",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     preview = read_jsonl(tmp_path / "out" / "data_preview.jsonl")
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    expected = [tokenizer.apply_chat_template(tools_row["messages"][:-1], tools=tools_row["tools"], add_generation_prompt=True,
-                                              tokenize=False),
-                tokenizer.apply_chat_template([{"role": "user", "content": "Play Adele"}], add_generation_prompt=True, tokenize=False)]
+    expected = [
+        tokenizer.apply_chat_template(
+            tools_row["messages"][:-1], tools=tools_row["tools"], add_generation_prompt=True, tokenize=False
+        ),
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Play Adele"}], add_generation_prompt=True, tokenize=False
+        ),
+    ]
     assert [p["prompt"] for p in preview] == expected
     assert [p["row"] for p in preview] == rows
-    assert preview[0]["prompt_ids"] == tokenizer.apply_chat_template(
-        tools_row["messages"][:-1], tools=tools_row["tools"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    assert (
+        preview[0]["prompt_ids"]
+        == tokenizer.apply_chat_template(
+            tools_row["messages"][:-1],
+            tools=tools_row["tools"],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+        )["input_ids"]
+    )
 
 
 def test_a_missing_model_folder_stops_with_one_line(tmp_path):
     out = tmp_path / "out"
-    assert_one_line_exit_2(run_in_process(SCRIPT, f"model={tmp_path / 'none'}/final", f"output_dir={out}"),
-                           "model folder not found", out)
+    assert_one_line_exit_2(
+        run_in_process(SCRIPT, f"model={tmp_path / 'none'}/final", f"output_dir={out}"), "model folder not found", out
+    )
 
 
 @pytest.mark.chain
@@ -274,13 +409,34 @@ def test_the_default_chain_raises_held_out_exact_match(tmp_path):
     """The README's chain, as it is: the warm-up recipe, then grpo.py with no edits (on demand: -m chain). Measured:
     69.5% -> 78.5%; the project's goal of +20 points is not reached yet (BENCHMARKS.md), so this holds the gain the
     README states."""
-    warmup = run(["accelerate", "launch", "sft_chat.py", "--config", "configs/recipes/grpo-warmup.yaml",
-                  f"output_dir={tmp_path / 'warmup'}", "progress_bar=false"])
+    warmup = run(
+        [
+            "accelerate",
+            "launch",
+            "sft_chat.py",
+            "--config",
+            "configs/recipes/grpo-warmup.yaml",
+            f"output_dir={tmp_path / 'warmup'}",
+            "progress_bar=false",
+        ]
+    )
     assert warmup.returncode == 0, warmup.stderr[-3000:]
     start = time.time()
-    result = run(["accelerate", "launch", "grpo.py", f"model={tmp_path / 'warmup' / 'final'}", f"output_dir={tmp_path / 'grpo'}",
-                  "progress_bar=false"], timeout=1800)
+    result = run(
+        [
+            "accelerate",
+            "launch",
+            "grpo.py",
+            f"model={tmp_path / 'warmup' / 'final'}",
+            f"output_dir={tmp_path / 'grpo'}",
+            "progress_bar=false",
+        ],
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    before, after = [float(line.split("exact match ")[1].split("%")[0]) for line in result.stdout.splitlines()
-                     if "held-out exact match" in line]
+    before, after = [
+        float(line.split("exact match ")[1].split("%")[0])
+        for line in result.stdout.splitlines()
+        if "held-out exact match" in line
+    ]
     assert 30 <= before <= 75 and after >= before + 8 and time.time() - start < 15 * 60, (before, after)

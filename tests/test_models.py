@@ -8,8 +8,16 @@ from common.models import BUILTIN, add_pad_token, resize_embeddings
 def test_resize_to_multiple_of_64_with_mean_rows():
     torch.manual_seed(0)
     base = AutoTokenizer.from_pretrained(BUILTIN["builtin:tiny"])
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(base), hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(base),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
     old_in = model.get_input_embeddings().weight.detach().clone()
     old_out = model.get_output_embeddings().weight.detach().clone()
     new_ids = prepare_tokenizer(base, "special_tokens").new_token_ids

@@ -33,7 +33,7 @@ DEFAULTS = {
         (["lora.target_modules=all-linear"], "lora", {"enabled": False, "r": 16, "target_modules": ["all-linear"]}),
         (["model=org/name", "model=other"], "model", "other"),  # the last pair wins
         (["model=Q: {prompt} [x]"], "model", "Q: {prompt} [x]"),  # a string key takes text YAML calls a mapping
-        (["model=\"Q: {prompt}\\nA:\""], "model", "Q: {prompt}\nA:"),  # quoted YAML for escapes
+        (['model="Q: {prompt}\\nA:"'], "model", "Q: {prompt}\nA:"),  # quoted YAML for escapes
     ],
 )
 def test_overrides(argv, key, expected):
@@ -83,8 +83,14 @@ def test_config_file_errors_name_the_file(tmp_path):
 
 
 def test_secrets_are_redacted(tmp_path):
-    params = {"api_key": "sk-123", "hub_token": "hf_abc", "tokenizer": "keep", "nested": {"password": "p"}, "x": 1,
-              "api_key_env": "OPENAI_API_KEY"}
+    params = {
+        "api_key": "sk-123",
+        "hub_token": "hf_abc",
+        "tokenizer": "keep",
+        "nested": {"password": "p"},
+        "x": 1,
+        "api_key_env": "OPENAI_API_KEY",
+    }
     assert redact(params) == {
         "api_key": "<redacted>",
         "hub_token": "<redacted>",
@@ -110,22 +116,27 @@ def test_shipped_recipes_are_valid_overrides():
     assert recipes
     for recipe in recipes:
         with open(recipe, encoding="utf-8") as f:
-            launches = dict((config, name) for name, config in re.findall(r"accelerate launch (\w+)\.py --config (\S+)", f.read()))
+            launches = dict(
+                (config, name) for name, config in re.findall(r"accelerate launch (\w+)\.py --config (\S+)", f.read())
+            )
         assert os.path.relpath(recipe, root) in launches, recipe
         script = importlib.import_module(launches[os.path.relpath(recipe, root)])
         params = apply_overrides(script.PARAMS, ["--config", recipe])
         assert params != script.PARAMS, recipe
 
 
-@pytest.mark.parametrize("script, override, message", [
-    ("dpo", "loss_type=dapo", "loss_type='dapo' is not one of"),
-    ("grpo", "loss_type=sigmoid", "loss_type='sigmoid' is not one of"),
-    ("dpo", "beta=0", "beta=0.0 must be > 0"),
-    ("grpo", "temperature=0", "temperature=0.0 must be > 0"),
-    ("grpo", "loss_type=dr_grpo", None),
-    ("grpo", "beta=0", None),
-    ("synth_data", "temperature=0", None),
-])
+@pytest.mark.parametrize(
+    "script, override, message",
+    [
+        ("dpo", "loss_type=dapo", "loss_type='dapo' is not one of"),
+        ("grpo", "loss_type=sigmoid", "loss_type='sigmoid' is not one of"),
+        ("dpo", "beta=0", "beta=0.0 must be > 0"),
+        ("grpo", "temperature=0", "temperature=0.0 must be > 0"),
+        ("grpo", "loss_type=dr_grpo", None),
+        ("grpo", "beta=0", None),
+        ("synth_data", "temperature=0", None),
+    ],
+)
 def test_a_key_checked_by_the_script_that_owns_it(script, override, message):
     """loss_type, beta and temperature mean other things in grpo.py: its own choices and bounds apply there."""
     import importlib

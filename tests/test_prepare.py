@@ -27,10 +27,22 @@ def _problem(row: dict):
 
 
 def params_for(tmp_path, data, **overrides) -> dict:
-    return {"data": [str(data)], "eval_data": [], "eval_fraction": 0.0, "test_data": "", "max_length": 512,
-            "packing": False, "batch_size": None, "seed": 0, "on_bad_rows": "error", "num_proc": 1,
-            "clean": dict(CLEAN_DEFAULTS, enabled=False), "data_cache_dir": str(tmp_path / "cache"),
-            "progress_bar": False, **overrides}
+    return {
+        "data": [str(data)],
+        "eval_data": [],
+        "eval_fraction": 0.0,
+        "test_data": "",
+        "max_length": 512,
+        "packing": False,
+        "batch_size": None,
+        "seed": 0,
+        "on_bad_rows": "error",
+        "num_proc": 1,
+        "clean": dict(CLEAN_DEFAULTS, enabled=False),
+        "data_cache_dir": str(tmp_path / "cache"),
+        "progress_bar": False,
+        **overrides,
+    }
 
 
 def write_rows(path, rows) -> str:
@@ -44,7 +56,9 @@ def prepared(tmp_path, examples, report=None, rows=None, **overrides):
     os.makedirs(tmp_path, exist_ok=True)
     data = write_rows(tmp_path / "rows.jsonl", rows or [{"i": i} for i in range(len(examples))])
     recipe = Recipe("test", _problem, partial(_given, examples), packing=overrides.get("packing", False))
-    return prepare(params_for(tmp_path, data, **overrides), recipe, load_tokenizer("builtin:tiny"), report or DataReport())
+    return prepare(
+        params_for(tmp_path, data, **overrides), recipe, load_tokenizer("builtin:tiny"), report or DataReport()
+    )
 
 
 def examples_of(n: int) -> list:
@@ -59,7 +73,9 @@ def test_several_processes_prepare_exactly_what_one_does(tmp_path, monkeypatch, 
     two = prepared(tmp_path / "two", examples, max_length=32, packing=packing, batch_size=8, num_proc=2)
     assert one.train.to_list() == two.train.to_list() and len(one.train)
     if packing:
-        assert sorted(n for row in one.train["seq_lengths"] for n in row) == sorted(min(32, len(e[0])) for e in examples)
+        assert sorted(n for row in one.train["seq_lengths"] for n in row) == sorted(
+            min(32, len(e[0])) for e in examples
+        )
 
 
 def test_a_rerun_reuses_the_prepared_data_and_a_changed_input_does_not(tmp_path, monkeypatch):
@@ -71,7 +87,9 @@ def test_a_rerun_reuses_the_prepared_data_and_a_changed_input_does_not(tmp_path,
     original = common.prepare._Preparation.run
     monkeypatch.setattr(common.prepare._Preparation, "run", lambda self: ran.append(1) or original(self))
     again_report = DataReport()
-    again = prepared(tmp_path, examples, again_report, max_length=32, learning_rate=1.0, num_proc=2)  # training-only keys
+    again = prepared(
+        tmp_path, examples, again_report, max_length=32, learning_rate=1.0, num_proc=2
+    )  # training-only keys
     assert not ran and again.path == first.path and again.train.to_list() == first.train.to_list()
     assert again_report.counts == first_report.counts | {"prepared_data": first.path}
     assert prepared(tmp_path, examples, max_length=16).path != first.path  # a setting that changes the result
@@ -107,14 +125,20 @@ def test_an_empty_data_file_is_named(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     with pytest.raises(UserError, match=rf"^{empty}: no rows in this data file$"):
-        prepare(params_for(tmp_path, empty), Recipe("test", _problem, partial(_given, [])), load_tokenizer("builtin:tiny"),
-                DataReport())
+        prepare(
+            params_for(tmp_path, empty),
+            Recipe("test", _problem, partial(_given, [])),
+            load_tokenizer("builtin:tiny"),
+            DataReport(),
+        )
 
 
 def test_packed_rows_hold_every_kept_example_once_and_no_dropped_one(tmp_path, monkeypatch):
     monkeypatch.setattr(common.prepare, "PACK_CHUNK", 4)  # rows assembled a few at a time, from several buckets
-    examples = [(list(range(100 * i, 100 * i + 3 + i % 7)), [-100] * (3 + i % 7) if i % 3 == 0 else list(range(3 + i % 7)))
-                for i in range(90)]  # every third has nothing to train: dropped, and never packed
+    examples = [
+        (list(range(100 * i, 100 * i + 3 + i % 7)), [-100] * (3 + i % 7) if i % 3 == 0 else list(range(3 + i % 7)))
+        for i in range(90)
+    ]  # every third has nothing to train: dropped, and never packed
     report = DataReport()
     packed = prepared(tmp_path, examples, report, max_length=32, packing=True, batch_size=4).train
     kept = [ids for i, (ids, _) in enumerate(examples) if i % 3]
@@ -123,5 +147,5 @@ def test_packed_rows_hold_every_kept_example_once_and_no_dropped_one(tmp_path, m
     for row in rows:
         assert sum(row["seq_lengths"]) == len(row["input_ids"]) == len(row["labels"]) <= 32
         starts = [sum(row["seq_lengths"][:j]) for j in range(len(row["seq_lengths"]))]
-        documents += [row["input_ids"][a : a + n] for a, n in zip(starts, row["seq_lengths"])]
+        documents += [row["input_ids"][a : a + n] for a, n in zip(starts, row["seq_lengths"], strict=False)]
     assert sorted(documents) == sorted(kept) and report.dropped == {"train: no trained token in the row": 30}

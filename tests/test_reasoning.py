@@ -13,13 +13,16 @@ TURNS = [
 ]
 
 
-@pytest.mark.parametrize("message, expected", [
-    ({"content": "4", "reasoning_content": "Two and two."}, ("Two and two.", "4")),
-    ({"content": "<think>\nThree and three.\n</think>\n\n6"}, ("\nThree and three.\n", "6")),
-    ({"content": "  <think></think>6"}, ("", "6")),
-    ({"content": "6 <think>not at the start</think>"}, ("", "6 <think>not at the start</think>")),
-    ({"content": "<think>unclosed 6"}, ("", "<think>unclosed 6")),
-])
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        ({"content": "4", "reasoning_content": "Two and two."}, ("Two and two.", "4")),
+        ({"content": "<think>\nThree and three.\n</think>\n\n6"}, ("\nThree and three.\n", "6")),
+        ({"content": "  <think></think>6"}, ("", "6")),
+        ({"content": "6 <think>not at the start</think>"}, ("", "6 <think>not at the start</think>")),
+        ({"content": "<think>unclosed 6"}, ("", "<think>unclosed 6")),
+    ],
+)
 def test_split_reasoning(message, expected):
     assert split_reasoning(message) == expected
 
@@ -29,7 +32,12 @@ def test_keep_moves_reasoning_into_the_field_and_drop_removes_it_everywhere():
     assert [m.get("reasoning_content") for m in kept] == [None, "Two and two.", None, "Three and three."]
     assert [m["content"] for m in kept] == ["2+2?", "4", "and 3+3?", "6"]
     dropped = with_reasoning(TURNS, "drop")
-    assert all("reasoning_content" not in m for m in dropped) and [m["content"] for m in dropped] == ["2+2?", "4", "and 3+3?", "6"]
+    assert all("reasoning_content" not in m for m in dropped) and [m["content"] for m in dropped] == [
+        "2+2?",
+        "4",
+        "and 3+3?",
+        "6",
+    ]
 
 
 def test_reasoning_problems():
@@ -48,8 +56,12 @@ def test_exact_match_and_the_judge_see_the_answer_without_its_reasoning(tmp_path
     verifier = tmp_path / "v.py"
     verifier.write_text("def verify(row, answer):\n    return answer == 'play()'\n")
     params = {**synth_data.PARAMS, "verifier": f"{verifier}:verify"}
-    answers = [[{"role": "assistant", "content": "<think>\nThe user wants music.\n</think>\n\nplay()"},
-                {"role": "assistant", "content": "stop()"}]]
+    answers = [
+        [
+            {"role": "assistant", "content": "<think>\nThe user wants music.\n</think>\n\nplay()"},
+            {"role": "assistant", "content": "stop()"},
+        ]
+    ]
     rows = [Row({"prompt": "Play"}, "p.jsonl:1")]
     assert synth_data.score(params, None, [[]], [None], answers, rows, None) == [[1.0, 0.0]]
     assert synth_data.score({**params, "keep_reasoning": True}, None, [[]], [None], answers, rows, None) == [[0.0, 0.0]]

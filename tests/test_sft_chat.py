@@ -12,21 +12,35 @@ import pytest
 import torch
 
 from tests.conftest import (
-    ENV, FAST, ROOT, read_jsonl, run, run_script,
-    trained_spans, weights, write_jsonl,
+    ENV,
+    FAST,
+    ROOT,
+    read_jsonl,
+    run,
+    run_script,
+    trained_spans,
+    weights,
+    write_jsonl,
 )
 
 SCRIPT = "sft_chat.py"
 CALL = "set_timer(minutes=5)"
 TRICKY = [
-    {"messages": [
-        {"role": "system", "content": "Answer with one call."},
-        {"role": "user", "content": "Set a timer for 5 minutes"},
-        {"role": "assistant", "content": CALL},
-        {"role": "user", "content": f"Say {CALL} again"},  # assistant text inside a user turn
-        {"role": "assistant", "content": CALL},
-    ]},
-    {"messages": [{"role": "user", "content": "Play Adele"}, {"role": "assistant", "content": 'play_music(artist="Adele")'}]},
+    {
+        "messages": [
+            {"role": "system", "content": "Answer with one call."},
+            {"role": "user", "content": "Set a timer for 5 minutes"},
+            {"role": "assistant", "content": CALL},
+            {"role": "user", "content": f"Say {CALL} again"},  # assistant text inside a user turn
+            {"role": "assistant", "content": CALL},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "Play Adele"},
+            {"role": "assistant", "content": 'play_music(artist="Adele")'},
+        ]
+    },
 ]
 
 # A program that knows nothing of this project: plain transformers, the saved chat template and
@@ -61,8 +75,14 @@ PLAIN_EVAL = textwrap.dedent("""
 def plain_eval(final, data):
     """Run PLAIN_EVAL outside the repository, without the project on the path."""
     env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", PLAIN_EVAL, str(final), os.path.join(ROOT, data)], cwd="/",
-                            env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", PLAIN_EVAL, str(final), os.path.join(ROOT, data)],
+        cwd="/",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -73,8 +93,14 @@ def test_dry_run_preview_labels_exactly_assistant_content_and_end_of_turn(tmp_pa
 
     data = write_jsonl(tmp_path / "tricky.jsonl", TRICKY)
     out = tmp_path / "out"
-    result = run_script(SCRIPT, "dry_run=true", f"data={data}", f"output_dir={out}", "eval_fraction=0",
-                        f"packing={str(packing).lower()}")
+    result = run_script(
+        SCRIPT,
+        "dry_run=true",
+        f"data={data}",
+        f"output_dir={out}",
+        "eval_fraction=0",
+        f"packing={str(packing).lower()}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[[set_timer(minutes=5)<eot>]]" in result.stdout
     tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
@@ -91,12 +117,27 @@ def test_dry_run_preview_labels_exactly_assistant_content_and_end_of_turn(tmp_pa
 
 def test_short_run_writes_every_output_and_logs_to_wandb_offline(tmp_path):
     out = tmp_path / "out"
-    result = run_script(SCRIPT, *FAST, f"output_dir={out}", "report_to=wandb", "test_data=",
-                        env={"WANDB_PROJECT": "tests", "WANDB_DIR": str(tmp_path)})
+    result = run_script(
+        SCRIPT,
+        *FAST,
+        f"output_dir={out}",
+        "report_to=wandb",
+        "test_data=",
+        env={"WANDB_PROJECT": "tests", "WANDB_DIR": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "distributed: NO world_size=1" in result.stdout
-    for name in ("params.yaml", "data_report.json", "metrics.jsonl", "loss.png", "checkpoint-3", "checkpoint-6",
-                 "final/model.safetensors", "final/tokenizer.json", "final/generation_config.json"):
+    for name in (
+        "params.yaml",
+        "data_report.json",
+        "metrics.jsonl",
+        "loss.png",
+        "checkpoint-3",
+        "checkpoint-6",
+        "final/model.safetensors",
+        "final/tokenizer.json",
+        "final/generation_config.json",
+    ):
         assert (out / name).exists(), name
     assert not (out / "final.tmp").exists()
     metrics = read_jsonl(out / "metrics.jsonl")
@@ -105,7 +146,9 @@ def test_short_run_writes_every_output_and_logs_to_wandb_offline(tmp_path):
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
     generation = json.loads((out / "final/generation_config.json").read_text())
     tokenizer_config = json.loads((out / "final/tokenizer_config.json").read_text())
-    assert "{% generation %}" in tokenizer_config.get("chat_template", "") or (out / "final/chat_template.jinja").exists()
+    assert (
+        "{% generation %}" in tokenizer_config.get("chat_template", "") or (out / "final/chat_template.jinja").exists()
+    )
     checked = plain_eval(out / "final", "data/examples/chat_test.jsonl")
     assert checked["eot"] in generation["eos_token_id"] and checked["eot"] in checked["eos"]
 
@@ -138,8 +181,18 @@ def test_finished_output_dir_is_not_overwritten_unless_asked(tmp_path):
 
 def test_two_cpu_processes_with_the_shipped_preset(tmp_path):
     out = tmp_path / "ddp"
-    result = run(["accelerate", "launch", "--config_file", "configs/accelerate/ddp.yaml", SCRIPT, *FAST,
-                  f"output_dir={out}", "test_data="])
+    result = run(
+        [
+            "accelerate",
+            "launch",
+            "--config_file",
+            "configs/accelerate/ddp.yaml",
+            SCRIPT,
+            *FAST,
+            f"output_dir={out}",
+            "test_data=",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world_size=2" in result.stdout and "world_size=1" not in result.stdout
     assert f"threads={max(1, len(os.sched_getaffinity(0)) // 2)}" in result.stdout  # each process its share
@@ -148,8 +201,17 @@ def test_two_cpu_processes_with_the_shipped_preset(tmp_path):
 
 def test_lora_with_packing_trains_new_token_rows_and_saves_a_merged_model(tmp_path):
     out = tmp_path / "lora"
-    result = run_script(SCRIPT, *FAST, f"output_dir={out}", "lora.enabled=true", "lora.r=4", "test_data=",
-                        "learning_rate=1e-2", "packing=true", "max_length=128")
+    result = run_script(
+        SCRIPT,
+        *FAST,
+        f"output_dir={out}",
+        "lora.enabled=true",
+        "lora.r=4",
+        "test_data=",
+        "learning_rate=1e-2",
+        "packing=true",
+        "max_length=128",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     saved = weights(out / "final")
     assert not any("lora" in name for name in saved)  # merged into plain weights
@@ -167,10 +229,22 @@ def test_lora_with_packing_trains_new_token_rows_and_saves_a_merged_model(tmp_pa
 
 
 REASONING_CHATS = [
-    {"messages": [{"role": "system", "content": "Answer with one call."}, {"role": "user", "content": f"Set a timer for {m} minutes"},
-                  {"role": "assistant", "content": f"set_timer(minutes={m})", "reasoning_content": f"{m} minutes is a timer."},
-                  {"role": "user", "content": "And play Adele"},
-                  {"role": "assistant", "content": f'<think>\nA music request.\n</think>\n\nplay_music(artist="Adele", n={m})'}]}
+    {
+        "messages": [
+            {"role": "system", "content": "Answer with one call."},
+            {"role": "user", "content": f"Set a timer for {m} minutes"},
+            {
+                "role": "assistant",
+                "content": f"set_timer(minutes={m})",
+                "reasoning_content": f"{m} minutes is a timer.",
+            },
+            {"role": "user", "content": "And play Adele"},
+            {
+                "role": "assistant",
+                "content": f'<think>\nA music request.\n</think>\n\nplay_music(artist="Adele", n={m})',
+            },
+        ]
+    }
     for m in range(1, 17)
 ]
 
@@ -183,8 +257,16 @@ def test_native_qwen3_trains_with_the_training_template_and_final_keeps_it(tmp_p
 
     model, out = tiny_model_folder("qwen3", tmp_path), tmp_path / "out"
     data = write_jsonl(tmp_path / "chats.jsonl", REASONING_CHATS)
-    result = run_script(SCRIPT, f"model={model}", "chat_format=native", f"data={data}", "test_data=", "eval_fraction=0",
-                        f"output_dir={out}", *FAST)
+    result = run_script(
+        SCRIPT,
+        f"model={model}",
+        "chat_format=native",
+        f"data={data}",
+        "test_data=",
+        "eval_fraction=0",
+        f"output_dir={out}",
+        *FAST,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "chat template: TRL's qwen3 training template (the model's chat template renders as qwen3" in result.stdout
     report = json.load(open(out / "data_report.json"))
@@ -197,14 +279,27 @@ def test_native_qwen3_trains_with_the_training_template_and_final_keeps_it(tmp_p
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in final.generation_config.eos_token_id
     from tests.conftest import run_in_process
 
-    result = run_in_process(SCRIPT, f"model={model}", "chat_format=native", f"data={data}", "test_data=",
-                            "eval_fraction=0", "dry_run=true", f"output_dir={tmp_path / 'dry'}")
+    result = run_in_process(
+        SCRIPT,
+        f"model={model}",
+        "chat_format=native",
+        f"data={data}",
+        "test_data=",
+        "eval_fraction=0",
+        "dry_run=true",
+        f"output_dir={tmp_path / 'dry'}",
+    )
     assert result.returncode == 0, result.stderr
-    assert "<|im_start|>assistant\n[[<think>\n" in result.stdout and " minutes is a timer.\n</think>\n\nset_timer(" in result.stdout
+    assert (
+        "<|im_start|>assistant\n[[<think>\n" in result.stdout
+        and " minutes is a timer.\n</think>\n\nset_timer(" in result.stdout
+    )
     history = REASONING_CHATS[0]["messages"]
     prompt = tokenizer.apply_chat_template(history[:4], add_generation_prompt=True, tokenize=False)
-    assert prompt.endswith("<think>\n1 minutes is a timer.\n</think>\n\nset_timer(minutes=1)<|im_end|>\n"
-                           "<|im_start|>user\nAnd play Adele<|im_end|>\n<|im_start|>assistant\n")
+    assert prompt.endswith(
+        "<think>\n1 minutes is a timer.\n</think>\n\nset_timer(minutes=1)<|im_end|>\n"
+        "<|im_start|>user\nAnd play Adele<|im_end|>\n<|im_start|>assistant\n"
+    )
     batch = tokenizer(prompt, return_tensors="pt")
     assert final.generate(**batch, max_new_tokens=3, do_sample=False).shape[1] > batch["input_ids"].shape[1]
 
@@ -219,25 +314,57 @@ def test_native_template_errors_stop_before_the_model_loads(tmp_path):
         template = json.load(f)["chat_template"].replace("'<|im_start|>system\\n'", "'<|im_start|>system\\n# '")
     (tmp_path / "edited.jinja").write_text(template)
     chats = write_jsonl(tmp_path / "chats.jsonl", TRICKY)
-    result = run_in_process(SCRIPT, f"model={qwen3}", "chat_format=native", f"chat_template={tmp_path / 'edited.jinja'}",
-                            f"data={chats}", "test_data=", f"output_dir={tmp_path / 'a'}")
+    result = run_in_process(
+        SCRIPT,
+        f"model={qwen3}",
+        "chat_format=native",
+        f"chat_template={tmp_path / 'edited.jinja'}",
+        f"data={chats}",
+        "test_data=",
+        f"output_dir={tmp_path / 'a'}",
+    )
     assert_one_line_exit_2(result, "not prefix-stable", tmp_path / "a")
     assert "chat_format=special_tokens" in result.stderr
 
     gemma = folder("trl-gemma", tmp_path)  # rejects system turns (folded) and non-alternating turns (refused)
-    bad = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]}
+    bad = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "user", "content": "b"},
+            {"role": "assistant", "content": "c"},
+        ]
+    }
     chats = write_jsonl(tmp_path / "gemma.jsonl", [*TRICKY, bad])
-    result = run_in_process(SCRIPT, f"model={gemma}", "chat_format=native", f"data={chats}", "test_data=",
-                            "eval_fraction=0", f"output_dir={tmp_path / 'b'}")
-    assert_one_line_exit_2(result, f"{chats}:3: the chat template rejects this row: Conversation roles must alternate",
-                           tmp_path / "b")
-    result = run_in_process(SCRIPT, f"model={gemma}", "chat_format=native", f"data={chats}", "test_data=", "eval_fraction=0",
-                            "on_bad_rows=skip", "dry_run=true", f"output_dir={tmp_path / 'c'}")
+    result = run_in_process(
+        SCRIPT,
+        f"model={gemma}",
+        "chat_format=native",
+        f"data={chats}",
+        "test_data=",
+        "eval_fraction=0",
+        f"output_dir={tmp_path / 'b'}",
+    )
+    assert_one_line_exit_2(
+        result, f"{chats}:3: the chat template rejects this row: Conversation roles must alternate", tmp_path / "b"
+    )
+    result = run_in_process(
+        SCRIPT,
+        f"model={gemma}",
+        "chat_format=native",
+        f"data={chats}",
+        "test_data=",
+        "eval_fraction=0",
+        "on_bad_rows=skip",
+        "dry_run=true",
+        f"output_dir={tmp_path / 'c'}",
+    )
     assert result.returncode == 0, result.stderr
     report = json.load(open(tmp_path / "c" / "data_report.json"))
     assert report["system_turns_folded_into_user"] == 1 and report["train_rows"] == 2
-    assert report["dropped"] == {"bad row: the chat template rejects this row: Conversation roles must alternate "
-                                 "user/assistant/user/assistant/...": 1}
+    assert report["dropped"] == {
+        "bad row: the chat template rejects this row: Conversation roles must alternate "
+        "user/assistant/user/assistant/...": 1
+    }
 
 
 # Plain transformers on a tool-calling final/: the held-out rows' tools and prompts through the saved chat
@@ -280,25 +407,56 @@ def test_tool_form_of_the_example_reaches_98_percent_and_plain_transformers_agre
     """The README's function-calling command: held-out calls scored by common.evaluate (per function too), by
     plain transformers with parse_response, and the README's inference lines run as written."""
     out = tmp_path / "out"
-    result = run(["accelerate", "launch", "sft_chat.py", "data=[data/examples/tools_train.jsonl]",
-                  "test_data=data/examples/tools_test.jsonl", f"output_dir={out}", "progress_bar=false"])
+    result = run(
+        [
+            "accelerate",
+            "launch",
+            "sft_chat.py",
+            "data=[data/examples/tools_train.jsonl]",
+            "test_data=data/examples/tools_test.jsonl",
+            f"output_dir={out}",
+            "progress_bar=false",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     accuracy = float(re.search(r"held-out exact match: ([\d.]+)%", result.stdout).group(1)) / 100
     assert accuracy >= 0.98, result.stdout[-3000:]
     per_function = re.findall(r"^  (\w+): ([\d.]+)% of (\d+)$", result.stdout, re.M)
-    assert sorted(name for name, _, _ in per_function) == ["add_event", "convert_currency", "get_weather",
-                                                           "play_music", "send_message", "set_timer"]
+    assert sorted(name for name, _, _ in per_function) == [
+        "add_event",
+        "convert_currency",
+        "get_weather",
+        "play_music",
+        "send_message",
+        "set_timer",
+    ]
     assert sum(int(n) for _, _, n in per_function) == 200
     env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
-    plain = subprocess.run([sys.executable, "-c", PLAIN_TOOLS_EVAL, str(out / "final"),
-                            os.path.join(ROOT, "data/examples/tools_test.jsonl")],
-                           cwd="/", env=env, capture_output=True, text=True, timeout=600)
+    plain = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PLAIN_TOOLS_EVAL,
+            str(out / "final"),
+            os.path.join(ROOT, "data/examples/tools_test.jsonl"),
+        ],
+        cwd="/",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert abs(json.loads(plain.stdout.strip().splitlines()[-1])["exact_match"] - accuracy) < 1e-9
     snippet = readme_inference_snippet(out / "final") + (
-        "\nimport sys\nassert not any(m == 'common' or m.startswith('common.') for m in sys.modules)\n")
-    shown = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        "\nimport sys\nassert not any(m == 'common' or m.startswith('common.') for m in sys.modules)\n"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", snippet], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert shown.returncode == 0, shown.stderr[-3000:]
-    first = read_jsonl(os.path.join(ROOT, "data/examples/tools_test.jsonl"))[0]["messages"][-1]["tool_calls"][0]["function"]
+    first = read_jsonl(os.path.join(ROOT, "data/examples/tools_test.jsonl"))[0]["messages"][-1]["tool_calls"][0][
+        "function"
+    ]
     message = ast.literal_eval(shown.stdout.strip().splitlines()[-1])
     assert message["tool_calls"][0]["function"] == {"name": first["name"], "arguments": first["arguments"]}

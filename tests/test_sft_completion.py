@@ -12,8 +12,15 @@ import pytest
 import torch
 
 from tests.conftest import (
-    ENV, FAST, ROOT, read_jsonl, run, run_script,
-    trained_spans, weights, write_jsonl,
+    ENV,
+    FAST,
+    ROOT,
+    read_jsonl,
+    run,
+    run_script,
+    trained_spans,
+    weights,
+    write_jsonl,
 )
 
 SCRIPT = "sft_completion.py"
@@ -53,8 +60,14 @@ PLAIN_EVAL = textwrap.dedent("""
 
 def plain_eval(final, data, template=TEMPLATE, rows=200):
     env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", PLAIN_EVAL, str(final), os.path.join(ROOT, data), template, str(rows)],
-                            cwd="/", env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-c", PLAIN_EVAL, str(final), os.path.join(ROOT, data), template, str(rows)],
+        cwd="/",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -63,7 +76,7 @@ def documents(row):
     """A preview row split into its documents at each position_ids reset (the whole row when not packed)."""
     positions = row.get("position_ids", list(range(len(row["input_ids"]))))
     starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
-    return [{k: row[k][a:b] for k in ("input_ids", "labels")} for a, b in zip(starts, starts[1:])]
+    return [{k: row[k][a:b] for k in ("input_ids", "labels")} for a, b in zip(starts, starts[1:], strict=False)]
 
 
 @pytest.mark.parametrize("packing", [False, True])
@@ -74,8 +87,14 @@ def test_preview_labels_completion_and_eos_or_every_text_token(tmp_path, packing
 
     data = write_jsonl(tmp_path / "mixed.jsonl", PAIRS + TEXTS)
     out = tmp_path / "out"
-    result = run_script(SCRIPT, "dry_run=true", f"data={data}", f"output_dir={out}", "eval_fraction=0",
-                        f"packing={str(packing).lower()}")
+    result = run_script(
+        SCRIPT,
+        "dry_run=true",
+        f"data={data}",
+        f"output_dir={out}",
+        "eval_fraction=0",
+        f"packing={str(packing).lower()}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
     preview = read_jsonl(out / "data_preview.jsonl")
@@ -100,7 +119,9 @@ def test_preview_labels_completion_and_eos_or_every_text_token(tmp_path, packing
         model = load_model("builtin:tiny").eval()  # as the trainer gets it (no KV cache)
         row = preview[0]
         with torch.no_grad():
-            packed = model(input_ids=torch.tensor([row["input_ids"]]), position_ids=torch.tensor([row["position_ids"]])).logits[0]
+            packed = model(
+                input_ids=torch.tensor([row["input_ids"]]), position_ids=torch.tensor([row["position_ids"]])
+            ).logits[0]
             start = 0
             for doc in docs:
                 alone = model(input_ids=torch.tensor([doc["input_ids"]])).logits[0]
@@ -110,12 +131,29 @@ def test_preview_labels_completion_and_eos_or_every_text_token(tmp_path, packing
 
 def test_short_lora_run_writes_every_output_and_logs_to_wandb_offline(tmp_path):
     out = tmp_path / "out"
-    result = run_script(SCRIPT, *FAST, f"output_dir={out}", "report_to=wandb", "test_data=", "lora.enabled=true",
-                        "lora.r=4", env={"WANDB_PROJECT": "tests", "WANDB_DIR": str(tmp_path)})
+    result = run_script(
+        SCRIPT,
+        *FAST,
+        f"output_dir={out}",
+        "report_to=wandb",
+        "test_data=",
+        "lora.enabled=true",
+        "lora.r=4",
+        env={"WANDB_PROJECT": "tests", "WANDB_DIR": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("params.yaml", "data_report.json", "metrics.jsonl", "loss.png", "checkpoint-3", "checkpoint-6",
-                 "final/model.safetensors", "final/tokenizer.json", "final/generation_config.json",
-                 "final/prompt_template.json"):
+    for name in (
+        "params.yaml",
+        "data_report.json",
+        "metrics.jsonl",
+        "loss.png",
+        "checkpoint-3",
+        "checkpoint-6",
+        "final/model.safetensors",
+        "final/tokenizer.json",
+        "final/generation_config.json",
+        "final/prompt_template.json",
+    ):
         assert (out / name).exists(), name
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics if "loss" in m] == [2, 4, 6]
@@ -150,7 +188,9 @@ def test_default_run_reaches_90_percent_and_plain_transformers_agrees(tmp_path):
 def test_bad_rows_can_be_skipped_and_counted(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", [*PAIRS, {"prompt": "p", "completion": ""}, {"text": 5}])
     out = tmp_path / "out"
-    result = run_script(SCRIPT, "dry_run=true", f"data={data}", f"output_dir={out}", "eval_fraction=0", "on_bad_rows=skip")
+    result = run_script(
+        SCRIPT, "dry_run=true", f"data={data}", f"output_dir={out}", "eval_fraction=0", "on_bad_rows=skip"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "data_report.json").read_text())
     assert report["train_rows"] == 2

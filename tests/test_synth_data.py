@@ -15,7 +15,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.conftest import ENV, ROOT, assert_one_line_exit_2, free_port, read_jsonl, run, run_in_process, run_script, write_jsonl
+from tests.conftest import (
+    ENV,
+    ROOT,
+    assert_one_line_exit_2,
+    free_port,
+    read_jsonl,
+    run,
+    run_in_process,
+    run_script,
+    write_jsonl,
+)
 
 SCRIPT = "synth_data.py"
 QUIET = ["progress_bar=false", "test_data="]
@@ -28,9 +38,24 @@ class Server:
         self.port, self.log = free_port(), log
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.proc = subprocess.Popen(
-            ["transformers", "serve", model, "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "info",
-             "--device", "cpu"], cwd=ROOT, env={**ENV, "HF_HUB_CACHE": str(log.parent / "hub")},
-            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+            [
+                "transformers",
+                "serve",
+                model,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "info",
+                "--device",
+                "cpu",
+            ],
+            cwd=ROOT,
+            env={**ENV, "HF_HUB_CACHE": str(log.parent / "hub")},
+            stdout=open(log, "w"),
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + 120
         while True:
             assert self.proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
@@ -65,8 +90,18 @@ def prompts(tmp_path_factory):
 
 
 def openai_args(server, sft_model, prompts, out):
-    return [f"data={prompts}", f"output_dir={out}", "backend=openai", f"base_url={server.url}", f"model={sft_model}",
-            "concurrency=8", "stages=[responses]", "num_samples=2", "max_new_tokens=24", *QUIET]
+    return [
+        f"data={prompts}",
+        f"output_dir={out}",
+        "backend=openai",
+        f"base_url={server.url}",
+        f"model={sft_model}",
+        "concurrency=8",
+        "stages=[responses]",
+        "num_samples=2",
+        "max_new_tokens=24",
+        *QUIET,
+    ]
 
 
 def one_row_per_prompt_and_sample(out, prompts):
@@ -92,8 +127,9 @@ def test_openai_backend_against_transformers_serve(tmp_path, server, sft_model, 
 def test_sigkill_mid_run_resends_no_finished_request(tmp_path, server, sft_model, prompts):
     out = tmp_path / "out"
     args = openai_args(server, sft_model, prompts, out)
-    proc = subprocess.Popen([sys.executable, SCRIPT, *args], cwd=ROOT, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, SCRIPT, *args], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     db, deadline = out / "requests.sqlite", time.time() + 120
 
     def finished():
@@ -139,9 +175,17 @@ class Flaky(BaseHTTPRequestHandler):
         content = body["messages"][-1]["content"]
         # a judge's question gets a score that varies; anything else an answer that names the request number
         text = str(n % 10) if content.startswith("Rate") else f"answer {n} to {content}"
-        self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                         "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-                         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+        self._send(
+            200,
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+            },
+        )
 
     def _send(self, status, payload):
         data = json.dumps(payload).encode()
@@ -172,8 +216,18 @@ def test_openai_backend_retries_then_completes_or_fails_in_one_line(tmp_path, fl
     else:
         handler.fail_after = 4  # four answers, then the endpoint never recovers
     out = tmp_path / "out"
-    args = [f"data={data}", f"output_dir={out}", "backend=openai", f"base_url={url}", "model=m", "concurrency=1",
-            "retries=3", "stages=[responses]", "num_samples=1", *QUIET]
+    args = [
+        f"data={data}",
+        f"output_dir={out}",
+        "backend=openai",
+        f"base_url={url}",
+        "model=m",
+        "concurrency=1",
+        "retries=3",
+        "stages=[responses]",
+        "num_samples=1",
+        *QUIET,
+    ]
     result = run_script(SCRIPT, *args)
     if recovers:
         assert result.returncode == 0, result.stderr[-3000:]
@@ -190,8 +244,20 @@ def test_llm_judge_scores_answers_on_the_same_endpoint(tmp_path, flaky):
     handler, url = flaky
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"request {i}"} for i in range(6)])
     out = tmp_path / "out"
-    result = run_script(SCRIPT, f"data={data}", f"output_dir={out}", "backend=openai", f"base_url={url}", "model=m",
-                        "concurrency=1", "stages=[preferences]", "num_samples=3", "judge=llm", "judge_model=m", *QUIET)
+    result = run_script(
+        SCRIPT,
+        f"data={data}",
+        f"output_dir={out}",
+        "backend=openai",
+        f"base_url={url}",
+        "model=m",
+        "concurrency=1",
+        "stages=[preferences]",
+        "num_samples=3",
+        "judge=llm",
+        "judge_model=m",
+        *QUIET,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert handler.seen == 36  # 18 answers, then 18 judgements
     pairs = read_jsonl(out / "preferences.jsonl")
@@ -214,11 +280,28 @@ class ToolServer(Flaky):
             message = {"role": "assistant", "content": "Now playing."}
         else:
             artist = last["content"].split()[-1] if body["seed"] % 2 else "Nobody"
-            message = {"role": "assistant", "content": None, "tool_calls": [{"id": f"call_{body['seed']}", "type": "function",
-                       "function": {"name": "play_music", "arguments": json.dumps({"artist": artist})}}]}
-        self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                         "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
-                         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": f"call_{body['seed']}",
+                        "type": "function",
+                        "function": {"name": "play_music", "arguments": json.dumps({"artist": artist})},
+                    }
+                ],
+            }
+        self._send(
+            200,
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+            },
+        )
 
 
 @pytest.fixture()
@@ -240,13 +323,21 @@ def test_openai_backend_offers_the_tools_and_keeps_the_calls(tmp_path, tool_serv
 
     handler, url = tool_server
     artists = ["Adele", "Sade", "Shakira", "Queen"]
-    rows = [{"tools": TOOLS, "messages": [{"role": "user", "content": f"Play {a}"}, calls(tool_call(artist=a))]} for a in artists]
+    rows = [
+        {"tools": TOOLS, "messages": [{"role": "user", "content": f"Play {a}"}, calls(tool_call(artist=a))]}
+        for a in artists
+    ]
     data = write_jsonl(tmp_path / "tools.jsonl", rows)
-    after_call = write_jsonl(tmp_path / "after_call.jsonl", [{"tools": json.dumps(TOOLS), "messages": [USER, ADELE, RESULT]}])
+    after_call = write_jsonl(
+        tmp_path / "after_call.jsonl", [{"tools": json.dumps(TOOLS), "messages": [USER, ADELE, RESULT]}]
+    )
     common = ["backend=openai", f"base_url={url}", "model=m", "concurrency=4", *QUIET]
-    pairs_run = run_in_process(SCRIPT, f"data={data}", f"output_dir={tmp_path / 'pairs'}", "stages=[preferences]", *common)
-    reply_run = run_in_process(SCRIPT, f"data={after_call}", f"output_dir={tmp_path / 'reply'}", "stages=[responses]",
-                               "num_samples=1", *common)
+    pairs_run = run_in_process(
+        SCRIPT, f"data={data}", f"output_dir={tmp_path / 'pairs'}", "stages=[preferences]", *common
+    )
+    reply_run = run_in_process(
+        SCRIPT, f"data={after_call}", f"output_dir={tmp_path / 'reply'}", "stages=[responses]", "num_samples=1", *common
+    )
     assert pairs_run.returncode == 0 and reply_run.returncode == 0, pairs_run.stderr + reply_run.stderr
     assert len(handler.bodies) == 4 * 4 + 1 and all(body["tools"] == TOOLS for body in handler.bodies)
     assert handler.bodies[-1]["messages"][1]["tool_calls"][0]["function"]["arguments"] == '{"artist": "Adele"}'
@@ -266,15 +357,27 @@ def test_openai_backend_offers_the_tools_and_keeps_the_calls(tmp_path, tool_serv
 @pytest.mark.parametrize("style", ["self_instruct", "magpie"])
 def test_instructions_then_responses(tmp_path, sft_model, prompts, style):
     out = tmp_path / "out"
-    result = run_script(SCRIPT, f"model={sft_model}", f"data={prompts}", f"output_dir={out}", "stages=[instructions,responses]",
-                        f"instruction_style={style}", "num_instructions=10", "num_samples=1", "max_new_tokens=24", *QUIET)
+    result = run_script(
+        SCRIPT,
+        f"model={sft_model}",
+        f"data={prompts}",
+        f"output_dir={out}",
+        "stages=[instructions,responses]",
+        f"instruction_style={style}",
+        "num_instructions=10",
+        "num_samples=1",
+        "max_new_tokens=24",
+        *QUIET,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.load(open(out / "data_report.json"))
     requests = [r["messages"] for r in read_jsonl(out / "instructions.jsonl")]
     assert report["instructions"] == {"asked": 30, "kept": len(requests)} and 1 <= len(requests) <= 10
     assert all(len(m) == 1 and m[0]["role"] == "user" and m[0]["content"] for m in requests)
     responses = read_jsonl(out / "responses.jsonl")
-    assert [r["messages"][:1] for r in responses] == requests and all(r["messages"][1]["role"] == "assistant" for r in responses)
+    assert [r["messages"][:1] for r in responses] == requests and all(
+        r["messages"][1]["role"] == "assistant" for r in responses
+    )
 
 
 def test_new_requests_carry_the_tools_their_seeds_share(tmp_path, sft_model):
@@ -284,8 +387,17 @@ def test_new_requests_carry_the_tools_their_seeds_share(tmp_path, sft_model):
 
     seeds = write_jsonl(tmp_path / "seeds.jsonl", read_jsonl(f"{ROOT}/data/examples/tools_train.jsonl")[:20])
     out = tmp_path / "out"
-    result = run_in_process(SCRIPT, f"model={sft_model}", f"data={seeds}", f"output_dir={out}", "stages=[instructions,responses]",
-                            "num_instructions=3", "num_samples=1", "max_new_tokens=24", *QUIET)
+    result = run_in_process(
+        SCRIPT,
+        f"model={sft_model}",
+        f"data={seeds}",
+        f"output_dir={out}",
+        "stages=[instructions,responses]",
+        "num_instructions=3",
+        "num_samples=1",
+        "max_new_tokens=24",
+        *QUIET,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     tools = read_jsonl(seeds)[0]["tools"]
     assert all(r["tools"] == tools and len(r["messages"]) == 1 for r in read_jsonl(out / "instructions.jsonl"))
@@ -299,14 +411,31 @@ def test_reward_model_judge(tmp_path, sft_model, prompts):
 
     tokenizer = AutoTokenizer.from_pretrained(sft_model)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
     tokenizer.save_pretrained(tmp_path / "rm")
     out = tmp_path / "out"
-    result = run_script(SCRIPT, f"model={sft_model}", f"data={prompts}", f"output_dir={out}", "stages=[preferences]",
-                        "judge=reward_model", f"judge_model={tmp_path / 'rm'}", "num_samples=3", "temperature=1.5",
-                        "max_new_tokens=24", *QUIET)
+    result = run_script(
+        SCRIPT,
+        f"model={sft_model}",
+        f"data={prompts}",
+        f"output_dir={out}",
+        "stages=[preferences]",
+        "judge=reward_model",
+        f"judge_model={tmp_path / 'rm'}",
+        "num_samples=3",
+        "temperature=1.5",
+        "max_new_tokens=24",
+        *QUIET,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.load(open(out / "data_report.json"))["preferences"]
     assert report["prompts"] == 60 and report["samples"] == 180 and 1 <= report["pairs"] <= 60
@@ -315,8 +444,14 @@ def test_reward_model_judge(tmp_path, sft_model, prompts):
 
 def test_clean_stage_alone(tmp_path):
     out = tmp_path / "out"
-    result = run_script(SCRIPT, f"data={ROOT}/tests/data/clean_corpus.jsonl", f"output_dir={out}", "stages=[clean]",
-                        f"clean.cache_dir={tmp_path / 'cache'}", *QUIET)
+    result = run_script(
+        SCRIPT,
+        f"data={ROOT}/tests/data/clean_corpus.jsonl",
+        f"output_dir={out}",
+        "stages=[clean]",
+        f"clean.cache_dir={tmp_path / 'cache'}",
+        *QUIET,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(read_jsonl(out / "clean.jsonl")) == 67 and "cleaning: 81 rows in, 67 kept" in result.stdout
 
@@ -324,7 +459,9 @@ def test_clean_stage_alone(tmp_path):
 def test_missing_sft_output_says_what_to_run(tmp_path):
     # From a folder with no outputs/sft_chat/final, the default model is missing.
     result = run([sys.executable, os.path.join(ROOT, SCRIPT)], cwd=tmp_path)
-    assert_one_line_exit_2(result, "model folder not found: outputs/sft_chat/final (run `accelerate launch sft_chat.py` first", tmp_path)
+    assert_one_line_exit_2(
+        result, "model folder not found: outputs/sft_chat/final (run `accelerate launch sft_chat.py` first", tmp_path
+    )
 
 
 def test_default_pipeline_pairs_pass_and_fail_the_verifier_and_dpo_trains_on_them(tmp_path, default_sft_chat):
@@ -344,8 +481,17 @@ def test_default_pipeline_pairs_pass_and_fail_the_verifier_and_dpo_trains_on_the
         assert verify(row, pair["chosen"][0]["content"]) and not verify(row, pair["rejected"][0]["content"])
     report = json.load(open(out / "data_report.json"))
     assert report["preferences"]["prompts"] == 400 and report["cleaning"]["rows_out"] == len(pairs)
-    dpo = run_script("dpo.py", f"model={default_sft_chat}", f"data={out / 'preferences.jsonl'}", f"output_dir={tmp_path / 'dpo'}",
-                     f"ref_cache_dir={tmp_path / 'cache'}", "max_steps=4", "eval_fraction=0", "test_data=",
-                     "exact_match_data=", "progress_bar=false")
+    dpo = run_script(
+        "dpo.py",
+        f"model={default_sft_chat}",
+        f"data={out / 'preferences.jsonl'}",
+        f"output_dir={tmp_path / 'dpo'}",
+        f"ref_cache_dir={tmp_path / 'cache'}",
+        "max_steps=4",
+        "eval_fraction=0",
+        "test_data=",
+        "exact_match_data=",
+        "progress_bar=false",
+    )
     assert dpo.returncode == 0, dpo.stderr[-3000:]
     assert (tmp_path / "dpo" / "final" / "model.safetensors").exists()

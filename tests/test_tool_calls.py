@@ -15,11 +15,22 @@ from common.errors import UserError
 from common.evaluate import Example, _hit
 from common.models import load_tokenizer
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Weather forecast.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"},
-                                                    "unit": {"type": "string", "enum": ["C", "F"]}},
-                   "required": ["city"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather forecast.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "days": {"type": "integer"},
+                "unit": {"type": "string", "enum": ["C", "F"]},
+            },
+            "required": ["city"],
+        },
+    },
+}
 TIMER = {"name": "set_timer", "parameters": {"type": "object", "properties": {"minutes": {"type": "integer"}}}}
 TOOLS = [WEATHER, {"type": "function", "function": TIMER}]
 USER = {"role": "user", "content": "Weather in Paris for 2 days, and a 5 minute timer"}
@@ -36,22 +47,39 @@ RESULT = {"role": "tool", "tool_call_id": "c1", "name": "get_weather", "content"
 # One row per shape of conversation: (messages, tools, the trained text of each assistant turn).
 SHAPES = {
     "one call, content empty": (
-        [USER, {"role": "assistant", "content": "", "tool_calls": [PARIS]}], TOOLS,
-        ['<call>get_weather{city:"Paris",days:2}<eot>']),
+        [USER, {"role": "assistant", "content": "", "tool_calls": [PARIS]}],
+        TOOLS,
+        ['<call>get_weather{city:"Paris",days:2}<eot>'],
+    ),
     "content null, two calls": (
-        [USER, {"role": "assistant", "content": None, "tool_calls": [PARIS, TIMER_CALL]}], TOOLS,
-        ['<call>get_weather{city:"Paris",days:2}<call>set_timer{minutes:5}<eot>']),
+        [USER, {"role": "assistant", "content": None, "tool_calls": [PARIS, TIMER_CALL]}],
+        TOOLS,
+        ['<call>get_weather{city:"Paris",days:2}<call>set_timer{minutes:5}<eot>'],
+    ),
     "text and a call": (
-        [USER, {"role": "assistant", "content": "Checking.", "tool_calls": [PARIS]}], TOOLS,
-        ['Checking.<call>get_weather{city:"Paris",days:2}<eot>']),
+        [USER, {"role": "assistant", "content": "Checking.", "tool_calls": [PARIS]}],
+        TOOLS,
+        ['Checking.<call>get_weather{city:"Paris",days:2}<eot>'],
+    ),
     "call, result, answer": (
-        [USER, {"role": "assistant", "content": "", "tool_calls": [PARIS]}, RESULT,
-         {"role": "assistant", "content": "Sunny in Paris."}], TOOLS,
-        ['<call>get_weather{city:"Paris",days:2}<eot>', "Sunny in Paris.<eot>"]),
+        [
+            USER,
+            {"role": "assistant", "content": "", "tool_calls": [PARIS]},
+            RESULT,
+            {"role": "assistant", "content": "Sunny in Paris."},
+        ],
+        TOOLS,
+        ['<call>get_weather{city:"Paris",days:2}<eot>', "Sunny in Paris.<eot>"],
+    ),
     "system, tools as a JSON string, reasoning": (
-        [{"role": "system", "content": "Be brief."}, USER,
-         {"role": "assistant", "content": "", "reasoning_content": "Two tools.", "tool_calls": [TIMER_CALL]}],
-        json.dumps(TOOLS), ['<think>Two tools.</think><call>set_timer{minutes:5}<eot>']),
+        [
+            {"role": "system", "content": "Be brief."},
+            USER,
+            {"role": "assistant", "content": "", "reasoning_content": "Two tools.", "tool_calls": [TIMER_CALL]},
+        ],
+        json.dumps(TOOLS),
+        ["<think>Two tools.</think><call>set_timer{minutes:5}<eot>"],
+    ),
     "no tools at all": ([USER, {"role": "assistant", "content": "I cannot."}], None, ["I cannot.<eot>"]),
 }
 
@@ -72,8 +100,10 @@ def test_loss_is_on_each_assistant_turn_with_its_calls_and_never_on_tools_or_res
     assert [tokenizer.decode(input_ids[a:b]) for a, b in spans(mask)] == trained
     text = tokenizer.decode(input_ids)
     if tools:  # the schema comes first, as signatures, and is never trained
-        assert text.startswith('<system>get_weather(city: string, days?: integer, unit?: "C"|"F") Weather forecast.\n'
-                               "set_timer(minutes?: integer)<eot>")
+        assert text.startswith(
+            '<system>get_weather(city: string, days?: integer, unit?: "C"|"F") Weather forecast.\n'
+            "set_timer(minutes?: integer)<eot>"
+        )
     assert text.count("<tool>") == sum(m["role"] == "tool" for m in messages)
 
 
@@ -85,16 +115,32 @@ def test_a_rendered_answer_parses_back_to_the_message(tokenizer, shape):
     assert parsed["content"] == (expected["content"] or "")
     assert parsed.get("reasoning_content") == expected.get("reasoning_content")
     got = [(c["function"]["name"], c["function"]["arguments"]) for c in parsed.get("tool_calls", [])]
-    want = [(c["function"]["name"], c["function"]["arguments"] if isinstance(c["function"]["arguments"], dict)
-             else json.loads(c["function"]["arguments"])) for c in expected.get("tool_calls", [])]
+    want = [
+        (
+            c["function"]["name"],
+            c["function"]["arguments"]
+            if isinstance(c["function"]["arguments"], dict)
+            else json.loads(c["function"]["arguments"]),
+        )
+        for c in expected.get("tool_calls", [])
+    ]
     assert got == want
 
 
 def test_any_argument_value_parses_back_exactly(tokenizer):
     """Bare keys are quoted back by the parser's unquoted_keys dialect, which would also quote `,word:` inside a
     string: such characters are written escaped, so every value survives."""
-    arguments = {"city": "Paris, FR", "n": 2, "x": 1.5, "ok": True, "none": None, "tricky": 'a,b:c {d:e} <eot> "q" \\ \n é',
-                 "list": ["x,y:z", {"k-1": "v,w:1"}], "my-key": {"in": [1, 2]}, "é": 1}
+    arguments = {
+        "city": "Paris, FR",
+        "n": 2,
+        "x": 1.5,
+        "ok": True,
+        "none": None,
+        "tricky": 'a,b:c {d:e} <eot> "q" \\ \n é',
+        "list": ["x,y:z", {"k-1": "v,w:1"}],
+        "my-key": {"in": [1, 2]},
+        "é": 1,
+    }
     messages = [USER, {"role": "assistant", "content": "", "tool_calls": [call("f", arguments)]}]
     answer = tokenizer.apply_chat_template(messages, tokenize=False).split("<assistant>")[1]
     assert answer.startswith('<call>f{city:"Paris\\u002c FR",n:2,x:1.5,ok:true,none:null,')
@@ -102,24 +148,63 @@ def test_any_argument_value_parses_back_exactly(tokenizer):
 
 
 BAD_ROWS = [
-    ({"messages": [USER, {"role": "assistant", "content": "", "tool_calls": PARIS}]},
-     "messages[1] tool_calls must be a list on an assistant turn, got dict"),
-    ({"tools": TOOLS, "messages": [USER, {"role": "assistant", "content": "", "tool_calls": [call("get_weather", "{city: Paris}")]}]},
-     "messages[1] tool_calls[0] arguments of 'get_weather' are not valid JSON"),
-    ({"tools": TOOLS, "messages": [USER, {"role": "assistant", "content": "", "tool_calls": [call("get_weather", "[1]")]}]},
-     "messages[1] tool_calls[0] arguments of 'get_weather' must be a JSON object, got list"),
-    ({"tools": TOOLS, "messages": [USER, RESULT, {"role": "assistant", "content": "Sunny."}]},
-     "messages[1] is a tool result with no assistant tool call before it"),
-    ({"tools": TOOLS, "messages": [USER, {"role": "assistant", "content": "", "tool_calls": [call("play_music", {})]}]},
-     "messages[1] tool_calls[0] calls 'play_music', which is not in the row's tools"),
-    ({"messages": [USER, {"role": "assistant", "content": "", "tool_calls": [PARIS]}]},
-     "calls 'get_weather', which is not in the row's tools (the row has no tools)"),
-    ({"tools": TOOLS, "messages": [USER, {"role": "assistant", "content": "", "tool_calls": [PARIS]}, {**RESULT, "tool_call_id": "c9"}]},
-     "messages[2] answers tool_call_id 'c9', which no call before it has"),
+    (
+        {"messages": [USER, {"role": "assistant", "content": "", "tool_calls": PARIS}]},
+        "messages[1] tool_calls must be a list on an assistant turn, got dict",
+    ),
+    (
+        {
+            "tools": TOOLS,
+            "messages": [
+                USER,
+                {"role": "assistant", "content": "", "tool_calls": [call("get_weather", "{city: Paris}")]},
+            ],
+        },
+        "messages[1] tool_calls[0] arguments of 'get_weather' are not valid JSON",
+    ),
+    (
+        {
+            "tools": TOOLS,
+            "messages": [USER, {"role": "assistant", "content": "", "tool_calls": [call("get_weather", "[1]")]}],
+        },
+        "messages[1] tool_calls[0] arguments of 'get_weather' must be a JSON object, got list",
+    ),
+    (
+        {"tools": TOOLS, "messages": [USER, RESULT, {"role": "assistant", "content": "Sunny."}]},
+        "messages[1] is a tool result with no assistant tool call before it",
+    ),
+    (
+        {
+            "tools": TOOLS,
+            "messages": [USER, {"role": "assistant", "content": "", "tool_calls": [call("play_music", {})]}],
+        },
+        "messages[1] tool_calls[0] calls 'play_music', which is not in the row's tools",
+    ),
+    (
+        {"messages": [USER, {"role": "assistant", "content": "", "tool_calls": [PARIS]}]},
+        "calls 'get_weather', which is not in the row's tools (the row has no tools)",
+    ),
+    (
+        {
+            "tools": TOOLS,
+            "messages": [
+                USER,
+                {"role": "assistant", "content": "", "tool_calls": [PARIS]},
+                {**RESULT, "tool_call_id": "c9"},
+            ],
+        },
+        "messages[2] answers tool_call_id 'c9', which no call before it has",
+    ),
     ({"tools": "[{broken", "messages": [USER]}, "'tools' is a string but not valid JSON"),
     ({"tools": [{"type": "function", "function": {"name": "a b"}}], "messages": [USER]}, "tools[0] name 'a b' must be"),
-    ({"messages": [USER, {"role": "assistant", "content": None}]}, "messages[1] content must be a string, got NoneType"),
-    ({"messages": [USER, {"role": "user", "content": "x", "tool_calls": [PARIS]}]}, "tool_calls must be a list on an assistant turn"),
+    (
+        {"messages": [USER, {"role": "assistant", "content": None}]},
+        "messages[1] content must be a string, got NoneType",
+    ),
+    (
+        {"messages": [USER, {"role": "user", "content": "x", "tool_calls": [PARIS]}]},
+        "tool_calls must be a list on an assistant turn",
+    ),
 ]
 
 
@@ -139,7 +224,9 @@ def test_function_tokens_make_each_name_one_token_and_parse_back_to_the_plain_na
     trained = [t for t in labels if t != -100]
     assert tokenizer.convert_tokens_to_ids(["<fn:get_weather>"]) == [trained[0]]  # choosing a function: one token
     text = tokenizer.decode(input_ids)
-    assert text.startswith("<system><fn:get_weather><fn:set_timer><eot><user>")  # a tokenized function's schema is its token
+    assert text.startswith(
+        "<system><fn:get_weather><fn:set_timer><eot><user>"
+    )  # a tokenized function's schema is its token
     answer = tokenizer.decode(trained)
     assert answer == '<fn:get_weather>{city:"Paris",days:2}<fn:set_timer>{minutes:5}<eot>'
     parsed = tokenizer.parse_response(answer, prefix="")
@@ -147,12 +234,22 @@ def test_function_tokens_make_each_name_one_token_and_parse_back_to_the_plain_na
     # a tool the tokens do not cover still renders as a signature, and its call as <call>name
     other = {"name": "play", "parameters": {"type": "object", "properties": {}}}
     row = [USER, {"role": "assistant", "content": "", "tool_calls": [call("play", {})]}]
-    assert "<fn:get_weather><fn:set_timer>play()<eot>" in tokenizer.apply_chat_template(row, tools=[*TOOLS, other], tokenize=False)
+    assert "<fn:get_weather><fn:set_timer>play()<eot>" in tokenizer.apply_chat_template(
+        row, tools=[*TOOLS, other], tokenize=False
+    )
 
 
-@pytest.mark.parametrize("setting, chat_format, functions, added", [
-    ("auto", "special_tokens", 6, 6), ("auto", "special_tokens", 65, 0), (True, "special_tokens", 65, 65),
-    (False, "special_tokens", 6, 0), ("auto", "native", 6, 0), ("auto", "special_tokens", 0, 0)])
+@pytest.mark.parametrize(
+    "setting, chat_format, functions, added",
+    [
+        ("auto", "special_tokens", 6, 6),
+        ("auto", "special_tokens", 65, 0),
+        (True, "special_tokens", 65, 65),
+        (False, "special_tokens", 6, 0),
+        ("auto", "native", 6, 0),
+        ("auto", "special_tokens", 0, 0),
+    ],
+)
 def test_function_tokens_auto_takes_a_closed_set_of_functions(setting, chat_format, functions, added):
     tokenizer = load_tokenizer("builtin:tiny")
     spec = prepare_tokenizer(tokenizer, "special_tokens")
@@ -169,9 +266,17 @@ def test_function_tokens_with_a_native_template_stop_with_one_line():
 
 
 def test_cleaning_keeps_calls_and_scrubs_argument_values_like_the_request():
-    row = {"tools": TOOLS, "messages": [
-        {"role": "user", "content": "Text  +44 20 7946 0958 that I am late"},
-        {"role": "assistant", "content": None, "tool_calls": [call("set_timer", {"minutes": 5, "to": "+44 20 7946 0958"})]}]}
+    row = {
+        "tools": TOOLS,
+        "messages": [
+            {"role": "user", "content": "Text  +44 20 7946 0958 that I am late"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [call("set_timer", {"minutes": 5, "to": "+44 20 7946 0958"})],
+            },
+        ],
+    }
     report = DataReport()
     kept = clean_rows([Row(row, "x:1")], dict(CLEAN_DEFAULTS), report)
     assert len(kept) == 1, report.dropped
@@ -180,15 +285,18 @@ def test_cleaning_keeps_calls_and_scrubs_argument_values_like_the_request():
     assert answer["tool_calls"][0]["function"]["arguments"] == {"minutes": 5, "to": "<PHONE>"}
 
 
-@pytest.mark.parametrize("answer, hit", [
-    ('<call>get_weather{"days": 2, "city": "Paris"}<eot>', True),  # argument order does not matter
-    ('<call>get_weather{"city": "Paris", "days": 2.0}<eot>', True),  # equal as JSON values
-    ('<call>get_weather{"city": "Paris", "days": "2"}<eot>', False),
-    ('<call>get_weather{"city": "Paris"}<eot>', False),
-    ('<call>get_forecast{city:"Paris",days:2}<eot>', False),
-    ('<call>get_weather{"city": "Par<eot>', False),  # broken JSON is a miss, not a crash
-    ('get_weather(city="Paris", days=2)<eot>', False),
-])
+@pytest.mark.parametrize(
+    "answer, hit",
+    [
+        ('<call>get_weather{"days": 2, "city": "Paris"}<eot>', True),  # argument order does not matter
+        ('<call>get_weather{"city": "Paris", "days": 2.0}<eot>', True),  # equal as JSON values
+        ('<call>get_weather{"city": "Paris", "days": "2"}<eot>', False),
+        ('<call>get_weather{"city": "Paris"}<eot>', False),
+        ('<call>get_forecast{city:"Paris",days:2}<eot>', False),
+        ('<call>get_weather{"city": "Par<eot>', False),  # broken JSON is a miss, not a crash
+        ('get_weather(city="Paris", days=2)<eot>', False),
+    ],
+)
 def test_held_out_calls_are_scored_as_json_values(tokenizer, answer, hit):
     example = Example([USER], {"role": "assistant", "content": "", "tool_calls": [PARIS]}, TOOLS)
     assert _hit(tokenizer, answer, example, parse=True) is hit

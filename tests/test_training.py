@@ -40,5 +40,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert exit_.value.code == 3 and len(errors) == 1
     assert f"the loss is {bad} at step 5" in errors[0] and "last good checkpoint: checkpoint-3" in errors[0]
-    assert [c.rsplit("/", 1)[1] for c in checkpoints(str(out))] == ["checkpoint-3"] and unusable(f"{out}/checkpoint-3") is None
+    assert [c.rsplit("/", 1)[1] for c in checkpoints(str(out))] == ["checkpoint-3"] and unusable(
+        f"{out}/checkpoint-3"
+    ) is None
     assert not (out / "final").exists()

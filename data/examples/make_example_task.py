@@ -52,45 +52,175 @@ OUT_DIR = Path(__file__).resolve().parent
 
 # ---------------------------------------------------------------- slot values
 CITIES = [
-    "Paris", "London", "Berlin", "Madrid", "Rome", "Tokyo", "Lisbon", "Oslo",
-    "Dublin", "Vienna", "Prague", "Cairo", "Lima", "Seoul", "Sydney", "Boston",
-    "Chicago", "Denver", "Toronto", "Nairobi", "Mumbai", "Athens", "Warsaw",
-    "Zurich", "Munich", "Osaka", "Quito", "Dakar", "Hanoi", "Manila",
-    "New York", "Cape Town", "São Paulo", "Buenos Aires", "Mexico City",
+    "Paris",
+    "London",
+    "Berlin",
+    "Madrid",
+    "Rome",
+    "Tokyo",
+    "Lisbon",
+    "Oslo",
+    "Dublin",
+    "Vienna",
+    "Prague",
+    "Cairo",
+    "Lima",
+    "Seoul",
+    "Sydney",
+    "Boston",
+    "Chicago",
+    "Denver",
+    "Toronto",
+    "Nairobi",
+    "Mumbai",
+    "Athens",
+    "Warsaw",
+    "Zurich",
+    "Munich",
+    "Osaka",
+    "Quito",
+    "Dakar",
+    "Hanoi",
+    "Manila",
+    "New York",
+    "Cape Town",
+    "São Paulo",
+    "Buenos Aires",
+    "Mexico City",
 ]
 DAYS = [
-    "today", "tomorrow", "monday", "tuesday", "wednesday", "thursday",
-    "friday", "saturday", "sunday",
+    "today",
+    "tomorrow",
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
 ]
 CONTACTS = [
-    "Anna", "Ben", "Carla", "David", "Emma", "Felix", "Grace", "Hugo", "Ines",
-    "Jack", "Kate", "Leo", "Maria", "Nina", "Omar", "Paul", "Rosa", "Sam",
-    "Tom", "Vera", "Yusuf", "Zoe", "Mom", "Dad",
+    "Anna",
+    "Ben",
+    "Carla",
+    "David",
+    "Emma",
+    "Felix",
+    "Grace",
+    "Hugo",
+    "Ines",
+    "Jack",
+    "Kate",
+    "Leo",
+    "Maria",
+    "Nina",
+    "Omar",
+    "Paul",
+    "Rosa",
+    "Sam",
+    "Tom",
+    "Vera",
+    "Yusuf",
+    "Zoe",
+    "Mom",
+    "Dad",
 ]
 TEXTS = [
-    "running late", "see you soon", "call me back", "on my way",
-    "happy birthday", "I am home", "thanks a lot", "dinner is ready",
-    "good night", "meeting moved", "be there at six", "love you",
-    "no problem", "where are you", "bring the keys",
+    "running late",
+    "see you soon",
+    "call me back",
+    "on my way",
+    "happy birthday",
+    "I am home",
+    "thanks a lot",
+    "dinner is ready",
+    "good night",
+    "meeting moved",
+    "be there at six",
+    "love you",
+    "no problem",
+    "where are you",
+    "bring the keys",
 ]
 ARTISTS = [
-    "Adele", "Beyonce", "Coldplay", "Drake", "Eminem", "Queen", "Madonna",
-    "Shakira", "Rihanna", "Metallica", "Radiohead", "Nirvana", "ABBA",
-    "Muse", "Sting", "Prince", "Bob Marley", "Daft Punk", "Taylor Swift",
-    "Ed Sheeran", "Miles Davis", "Billie Eilish", "The Beatles",
-    "Pink Floyd", "Norah Jones", "Elvis", "Oasis", "Blur", "Bjork",
-    "Sade", "Moby", "Lorde", "Sia", "Dua Lipa", "Bruno Mars", "Lady Gaga",
-    "Bon Jovi", "Green Day", "Kanye West", "Frank Ocean",
+    "Adele",
+    "Beyonce",
+    "Coldplay",
+    "Drake",
+    "Eminem",
+    "Queen",
+    "Madonna",
+    "Shakira",
+    "Rihanna",
+    "Metallica",
+    "Radiohead",
+    "Nirvana",
+    "ABBA",
+    "Muse",
+    "Sting",
+    "Prince",
+    "Bob Marley",
+    "Daft Punk",
+    "Taylor Swift",
+    "Ed Sheeran",
+    "Miles Davis",
+    "Billie Eilish",
+    "The Beatles",
+    "Pink Floyd",
+    "Norah Jones",
+    "Elvis",
+    "Oasis",
+    "Blur",
+    "Bjork",
+    "Sade",
+    "Moby",
+    "Lorde",
+    "Sia",
+    "Dua Lipa",
+    "Bruno Mars",
+    "Lady Gaga",
+    "Bon Jovi",
+    "Green Day",
+    "Kanye West",
+    "Frank Ocean",
 ]
 CURRENCIES = ["USD", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD", "INR", "CNY", "BRL"]
 TITLES = [
-    "dentist", "team meeting", "lunch with Sara", "gym", "haircut",
-    "project review", "yoga class", "doctor", "date night", "book club",
-    "piano lesson", "standup", "car service", "parent meeting", "flight",
+    "dentist",
+    "team meeting",
+    "lunch with Sara",
+    "gym",
+    "haircut",
+    "project review",
+    "yoga class",
+    "doctor",
+    "date night",
+    "book club",
+    "piano lesson",
+    "standup",
+    "car service",
+    "parent meeting",
+    "flight",
 ]
 TIMES = [
-    "8am", "9am", "10am", "11am", "noon", "1pm", "2pm", "3pm", "4pm", "5pm",
-    "6pm", "7pm", "8pm", "9:30am", "10:15am", "2:30pm", "5:45pm", "7:30pm",
+    "8am",
+    "9am",
+    "10am",
+    "11am",
+    "noon",
+    "1pm",
+    "2pm",
+    "3pm",
+    "4pm",
+    "5pm",
+    "6pm",
+    "7pm",
+    "8pm",
+    "9:30am",
+    "10:15am",
+    "2:30pm",
+    "5:45pm",
+    "7:30pm",
 ]
 
 
@@ -121,6 +251,7 @@ def day_phrase(day):
 # ------------------------------------------------------------------ functions
 # Each function: (sampler returning a slot dict, request templates, call builder).
 # Template placeholders are filled with the exact strings that go into the call.
+
 
 def q(s):
     return '"' + s + '"'
@@ -177,7 +308,7 @@ FUNCTIONS = {
         lambda s: f"play_music(artist={q(s['artist'])})",
     ),
     "convert_currency": (
-        lambda rng: dict(zip(("amount", "source", "target"), [amount(rng)] + pair(rng))),
+        lambda rng: dict(zip(("amount", "source", "target"), [amount(rng)] + pair(rng), strict=False)),
         [
             "Convert {amount} {source} to {target}",
             "How much is {amount} {source} in {target}?",
@@ -186,10 +317,7 @@ FUNCTIONS = {
             "Exchange {amount} {source} into {target}",
             "Change {amount} {source} to {target} please",
         ],
-        lambda s: (
-            f"convert_currency(amount={s['amount']}, source={q(s['source'])}, "
-            f"target={q(s['target'])})"
-        ),
+        lambda s: f"convert_currency(amount={s['amount']}, source={q(s['source'])}, target={q(s['target'])})",
     ),
     "add_event": (
         lambda rng: {"title": rng.choice(TITLES), "day": rng.choice(DAYS), "time": rng.choice(TIMES)},
@@ -201,9 +329,7 @@ FUNCTIONS = {
             "New event: {title}, {day}, {time}",
             "Remind me of {title} {dayp} at {time}",
         ],
-        lambda s: (
-            f"add_event(title={q(s['title'])}, day={q(s['day'])}, time={q(s['time'])})"
-        ),
+        lambda s: f"add_event(title={q(s['title'])}, day={q(s['day'])}, time={q(s['time'])})",
     ),
 }
 FUNCTION_NAMES = sorted(FUNCTIONS)
@@ -240,8 +366,18 @@ def maybe_system(rng, messages, prompts=SYSTEM_PROMPTS):
     return messages
 
 
-SLOT_VALUES = [CITIES, DAYS, CONTACTS, TEXTS, ARTISTS, CURRENCIES, TITLES, TIMES,
-               [str(m) for m in MINUTES], [str(a) for a in AMOUNTS]]
+SLOT_VALUES = [
+    CITIES,
+    DAYS,
+    CONTACTS,
+    TEXTS,
+    ARTISTS,
+    CURRENCIES,
+    TITLES,
+    TIMES,
+    [str(m) for m in MINUTES],
+    [str(a) for a in AMOUNTS],
+]
 
 
 def wrong_call(rng, call):
@@ -280,8 +416,13 @@ TOOLS = [
     tool("set_timer", "Start a countdown timer.", minutes="integer"),
     tool("send_message", "Send a text message to a contact.", contact="string", text="string"),
     tool("play_music", "Play music by an artist.", artist="string"),
-    tool("convert_currency", "Convert an amount between currency codes.", amount="number", source="string",
-         target="string"),
+    tool(
+        "convert_currency",
+        "Convert an amount between currency codes.",
+        amount="number",
+        source="string",
+        target="string",
+    ),
     tool("add_event", "Add an event to the calendar.", title="string", day="string", time="string"),
 ]
 TOOL_SYSTEM_PROMPTS = [
@@ -291,18 +432,32 @@ TOOL_SYSTEM_PROMPTS = [
 ]
 MULTI_STEP_FRACTION = 0.2
 SKIES = ["sunny", "cloudy", "rainy", "windy", "foggy"]
-PER_USD = {"USD": 1, "EUR": 0.92, "GBP": 0.79, "JPY": 151, "CHF": 0.9, "CAD": 1.37, "AUD": 1.53, "INR": 83.4,
-           "CNY": 7.24, "BRL": 5.05}
+PER_USD = {
+    "USD": 1,
+    "EUR": 0.92,
+    "GBP": 0.79,
+    "JPY": 151,
+    "CHF": 0.9,
+    "CAD": 1.37,
+    "AUD": 1.53,
+    "INR": 83.4,
+    "CNY": 7.24,
+    "BRL": 5.05,
+}
 
 # Each function's result for a multi-step row, (rng, arguments) -> dict, and the reply that reads it.
 RESULTS = {
-    "get_weather": (lambda rng, a: {"temperature_c": rng.randint(4, 32), "sky": rng.choice(SKIES)},
-                    "It will be {temperature_c} degrees and {sky} in {city} {dayp}."),
+    "get_weather": (
+        lambda rng, a: {"temperature_c": rng.randint(4, 32), "sky": rng.choice(SKIES)},
+        "It will be {temperature_c} degrees and {sky} in {city} {dayp}.",
+    ),
     "set_timer": (lambda rng, a: {"status": "started"}, "Your {minutes} minute timer has started."),
     "send_message": (lambda rng, a: {"status": "sent"}, "Your message to {contact} was sent."),
     "play_music": (lambda rng, a: {"status": "playing"}, "Now playing {artist}."),
-    "convert_currency": (lambda rng, a: {"result": round(a["amount"] * PER_USD[a["target"]] / PER_USD[a["source"]], 2)},
-                         "{amount} {source} is {result} {target}."),
+    "convert_currency": (
+        lambda rng, a: {"result": round(a["amount"] * PER_USD[a["target"]] / PER_USD[a["source"]], 2)},
+        "{amount} {source} is {result} {target}.",
+    ),
     "add_event": (lambda rng, a: {"status": "added"}, "I added {title} to your calendar {dayp} at {time}."),
 }
 
@@ -358,13 +513,13 @@ def main():
     multi_at = set(rng.sample(range(N_TRAIN), n_multi))
     chat_train, completion_train = [], []
     for i in range(N_TRAIN):
-        (request, call), = sample_unique(rng, 1, test_requests)
+        ((request, call),) = sample_unique(rng, 1, test_requests)
         messages = [
             {"role": "user", "content": request},
             {"role": "assistant", "content": call},
         ]
         if i in multi_at:
-            (request2, call2), = sample_unique(rng, 1, test_requests)
+            ((request2, call2),) = sample_unique(rng, 1, test_requests)
             messages += [
                 {"role": "user", "content": request2},
                 {"role": "assistant", "content": call2},
@@ -382,9 +537,7 @@ def main():
         completion_test.append({"prompt": request, "completion": call})
 
     # Sanity: held-out split.
-    train_user = {
-        m["content"] for row in chat_train for m in row["messages"] if m["role"] == "user"
-    }
+    train_user = {m["content"] for row in chat_train for m in row["messages"] if m["role"] == "user"}
     assert not train_user & test_requests, "test request leaked into train"
 
     write_jsonl(OUT_DIR / "chat_train.jsonl", chat_train)
@@ -399,10 +552,7 @@ def main():
     n_multi_step = round(N_TRAIN * MULTI_STEP_FRACTION)
     write_jsonl(OUT_DIR / "tools_train.jsonl", tool_rows(tools_rng, train_pairs, n_multi_step))
     write_jsonl(OUT_DIR / "tools_test.jsonl", tool_rows(tools_rng, test_pairs))
-    print(
-        f"wrote {len(chat_train)} train rows ({n_multi} multi-turn) and "
-        f"{len(chat_test)} test rows to {OUT_DIR}"
-    )
+    print(f"wrote {len(chat_train)} train rows ({n_multi} multi-turn) and {len(chat_test)} test rows to {OUT_DIR}")
 
 
 if __name__ == "__main__":

@@ -33,8 +33,11 @@ def tool_answer_ok(row: dict, answer: dict) -> bool:
         return not calls and exact_match(answer.get("content") or "", reference["content"])
     request = next(m["content"] for m in reversed(conversation) if m["role"] == "user")
     names = set(tool_names(row.get("tools")))
-    return bool(calls) and all(call_problem(call, names) is None and all(
-        value in request for value in arguments_of(call).values() if isinstance(value, str)) for call in calls)
+    return bool(calls) and all(
+        call_problem(call, names) is None
+        and all(value in request for value in arguments_of(call).values() if isinstance(value, str))
+        for call in calls
+    )
 
 
 def _conversation(row: dict) -> list[dict]:

@@ -45,8 +45,12 @@ for i, edits in ((10, 1), (11, 1), (12, 2), (13, 2)):  # near duplicates
 for i in range(3):  # contaminated: a 13-word span of an eval prompt inside the answer
     span = " ".join(evals[i]["messages"][0]["content"].split()[5:18])
     rows.append(chat(text(10), text(40) + " " + span + " " + text(40)))
-pii = ["write to jane.doe@example.com about it", "call +1 415-555-0132 tonight", "the server is 192.168.10.24",
-       "use key sk-abcdefghijklmnopqrstuvwxyz123456"]
+pii = [
+    "write to jane.doe@example.com about it",
+    "call +1 415-555-0132 tonight",
+    "the server is 192.168.10.24",
+    "use key sk-abcdefghijklmnopqrstuvwxyz123456",
+]
 for note in pii:
     rows.append(chat(text(12), text(60) + " " + note + " " + text(60)))
 rows.append(chat(text(12), "As an AI language model, I cannot do that. " + text(20)))

@@ -41,11 +41,19 @@ def install(kind: str, arg: str) -> None:
     elif kind == "prepare":
         import datasets
 
-        patch(datasets.Dataset, "map", before=lambda self, function, *a, **k: type(function).__name__ == "_Tokenize" and die())
+        patch(
+            datasets.Dataset,
+            "map",
+            before=lambda self, function, *a, **k: type(function).__name__ == "_Tokenize" and die(),
+        )
     elif kind == "step":
         from transformers.trainer_callback import CallbackHandler
 
-        patch(CallbackHandler, "on_step_end", before=lambda self, args, state, control: state.global_step == int(arg) and die())
+        patch(
+            CallbackHandler,
+            "on_step_end",
+            before=lambda self, args, state, control: state.global_step == int(arg) and die(),
+        )
     elif kind == "save":
         from transformers import Trainer
 
