@@ -19,7 +19,8 @@ import json
 import os
 from functools import partial
 
-from common.chat_templates import chat_spec, use_training_template
+from common.chat.native import use_training_template
+from common.chat.template import chat_spec
 from common.checkpoint import export_final, start_run, stop_ids
 from common.cleaning import CLEAN_DEFAULTS
 from common.data import DataReport

@@ -18,7 +18,7 @@ reward_std, frac_reward_zero_std, completion lengths, clip ratios, kl when beta 
 import os
 from functools import partial
 
-from common.chat_templates import rejects_system
+from common.chat.template import rejects_system
 from common.checkpoint import export_final, start_run, stop_ids
 from common.cleaning import CLEAN_DEFAULTS
 from common.data import DataReport

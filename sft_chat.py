@@ -17,14 +17,10 @@ final/ (a plain Hugging Face folder whose generation_config stops at the end-of-
 from functools import partial
 
 from common.batching import choose_packing, dry_run
-from common.chat_format import (
-    FUNCTION_TOKENS_FILE,
-    chat_row_problem,
-    end_of_turn_ids,
-    prepare_tokenizer,
-    use_function_tokens,
-)
-from common.chat_masks import chat_example
+from common.chat.masks import chat_example
+from common.chat.own_format import FUNCTION_TOKENS_FILE, use_function_tokens
+from common.chat.rows import chat_row_problem
+from common.chat.tokenizer import end_of_turn_ids, prepare_tokenizer
 from common.checkpoint import export_final, start_run
 from common.cleaning import CLEAN_DEFAULTS
 from common.data import DataReport
@@ -96,7 +92,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     resume_from = start_run(params)
 
     # Data: read, check, clean, split, tokenize with the chat template (loss masks come from its generation markers,
-    # or from prefix rendering verified on every row; common/chat_templates.py says which) and pack, in Arrow on
+    # or from prefix rendering verified on every row; common/chat/native.py says which) and pack, in Arrow on
     # every core, once: reruns and other ranks memory-map the result (common/prepare.py)
     report = DataReport()
     tokenizer = load_tokenizer(params["model"], params["trust_remote_code"])

@@ -23,13 +23,14 @@ a killed run started again re-sends no finished request, and output files are wr
 
 import os
 
+from common.chat.reasoning import strip_reasoning
+from common.chat.tools import normalize_tools, tool_names
 from common.cleaning import CLEAN_DEFAULTS, clean_once, scrub_rows
 from common.data import DataReport, Row, check_rows, load_sources, write_rows
 from common.errors import UserError, exit_on_user_error
 from common.generation import Request, Tally, generate, make_backend, sampling_of
 from common.models import load_tokenizer
 from common.params import CHOICES, resolve, save_params
-from common.reasoning import strip_reasoning
 from common.request_cache import RequestCache
 from common.synthesis import (
     answer_message,
@@ -47,7 +48,6 @@ from common.synthesis import (
     shared_tools,
     with_tools,
 )
-from common.tool_calls import normalize_tools, tool_names
 
 PARAMS = dict(
     stages=["preferences", "clean"],  # any of instructions, responses, preferences, clean (in that order)
@@ -169,7 +169,9 @@ def main(params: dict) -> None:
     def answers_of(rows):  # prompts, tools and num_samples answer messages per row, in row order
         prompts = [prompt_of(r.data, params["system_prompt"]) for r in rows]
         tools = [normalize_tools(r.data.get("tools")) for r in rows]
-        requests = [Request(p, s, t or None) for p, t in zip(prompts, tools, strict=False) for s in range(params["num_samples"])]
+        requests = [
+            Request(p, s, t or None) for p, t in zip(prompts, tools, strict=False) for s in range(params["num_samples"])
+        ]
         results = gen(backend, requests, sampling, "answers")
         messages = [answer_message(results[r.key], set(tool_names(r.tools))) for r in requests]
         per = params["num_samples"]

@@ -61,7 +61,9 @@ def main() -> None:
             best = min(best, time.perf_counter() - start)
         results[name] = (best, loss.item(), [p.grad.clone() for p in model.parameters()])
     (a, loss_a, grads_a), (b, loss_b, grads_b) = results.values()
-    if abs(loss_a - loss_b) > 1e-5 or any(not torch.allclose(x, y, atol=1e-5) for x, y in zip(grads_a, grads_b, strict=False)):
+    if abs(loss_a - loss_b) > 1e-5 or any(
+        not torch.allclose(x, y, atol=1e-5) for x, y in zip(grads_a, grads_b, strict=False)
+    ):
         raise SystemExit("the two attentions disagree")
     print(
         f"{args.documents} documents, {step['input_ids'].shape[1]} tokens in {len(rows)} packed rows, "

@@ -24,15 +24,32 @@ import torch  # noqa: E402
 
 from common.attention import use_varlen_attention  # noqa: E402
 from common.batching import pack_in_random_order  # noqa: E402
-from common.chat_format import prepare_tokenizer  # noqa: E402
-from common.chat_masks import tokenize_chat  # noqa: E402
+from common.chat.masks import tokenize_chat  # noqa: E402
+from common.chat.tokenizer import prepare_tokenizer  # noqa: E402
 from common.evaluate import generate_answers, is_exact_match, read_examples  # noqa: E402
 from common.models import load_model, load_tokenizer, resize_embeddings  # noqa: E402
 
 
 def long_tail_chats(n: int, seed: int = 0) -> list[list[dict]]:
     rng = random.Random(seed)
-    words = ["the", "a", "call", "weather", "timer", "city", "message", "music", "event", "send", "play", "set", "add", "when", "where", "how"]
+    words = [
+        "the",
+        "a",
+        "call",
+        "weather",
+        "timer",
+        "city",
+        "message",
+        "music",
+        "event",
+        "send",
+        "play",
+        "set",
+        "add",
+        "when",
+        "where",
+        "how",
+    ]
     chats = []
     for _ in range(n):
         length = min(1200, max(8, int(rng.lognormvariate(5.2, 0.6))))
@@ -99,7 +116,9 @@ def run(strategy: str, chats, max_length: int, batch_size: int, epochs: float, e
         examples = read_examples("data/examples/chat_test.jsonl")
         model.config.use_cache = True
         answers = generate_answers(model, tokenizer, [e.prompt for e in examples])
-        result["exact_match"] = sum(is_exact_match(a, e.reference) for a, e in zip(answers, examples, strict=False)) / len(examples)
+        result["exact_match"] = sum(
+            is_exact_match(a, e.reference) for a, e in zip(answers, examples, strict=False)
+        ) / len(examples)
     return result
 
 

@@ -371,7 +371,9 @@ def child_fake(args) -> None:
             ),
         )
     elif args.kind == "prepare":
-        write_json(args.result, dict(models=dict(zip(MODELS, (494032768, 1543714304), strict=False)), cpu_adam="built in 1 s"))
+        write_json(
+            args.result, dict(models=dict(zip(MODELS, (494032768, 1543714304), strict=False)), cpu_adam="built in 1 s")
+        )
     elif args.kind == "default":
         os.makedirs(args.output_dir, exist_ok=True)
         with open(os.path.join(args.output_dir, "metrics.jsonl"), "w", encoding="utf-8") as f:

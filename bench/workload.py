@@ -35,7 +35,7 @@ def build_model(folder: str, shape: str, max_length: int) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from common.chat_format import prepare_tokenizer
+    from common.chat.tokenizer import prepare_tokenizer
     from common.models import load_tokenizer
 
     tokenizer = load_tokenizer("builtin:tiny")
@@ -264,7 +264,9 @@ def summarise(results: list[dict], params: float, peak_gflops: float, baseline: 
         )
     base = next(t for t in table if t["variant"] == baseline)
     for t in table:
-        t["epoch_ratio"] = [[s / statistics.median(b) for s in e] for e, b in zip(t["epoch_s"], base["epoch_s"], strict=False)]
+        t["epoch_ratio"] = [
+            [s / statistics.median(b) for s in e] for e, b in zip(t["epoch_s"], base["epoch_s"], strict=False)
+        ]
         t["rss_ratio"] = [m / statistics.median(base["peak_rss_mb"]) for m in t["peak_rss_mb"]]
     return table
 

@@ -11,10 +11,10 @@ import os
 import re
 import unicodedata
 
+from common.chat.tools import arguments_of, map_strings
 from common.data import DataReport, Row
 from common.distributed import is_main, wait_for_everyone
 from common.errors import UserError
-from common.tool_calls import arguments_of, map_strings
 
 # Defaults, and why:
 CLEAN_DEFAULTS = dict(

@@ -93,7 +93,10 @@ def mixed_indices(per_source: list[list], specs: list[tuple[dict, object]], seed
     if all(weight is None for _, weight in specs):
         return [item for part in per_source for item in part]
     return mix(
-        [(spec["path"], part) for (spec, _), part in zip(specs, per_source, strict=False)], [w for _, w in specs], seed, report
+        [(spec["path"], part) for (spec, _), part in zip(specs, per_source, strict=False)],
+        [w for _, w in specs],
+        seed,
+        report,
     )
 
 

@@ -30,7 +30,7 @@ class Example:
 def read_examples(path: str) -> list[Example]:
     """Chat rows give the messages before the last assistant turn and that turn (its content, or the whole
     message when it calls tools); prompt/completion rows give the prompt string and the completion."""
-    from common.tool_calls import normalize_message, normalize_tools
+    from common.chat.tools import normalize_message, normalize_tools
 
     examples = []
     with open(path, encoding="utf-8") as f:
@@ -56,7 +56,7 @@ def saved_template(model_dir: str) -> str:
 
 def is_exact_match(answer: str, reference: str) -> bool:
     """The answer, without a leading <think> block (reasoning models write one), equals the reference."""
-    from common.reasoning import strip_reasoning
+    from common.chat.reasoning import strip_reasoning
 
     return strip_reasoning(answer).strip() == reference.strip()
 
@@ -134,7 +134,7 @@ def exact_match_of(model, tokenizer, examples: list[Example], show: int = 0, tem
     """exact_match for a model already in memory; a tool-call answer must name the same functions, in order,
     with arguments equal as JSON values (read back with the tokenizer's response parser). Rows that call tools
     print their accuracy per function."""
-    from common.chat_templates import fold_system, rejects_system
+    from common.chat.template import fold_system, rejects_system
 
     fold = rejects_system(tokenizer)  # as training folded it (Gemma 1 and 2)
     prompts = [
@@ -173,7 +173,7 @@ def exact_match_of(model, tokenizer, examples: list[Example], show: int = 0, tem
 def _hit(tokenizer, answer: str, example: Example, parse: bool) -> bool:
     """Whether a generated answer matches the reference: its text, or (parse) the message the tokenizer's
     response parser reads from it, whose calls must equal the reference's."""
-    from common.tool_calls import same_calls
+    from common.chat.tools import same_calls
 
     if not parse:
         return is_exact_match(answer, example.reference)

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import torch
 from jinja2 import TemplateError
 
-from common.chat_templates import fold_system, rejects_system, render
+from common.chat.template import fold_system, rejects_system, render
 from common.errors import UserError
 from common.evaluate import until_stop
 from common.request_cache import RequestCache, request_key
@@ -162,7 +162,9 @@ class HFBackend:
                 top_p=sampling["top_p"] if sample else None,
                 use_cache=True,
             )
-            for i, (request, ids) in enumerate(zip(chunk, out[:, batch["input_ids"].shape[1] :].tolist(), strict=False)):
+            for i, (request, ids) in enumerate(
+                zip(chunk, out[:, batch["input_ids"].shape[1] :].tolist(), strict=False)
+            ):
                 ids = until_stop(ids, self.lm.generation_config)
                 done(
                     request,
@@ -231,11 +233,15 @@ class VLLMBackend:
         outputs = []
         if chats:
             outputs += zip(
-                chats, self.llm.chat([r.prompt for r in chats], sampling_params=[params_of(r) for r in chats]), strict=False
+                chats,
+                self.llm.chat([r.prompt for r in chats], sampling_params=[params_of(r) for r in chats]),
+                strict=False,
             )
         if texts:
             outputs += zip(
-                texts, self.llm.generate([r.prompt for r in texts], sampling_params=[params_of(r) for r in texts]), strict=False
+                texts,
+                self.llm.generate([r.prompt for r in texts], sampling_params=[params_of(r) for r in texts]),
+                strict=False,
             )
         for request, out in outputs:
             done(

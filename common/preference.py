@@ -13,11 +13,11 @@ import re
 
 import torch
 
-from common.chat_format import validate_messages
-from common.chat_masks import prompt_and_answer
+from common.chat.masks import prompt_and_answer
+from common.chat.rows import validate_messages
+from common.chat.tools import normalize_tools, same_calls, tool_names, tools_problem
 from common.distributed import is_main, wait_for_everyone
 from common.errors import RowProblem
-from common.tool_calls import normalize_tools, same_calls, tool_names, tools_problem
 
 
 def preference_row_problem(row: dict) -> str | None:
@@ -195,7 +195,7 @@ def preference_margins(model, tokenizer, rows: list[dict], spec=None, batch_size
 
 def tokenize_preference(tokenizer, row: dict, spec=None) -> dict:
     """prompt_ids, chosen_ids, rejected_ids of a row. A conversational row is rendered whole with the chat template
-    (spec: common.chat_templates.ChatSpec), as sft_chat.py trains it: the answers are exactly the tokens the
+    (spec: common.chat.template.ChatSpec), as sft_chat.py trains it: the answers are exactly the tokens the
     template trains (the answer and its end-of-turn token), and the prompt is what comes before them, the same
     for chosen and rejected. A plain row is the prompt's tokens and each answer followed by eos."""
     if isinstance(row["prompt"], str):
@@ -255,5 +255,7 @@ def write_preference_preview(tokenizer, examples, output_dir: str, max_length: i
             f.write(json.dumps(preview) + "\n")
     for side, i in (("chosen", 0), ("rejected", 1)):
         ids, mask = previews[0]["input_ids"][i], previews[0]["completion_mask"][i]
-        shown = show_example(tokenizer, {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask, strict=False)]})
+        shown = show_example(
+            tokenizer, {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask, strict=False)]}
+        )
         print(f"first pair, {side}, scored tokens in [[ ]]:\n{shown}")

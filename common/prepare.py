@@ -531,7 +531,7 @@ class _Check:
         )
 
     def __call__(self, batch: dict) -> dict:
-        from common.tool_calls import tool_names
+        from common.chat.tools import tool_names
 
         width = len(self.cleaner.bands) if self.cleaner else 0
         out = {

@@ -9,11 +9,11 @@ import json
 
 from jinja2 import TemplateError
 
-from common.chat_templates import fold_system, render
+from common.chat.template import fold_system, render
+from common.chat.tools import normalize_tools
 from common.errors import RowProblem
 from common.prepare import Dropped
 from common.synthesis import prompt_of
-from common.tool_calls import normalize_tools
 
 
 def prompt_example(tokenizer, template: str, fold: bool, max_prompt_tokens: int, row: dict) -> tuple[list[dict], dict]:

@@ -11,9 +11,9 @@ import json
 import math
 import numbers
 
+from common.chat.tools import tool_names
 from common.errors import UserError
 from common.synthesis import answer_message, load_function
-from common.tool_calls import tool_names
 
 
 def load_rewards(specs: list[str], weights: list[float]) -> list:

@@ -15,9 +15,9 @@ import os
 import random
 import re
 
-from common.chat_format import validate_messages
+from common.chat.rows import validate_messages
+from common.chat.tools import call_problem, normalize_message, normalize_tools, same_calls, tool_names, tools_problem
 from common.errors import UserError
-from common.tool_calls import call_problem, normalize_message, normalize_tools, same_calls, tool_names, tools_problem
 
 SELF_INSTRUCT = (
     "Here are requests that users sent to an assistant:\n{examples}\n"
@@ -122,7 +122,9 @@ def novel(candidates: list[str], seeds: list[str], max_similarity: float, limit:
     def signature(text: str) -> MinHash:
         words = re.findall(r"\w+", text.lower())
         m = MinHash(num_perm=128)
-        m.update_batch([w.encode() for w in words] + [f"{a} {b}".encode() for a, b in zip(words, words[1:], strict=False)])
+        m.update_batch(
+            [w.encode() for w in words] + [f"{a} {b}".encode() for a, b in zip(words, words[1:], strict=False)]
+        )
         return m
 
     lsh = MinHashLSH(threshold=max_similarity, num_perm=128)

@@ -79,7 +79,11 @@ def plot_loss(output_dir: str) -> None:
         ax = axes[0][1]
         ax.plot(steps, mean, label="reward (mean)")
         ax.fill_between(
-            steps, [m - s for m, s in zip(mean, std, strict=False)], [m + s for m, s in zip(mean, std, strict=False)], alpha=0.2, label="± std"
+            steps,
+            [m - s for m, s in zip(mean, std, strict=False)],
+            [m + s for m, s in zip(mean, std, strict=False)],
+            alpha=0.2,
+            label="± std",
         )
         ax.set_xlabel("step")
         ax.set_ylabel("reward")

@@ -6,7 +6,7 @@ import lzma
 import os
 import re
 import shutil
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 
 import trl

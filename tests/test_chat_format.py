@@ -1,8 +1,10 @@
 import pytest
 from transformers import AutoTokenizer
 
-from common.chat_format import END_OF_TURN, end_of_turn_ids, prepare_tokenizer, validate_messages
-from common.chat_masks import tokenize_chat
+from common.chat.masks import tokenize_chat
+from common.chat.own_format import END_OF_TURN
+from common.chat.rows import validate_messages
+from common.chat.tokenizer import end_of_turn_ids, prepare_tokenizer
 from common.models import BUILTIN
 from tests.conftest import trained_spans
 
@@ -41,7 +43,9 @@ def test_special_tokens_and_pad(tokenizer):
 def test_labels_cover_exactly_assistant_content_and_end_of_turn(tokenizer, loss_on, expected):
     input_ids, labels = tokenize_chat(tokenizer, MULTI_TURN, loss_on)
     assert trained_spans(tokenizer, {"input_ids": input_ids, "labels": labels}) == expected
-    assert [t for t, lab in zip(input_ids, labels, strict=False) if lab != -100] == [lab for lab in labels if lab != -100]
+    assert [t for t, lab in zip(input_ids, labels, strict=False) if lab != -100] == [
+        lab for lab in labels if lab != -100
+    ]
 
 
 def test_native_template_without_generation_markers(tokenizer):

@@ -5,12 +5,12 @@ where there is one, and on the decoded text always) or refused with a reason; ne
 
 import pytest
 
-from common.chat_format import prepare_tokenizer
-from common.chat_masks import chat_example, rendered_messages, spans, tokenize_chat
-from common.chat_templates import chat_spec, render
+from common.chat.masks import chat_example, rendered_messages, spans, tokenize_chat
+from common.chat.reasoning import split_reasoning
+from common.chat.template import chat_spec, render
+from common.chat.tokenizer import prepare_tokenizer
+from common.chat.tools import normalize_tools
 from common.errors import RowProblem, UserError
-from common.reasoning import split_reasoning
-from common.tool_calls import normalize_tools
 from tests.real_tokenizers import OTHER_FAMILIES, SHARED_FAMILIES, TRL_FAMILIES, TRL_TEMPLATES, load
 
 

@@ -91,7 +91,7 @@ def test_sharegpt_tool_turns_become_openai_messages(tmp_path, turn, message):
 
 
 def test_a_sharegpt_call_that_is_not_json_is_rejected_by_the_row_check(tmp_path):
-    from common.chat_format import validate_messages
+    from common.chat.rows import validate_messages
 
     turns = [{"from": "human", "value": "hi"}, {"from": "function_call", "value": "get_weather(city='Paris')"}]
     path = write_jsonl(tmp_path / "s.jsonl", [{"conversations": turns}])

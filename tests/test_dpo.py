@@ -259,7 +259,9 @@ def test_tool_pairs_score_exactly_the_calls_and_start_at_ln2(tmp_path, sft_model
     previews = read_jsonl(preview / "data_preview.jsonl")
     scored = [
         [
-            trained_spans(tokenizer, {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask, strict=False)]})
+            trained_spans(
+                tokenizer, {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask, strict=False)]}
+            )
             for ids, mask in zip(row["input_ids"], row["completion_mask"], strict=False)
         ]
         for row in previews
@@ -366,7 +368,7 @@ def test_preview_tokens_are_what_the_trainer_prepares(sft_model):
     from trl import DPOConfig
     from trl.trainer.dpo_trainer import DPOTrainer
 
-    from common.chat_templates import chat_spec
+    from common.chat.template import chat_spec
     from common.preference import as_chat, tokenize_preference
 
     tokenizer = AutoTokenizer.from_pretrained(sft_model)

@@ -27,7 +27,7 @@ def first_loss(out):
 def test_name_weights_cover_the_function_name_of_each_answer():
     from sft_chat_weighted_name import name_weights
 
-    from common.chat_format import prepare_tokenizer
+    from common.chat.tokenizer import prepare_tokenizer
     from common.models import load_tokenizer
 
     tokenizer = load_tokenizer("builtin:tiny")

@@ -1,7 +1,7 @@
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from common.chat_format import prepare_tokenizer
+from common.chat.tokenizer import prepare_tokenizer
 from common.models import BUILTIN, add_pad_token, resize_embeddings
 
 

@@ -3,7 +3,7 @@ away from the judge and the exact-match check."""
 
 import pytest
 
-from common.reasoning import reasoning_problem, split_reasoning, strip_reasoning, with_reasoning
+from common.chat.reasoning import reasoning_problem, split_reasoning, strip_reasoning, with_reasoning
 
 TURNS = [
     {"role": "user", "content": "2+2?"},

@@ -317,7 +317,7 @@ def test_openai_backend_offers_the_tools_and_keeps_the_calls(tmp_path, tool_serv
     """Rows with tools: the endpoint gets the row's tools (and earlier calls with JSON-text arguments, as the API
     takes them); the written rows keep the tools and the returned calls (arguments as objects, ids kept), pairs
     are judged by the example verifier's tool rule, and every written row passes sft_chat.py's and dpo.py's checks."""
-    from common.chat_format import chat_row_problem
+    from common.chat.rows import chat_row_problem
     from common.preference import preference_row_problem
     from tests.test_synthesis import ADELE, RESULT, TOOLS, USER, calls, tool_call
 
@@ -383,7 +383,7 @@ def test_instructions_then_responses(tmp_path, sft_model, prompts, style):
 def test_new_requests_carry_the_tools_their_seeds_share(tmp_path, sft_model):
     """Seed rows that all list the same tools: the new requests carry them, the hf backend offers them with each
     prompt, and the responses are chat rows sft_chat.py reads."""
-    from common.chat_format import chat_row_problem
+    from common.chat.rows import chat_row_problem
 
     seeds = write_jsonl(tmp_path / "seeds.jsonl", read_jsonl(f"{ROOT}/data/examples/tools_train.jsonl")[:20])
     out = tmp_path / "out"

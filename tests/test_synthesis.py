@@ -235,7 +235,7 @@ def test_self_instruct_prompts_are_the_same_under_a_seed():
 
 
 def test_magpie_prefix_is_the_template_up_to_the_user_text():
-    from common.chat_format import prepare_tokenizer
+    from common.chat.tokenizer import prepare_tokenizer
     from common.models import load_tokenizer
 
     tokenizer = load_tokenizer("builtin:tiny")
@@ -295,7 +295,8 @@ def special_tokens_model(tmp_path_factory):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from common.chat_format import END_OF_TURN, prepare_tokenizer
+    from common.chat.own_format import END_OF_TURN
+    from common.chat.tokenizer import prepare_tokenizer
     from common.models import load_tokenizer
 
     out = tmp_path_factory.mktemp("special_tokens") / "model"

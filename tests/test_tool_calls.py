@@ -7,8 +7,10 @@ import json
 
 import pytest
 
-from common.chat_format import add_function_tokens, chat_row_problem, prepare_tokenizer, use_function_tokens
-from common.chat_masks import spans, tokenize_chat
+from common.chat.masks import spans, tokenize_chat
+from common.chat.own_format import add_function_tokens, use_function_tokens
+from common.chat.rows import chat_row_problem
+from common.chat.tokenizer import prepare_tokenizer
 from common.cleaning import CLEAN_DEFAULTS, clean_rows
 from common.data import DataReport, Row
 from common.errors import UserError

@@ -3,7 +3,7 @@
 synth_data.py uses it as its verifier: verifier="data/examples/verify.py:verify".
 """
 
-from common.tool_calls import arguments_of, call_problem, same_calls, tool_names
+from common.chat.tools import arguments_of, call_problem, same_calls, tool_names
 
 
 def exact_match(prediction: str, reference: str) -> bool:

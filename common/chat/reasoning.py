@@ -2,7 +2,7 @@
 
 Rows bring reasoning two ways: an assistant message's `reasoning_content` field (the OpenAI/TRL form), or a
 `<think>...</think>` block at the start of its content (how R1-style models write it). Both are read into
-`reasoning_content`; the chat format then renders it the way its template does (common.chat_templates), and
+`reasoning_content`; the chat format then renders it the way its template does (common.chat.template), and
 it is trained with the answer. `reasoning="drop"` removes it from every turn before rendering.
 """
 

@@ -6,7 +6,27 @@
 <tool>{"sky": "sunny"}<eot><assistant>Sunny.<eot>
 """
 
+from common.chat.template import ChatSpec
+from common.distributed import is_main
+from common.errors import UserError
+
+ROLE_TOKENS = {"system": "<system>", "user": "<user>", "assistant": "<assistant>", "tool": "<tool>"}
+
+
+CALL = "<call>"  # opens a tool call inside an assistant turn: <call>name{arg:"value"}
+
+
+END_OF_TURN = "<eot>"
+
+
+FUNCTION_TOKENS_FILE = "function_tokens.json"  # in final/: {function name: its token}
+
+
+AUTO_FUNCTION_TOKENS = 64  # function_tokens=auto: a specialist's closed set of functions is at most this large
+
+
 FUNCTION_TOKEN = "<fn:{}>"  # function_tokens=true: one token per function, standing for <call>name
+
 
 # The tools, one line each before the conversation, as compact signatures: `name(city: string, days?: integer)
 # description`. A JSON schema per tool would cost hundreds of tokens in every row; the signature keeps the names,
@@ -38,6 +58,8 @@ _TOOLS = (
     "{%- endfor -%}<eot>"
     "{%- endif -%}"
 )
+
+
 # A call's arguments as compact JSON with bare keys, `{city:"Paris",days:2}`: the parser's unquoted_keys dialect
 # quotes them back. The key sits right before its value, as in `city="Paris"`, which a small model learns to fill
 # far sooner than `"city": "Paris"` (BENCHMARKS.md). The dialect quotes any `{word:` or `,word:`, so inside
@@ -57,6 +79,8 @@ _ARGUMENTS = (
     " else json_value(k ~ '') }}:{{ json_value(x) }}{{ ',' if not loop.last }}{%- endfor -%}{{ '}' }}{%- endif -%}"
     "{%- endmacro -%}"
 )
+
+
 # `{% generation %}` marks what the loss is taken on: assistant reasoning (as a <think> block), content, tool calls
 # and the end-of-turn token, on every assistant turn, so a conversation renders the same at inference as in
 # training. A call is `<call>name{city:"Paris"}` (or `<fn:name>{...}` with function tokens): the name bare, since
@@ -106,3 +130,47 @@ RESPONSE_TEMPLATE = {
         "content": {"close_pattern": r"<eot>.*", "content": "text"},
     },
 }
+
+
+def use_function_tokens(tokenizer, spec: ChatSpec, params: dict, names, report) -> dict[str, str]:
+    """PARAMS function_tokens: a token for each function the training rows' tools name (names), or none ({}). "auto" takes
+    them for a specialist's closed set of functions (at most AUTO_FUNCTION_TOKENS names) in the special-tokens
+    format, and not for broad tool data, whose model must read schemas it has never seen."""
+    setting = params["function_tokens"]
+    if setting is True and params["chat_format"] != "special_tokens":
+        raise UserError("function_tokens=true needs chat_format=special_tokens: a native template writes names as text")
+    names = set(names)
+    if setting == "auto":
+        setting = params["chat_format"] == "special_tokens" and 0 < len(names) <= AUTO_FUNCTION_TOKENS
+    if not setting or not names:
+        return {}
+    tokens = add_function_tokens(tokenizer, spec, names)
+    report.counts["function_tokens"] = len(tokens)
+    if is_main():
+        print(f"function tokens: {len(tokens)}, one per function in the training rows' tools", flush=True)
+    return tokens
+
+
+def add_function_tokens(tokenizer, spec: ChatSpec, names) -> dict[str, str]:
+    """One special token per function name (special_tokens format): a call is that token and its arguments, and
+    the tools line of the function is the token. Returns {name: token} for every function token the tokenizer
+    has, the mapping final/ keeps."""
+    before = len(tokenizer)
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": [FUNCTION_TOKEN.format(n) for n in sorted(set(names))]},
+        replace_extra_special_tokens=False,
+    )
+    tokens = function_tokens_of(tokenizer)
+    tokenizer.chat_template = special_tokens_template(tokens)
+    spec.new_token_ids += list(range(before, len(tokenizer)))
+    return tokens
+
+
+def function_tokens_of(tokenizer) -> dict[str, str]:
+    """{name: token} of the function tokens the tokenizer already has."""
+    prefix, suffix = FUNCTION_TOKEN.split("{}")
+    return {
+        token[len(prefix) : -len(suffix)]: token
+        for token in tokenizer.get_added_vocab()
+        if token.startswith(prefix) and token.endswith(suffix)
+    }

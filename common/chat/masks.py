@@ -10,10 +10,10 @@ they do not is refused (RowProblem), never trained with a wrong mask.
 
 from jinja2 import TemplateError
 
-from common.chat_templates import FIX, ChatSpec, chat_spec, prepare_messages
+from common.chat.reasoning import with_reasoning
+from common.chat.template import FIX, PROBES, ChatSpec, chat_spec, prepare_messages
+from common.chat.tools import calls_text, normalize_message, normalize_tools
 from common.errors import RowProblem
-from common.reasoning import with_reasoning
-from common.tool_calls import calls_text, normalize_message, normalize_tools
 
 
 def tokenize_chat(
@@ -103,8 +103,6 @@ def prompt_and_answer(
 
 def trained_stop_token(tokenizer, spec: ChatSpec) -> int | None:
     """The last token the template trains in an assistant turn followed by a user turn (its end-of-turn token)."""
-    from common.chat_templates import PROBES
-
     try:
         input_ids, mask = render_with_mask(tokenizer, prepare_messages(PROBES[2][:3], spec), spec)
     except RowProblem:
