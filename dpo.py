@@ -15,23 +15,25 @@ exact match are printed before and after. Outputs: params.yaml, data_report.json
 rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins), loss.png, checkpoint-N/, final/.
 """
 
-import json
-import os
 from functools import partial
+
+from trl import DPOTrainer
 
 from common.chat.native import use_training_template
 from common.chat.template import chat_spec
-from common.checkpoint import export_final, start_run, stop_ids
+from common.checkpoint import dry_run, export_final, start_run, stop_ids
 from common.cleaning import CLEAN_DEFAULTS
 from common.data import DataReport
 from common.distributed import is_main, shutdown
 from common.errors import UserError, exit_on_user_error
+from common.evaluate import held_out, load_plain
 from common.models import apply_lora, load_model, load_tokenizer
-from common.params import resolve, save_params
-from common.preference import as_chat, plain_row_problem, preference_example, write_preference_preview
+from common.params import Rules, resolve, save_params
+from common.preference import plain_row_problem, preference_example, write_preference_preview
 from common.prepare import Recipe, prepare
 from common.tracking import plot_loss
-from common.training import dpo_trainer
+from common.training import callbacks, dpo_config
+from common.trl_patches import CachedReference, PretokenizedPairs, StopOnNonFiniteLoss, compose
 
 PARAMS = dict(
     model="outputs/sft_chat/final",  # the default sft_chat.py run's output; or any hub id or local folder
@@ -74,9 +76,7 @@ PARAMS = dict(
     on_bad_rows="error",  # or "skip": drop and count them in data_report.json
     num_proc=0,  # processes that prepare the data (0: every core available to this process)
     data_cache_dir="outputs/data_cache",  # prepared (tokenized, packed) data keyed by data, tokenizer and settings
-    clean=dict(
-        CLEAN_DEFAULTS
-    ),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning"; clean.enabled=false)
+    clean=dict(CLEAN_DEFAULTS),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning")
     trust_remote_code=False,
     lora=dict(
         enabled=False,
@@ -89,40 +89,23 @@ PARAMS = dict(
 )
 
 
-def held_out(model, tokenizer, chat, params: dict, stage: str, margins_before=None) -> list[float]:
-    """Print held-out preference accuracy (the model gives chosen a higher log-probability than rejected),
-    reward accuracy after training (that margin grew), and exact match; returns the margins."""
-    import torch
-
-    from common.evaluate import exact_match_of, read_examples
-    from common.preference import preference_margins
-
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    margins = []
-    if params["test_data"]:
-        with open(params["test_data"], encoding="utf-8") as f:
-            rows = [as_chat(json.loads(line), chat is not None) for line in f if line.strip()]
-        margins = preference_margins(model, tokenizer, rows, chat)
-        line = f"{stage}: held-out preference accuracy {sum(m > 0 for m in margins) / len(margins):.1%}"
-        if margins_before:
-            grew = sum(a > b for a, b in zip(margins, margins_before, strict=False)) / len(margins)
-            line += f", reward accuracy {grew:.1%} (margin grew)"
-        print(f"{line} on {params['test_data']}", flush=True)
-    if params["exact_match_data"]:
-        accuracy = exact_match_of(model, tokenizer, read_examples(params["exact_match_data"]))
-        print(f"{stage}: held-out exact match {accuracy:.1%} on {params['exact_match_data']}", flush=True)
-    return margins
+# Values and bounds of this script's own keys (the shared ones are in common/params.py)
+RULES = Rules(
+    # TRL 1.16's DPO losses (it checks them only inside the first training step)
+    choices={
+        "loss_type": ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                      "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"),
+    },
+    bounds={"beta": (lambda v: v > 0, "must be > 0")},
+)  # fmt: skip
+# The keys besides data, cleaning, max_length and seed that change the prepared data (a change re-prepares it)
+DATA_KEYS = ("chat_template", "reasoning")
 
 
 @exit_on_user_error
 def main(params: dict, trainer_class=None, row_hook=None) -> None:
     out = params["output_dir"]
-    if params["model"] == PARAMS["model"] and not os.path.isdir(params["model"]):
-        raise UserError(
-            f"model folder not found: {params['model']} (run `accelerate launch sft_chat.py` first, or set model=)"
-        )
-    resume_from = start_run(params, ("test_data", "exact_match_data"))
+    resume_from = start_run(params, PARAMS)
 
     # Data: read and check the pairs, then render each whole with the model's chat template (the training variant
     # sft_chat.py would use), so the scored tokens are exactly each answer and its end-of-turn token; in Arrow on
@@ -139,6 +122,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
         partial(preference_example, tokenizer, chat, params["max_length"]),
         hook=row_hook,
         columns=("prompt_ids", "chosen_ids", "rejected_ids"),
+        keys=DATA_KEYS,
     )
     data = prepare(params, recipe, tokenizer, report)
     train, evals = data.train, data.eval
@@ -149,32 +133,44 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
         save_params(params, out)
         report.write(out)
     if params["dry_run"]:
-        if is_main():
-            write_preference_preview(tokenizer, train, out, params["max_length"])
-            tokenizer.save_pretrained(os.path.join(out, "tokenizer"))
-            print(json.dumps(report.as_dict(), indent=2))
-        return shutdown()
+        return dry_run(
+            out, tokenizer, report, partial(write_preference_preview, tokenizer, train, params["max_length"])
+        )
 
     # Model: full fine-tuning, or LoRA whose disabled adapter is the reference
     lora = params["lora"]["enabled"]
     model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"], frozen=lora)
     stops = stop_ids(model, tokenizer)
-    before = held_out(model, tokenizer, chat, params, "before") if is_main() and not resume_from else None
+    preferences = (params["test_data"], chat)
+    before = (
+        {} if resume_from else held_out("before", model, tokenizer, params["exact_match_data"], preferences=preferences)
+    )
     if lora:
         model = apply_lora(model, params["lora"], [])
 
-    trainer = dpo_trainer(params, model, tokenizer, train, evals, trainer_class)
+    # Trainer: TRL's DPOTrainer on the pairs as prepared, stopped on a non-finite loss; full fine-tuning reads the
+    # reference log-probs from ref_cache_dir, or computes them once and stores them there (common/trl_patches.py)
+    args = dpo_config(params, evals)
+    Trainer = compose(trainer_class or DPOTrainer, StopOnNonFiniteLoss, PretokenizedPairs, CachedReference)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evals,
+        processing_class=tokenizer,
+        callbacks=callbacks(params, args),
+        ref_cache_dir=params["ref_cache_dir"],
+    )
     trainer.train(resume_from_checkpoint=resume_from)
 
     final = export_final(trainer, tokenizer, out, stops, params["lora"]["merge"])
     if is_main():
         plot_loss(out)
         print(f"saved {final}")
-        from common.evaluate import load_plain
-
-        held_out(load_plain(final), tokenizer, chat, params, "after", before)
+        held_out("after", load_plain(final), tokenizer, params["exact_match_data"], show=3, preferences=preferences,
+                 before=before)  # fmt: skip
     shutdown()
 
 
 if __name__ == "__main__":
-    main(resolve(PARAMS))
+    main(resolve(PARAMS, RULES))

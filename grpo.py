@@ -18,21 +18,24 @@ reward_std, frac_reward_zero_std, completion lengths, clip ratios, kl when beta 
 import os
 from functools import partial
 
+import torch
+from trl import GRPOTrainer
+
 from common.chat.template import rejects_system
-from common.checkpoint import export_final, start_run, stop_ids
+from common.checkpoint import dry_run, export_final, start_run, stop_ids
 from common.cleaning import CLEAN_DEFAULTS
 from common.data import DataReport
 from common.distributed import is_main, shutdown
 from common.errors import UserError, exit_on_user_error
-from common.evaluate import saved_template
+from common.evaluate import held_out, load_plain, saved_template
 from common.models import apply_lora, load_model, load_tokenizer
-from common.params import resolve, save_params
+from common.params import Rules, resolve, save_params
 from common.prepare import Recipe, prepare
-from common.prompts import prompt_example, write_prompt_preview
+from common.prompts import prompt_example, prompt_problem, write_prompt_preview
 from common.rewards import Reward, load_rewards
-from common.synthesis import prompt_problem
 from common.tracking import plot_loss
-from common.training import grpo_trainer
+from common.training import callbacks, grpo_config
+from common.trl_patches import RenderedPrompts, StopOnNonFiniteLoss, compose
 
 PARAMS = dict(
     model="outputs/sft_chat_warmup/final",  # the warm-up run's output (configs/recipes/grpo-warmup.yaml); any hub id or folder
@@ -85,9 +88,7 @@ PARAMS = dict(
     on_bad_rows="error",  # or "skip": drop and count them in data_report.json
     num_proc=0,  # processes that prepare the data (0: every core available to this process)
     data_cache_dir="outputs/data_cache",  # prepared prompts keyed by data, tokenizer and settings
-    clean=dict(
-        CLEAN_DEFAULTS
-    ),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning"; clean.enabled=false)
+    clean=dict(CLEAN_DEFAULTS),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning")
     trust_remote_code=False,
     lora=dict(
         enabled=False,
@@ -100,32 +101,39 @@ PARAMS = dict(
 )
 
 
-def held_out(model, tokenizer, params: dict, stage: str) -> None:
-    """Print the held-out exact match of greedy answers (common.evaluate)."""
-    import torch
-
-    from common.evaluate import exact_match_of, read_examples
-
-    if params["test_data"]:
-        model = model.to("cuda") if torch.cuda.is_available() else model
-        accuracy = exact_match_of(
-            model, tokenizer, read_examples(params["test_data"]), template=saved_template(params["model"])
-        )
-        print(f"{stage}: held-out exact match {accuracy:.1%} on {params['test_data']}", flush=True)
+# Values and bounds of this script's own keys (the shared ones are in common/params.py)
+RULES = Rules(
+    choices={
+        "loss_type": ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo"),
+        "scale_rewards": ("group", "batch", "none"),
+        "importance_sampling_level": ("token", "sequence"),
+        "vllm_mode": ("colocate", "server"),
+    },
+    bounds={
+        "beta": (lambda v: v >= 0, "must be >= 0 (0: no reference model)"),
+        "temperature": (lambda v: v > 0, "must be > 0"),
+        "top_p": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+        "num_generations": (lambda v: v >= 2, "must be >= 2"),
+        "max_completion_length": (lambda v: v >= 1, "must be >= 1"),
+        "epsilon": (lambda v: v > 0, "must be > 0"),
+        "epsilon_high": (lambda v: v >= 0, "must be >= 0 (0: epsilon)"),
+        "num_iterations": (lambda v: v >= 1, "must be >= 1"),
+        "vllm_gpu_memory_utilization": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+        "top_entropy_quantile": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    },
+)
+# The keys besides data, cleaning, max_length and seed that change the prepared prompts (a change re-prepares them):
+# the model folder's prompt_template.json formats prompts of a model without a chat template
+DATA_KEYS = ("model", "max_completion_length")
 
 
 @exit_on_user_error
 def main(params: dict, trainer_class=None, row_hook=None) -> None:
     out = params["output_dir"]
-    if params["model"] == PARAMS["model"] and not os.path.isdir(params["model"]):
-        raise UserError(
-            f"model folder not found: {params['model']} (run `accelerate launch sft_chat.py --config "
-            "configs/recipes/grpo-warmup.yaml` first, or set model=)"
-        )
-    if params["use_vllm"] and not __import__("torch").cuda.is_available():
+    if params["use_vllm"] and not torch.cuda.is_available():
         raise UserError("use_vllm=true needs a GPU; on CPU the policy generates with transformers (use_vllm=false)")
     functions = load_rewards(params["rewards"], params["reward_weights"])
-    resume_from = start_run(params)
+    resume_from = start_run(params, PARAMS)
 
     # Data: prompts checked, cleaned and rendered once with the model's chat template and each row's tools, in Arrow
     # on every core (common/prepare.py); each keeps its source row for the rewards
@@ -137,10 +145,9 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
             f"max_length={params['max_length']} leaves no room for a prompt beside "
             f"max_completion_length={params['max_completion_length']}"
         )
-    examples = partial(
-        prompt_example, tokenizer, saved_template(params["model"]), rejects_system(tokenizer), max_prompt
-    )
-    recipe = Recipe("grpo", prompt_problem, examples, hook=row_hook, columns=("prompt", "row", "where"))
+    template = saved_template(params["model"])
+    examples = partial(prompt_example, tokenizer, template, rejects_system(tokenizer), max_prompt)
+    recipe = Recipe("grpo", prompt_problem, examples, hook=row_hook, columns=("prompt", "row", "where"), keys=DATA_KEYS)
     prompts = prepare({**params, "eval_data": []}, recipe, tokenizer, report).train
     if not len(prompts):
         raise UserError("no prompts left after checks (see data_report.json)")
@@ -149,18 +156,11 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
         save_params(params, out)
         report.write(out)
     if params["dry_run"]:
-        if is_main():
-            write_prompt_preview(tokenizer, prompts, out)
-        return shutdown()
-    per_step = (
-        params["batch_size"]
-        * int(os.environ.get("WORLD_SIZE", "1"))
-        * params["grad_accum"]
-        // params["num_generations"]
-    )
-    if len(prompts) < per_step:  # TRL's sampler would make no step and the run would end untrained
+        return dry_run(out, tokenizer, report, partial(write_prompt_preview, tokenizer, prompts))
+    per_step = params["batch_size"] * int(os.environ.get("WORLD_SIZE", "1")) * params["grad_accum"]
+    if len(prompts) < per_step // params["num_generations"]:  # TRL's sampler would make no step: the run ends untrained
         raise UserError(
-            f"{len(prompts)} prompts, fewer than the {per_step} that one step takes "
+            f"{len(prompts)} prompts, fewer than the {per_step // params['num_generations']} that one step takes "
             "(batch_size x processes x grad_accum / num_generations); add rows or lower batch_size"
         )
 
@@ -168,24 +168,34 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     lora = params["lora"]["enabled"]
     model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"], frozen=lora)
     stops = stop_ids(model, tokenizer)
-    if is_main() and not resume_from:
-        held_out(model, tokenizer, params, "before")
+    if not resume_from:
+        held_out("before", model, tokenizer, params["test_data"], template)
     if lora:
         model = apply_lora(model, params["lora"], [])
 
-    rewards = [Reward(spec, fn, tokenizer) for spec, fn in zip(params["rewards"], functions, strict=False)]
-    trainer = grpo_trainer(params, model, tokenizer, prompts, rewards, trainer_class, not tokenizer.chat_template)
+    # Trainer: TRL's GRPOTrainer on the rendered prompts (each row's own tools, a resumable prompt order), scored by
+    # the rewards, stopped on a non-finite loss (common/trl_patches.py)
+    rewards = [Reward(spec, fn, tokenizer) for spec, fn in zip(params["rewards"], functions, strict=True)]
+    args = grpo_config(params)
+    Trainer = compose(trainer_class or GRPOTrainer, StopOnNonFiniteLoss, RenderedPrompts)
+    trainer = Trainer(
+        model=model,
+        reward_funcs=rewards,
+        args=args,
+        train_dataset=prompts,
+        processing_class=tokenizer,
+        callbacks=callbacks(params, args),
+        add_special_tokens=not tokenizer.chat_template,
+    )
     trainer.train(resume_from_checkpoint=resume_from)
 
     final = export_final(trainer, tokenizer, out, stops, params["lora"]["merge"])
     if is_main():
         plot_loss(out)
         print(f"saved {final}")
-        from common.evaluate import load_plain
-
-        held_out(load_plain(final), tokenizer, params, "after")
+        held_out("after", load_plain(final), tokenizer, params["test_data"], template, show=3)
     shutdown()
 
 
 if __name__ == "__main__":
-    main(resolve(PARAMS))
+    main(resolve(PARAMS, RULES))

@@ -16,21 +16,26 @@ final/ (a plain Hugging Face folder whose generation_config stops at the end-of-
 
 from functools import partial
 
-from common.batching import choose_packing, dry_run
+from trl import SFTTrainer
+
+from common.attention import use_varlen_attention
+from common.batching import choose_packing, write_sft_preview
 from common.chat.masks import chat_example
 from common.chat.own_format import FUNCTION_TOKENS_FILE, use_function_tokens
 from common.chat.rows import chat_row_problem
 from common.chat.tokenizer import end_of_turn_ids, prepare_tokenizer
-from common.checkpoint import export_final, start_run
+from common.checkpoint import dry_run, export_final, start_run
 from common.cleaning import CLEAN_DEFAULTS
 from common.data import DataReport
 from common.distributed import is_main, shutdown
 from common.errors import UserError, exit_on_user_error
+from common.evaluate import held_out, load_plain
 from common.models import apply_lora, load_model, load_tokenizer, resize_embeddings
-from common.params import resolve, save_params
+from common.params import Rules, resolve, save_params
 from common.prepare import Recipe, prepare
 from common.tracking import plot_loss
-from common.training import sft_trainer
+from common.training import callbacks, sft_config
+from common.trl_patches import StopOnNonFiniteLoss, compose
 
 PARAMS = dict(
     model="builtin:tiny",  # a hub id, a local folder, or builtin:tiny (random init, tokenizer in common/)
@@ -41,7 +46,7 @@ PARAMS = dict(
     data=["data/examples/chat_train.jsonl"],  # {"messages": [{"role", "content"}]} rows; ShareGPT is mapped
     eval_data=[],  # held-out rows for eval loss; when empty, eval_fraction of data is held out
     eval_fraction=0.05,
-    test_data="data/examples/chat_test.jsonl",  # exact-match check of final/ after training ("" to skip)
+    test_data="data/examples/chat_test.jsonl",  # held-out exact match before and after training ("" to skip)
     output_dir="outputs/sft_chat",
     max_length=512,
     packing="auto",  # auto: packed, with per-document attention (fastest on CPU and GPU, BENCHMARKS.md)
@@ -71,9 +76,7 @@ PARAMS = dict(
     on_bad_rows="error",  # or "skip": drop and count them in data_report.json
     num_proc=0,  # processes that prepare the data (0: every core available to this process)
     data_cache_dir="outputs/data_cache",  # prepared (tokenized, packed) data keyed by data, tokenizer and settings
-    clean=dict(
-        CLEAN_DEFAULTS
-    ),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning"; clean.enabled=false)
+    clean=dict(CLEAN_DEFAULTS),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning")
     trust_remote_code=False,
     lora=dict(
         enabled=False,
@@ -86,10 +89,22 @@ PARAMS = dict(
 )
 
 
+# Values and bounds of this script's own keys (the shared ones are in common/params.py)
+RULES = Rules(
+    choices={
+        "chat_format": ("special_tokens", "native"),
+        "loss_on": ("all_assistant", "last_assistant"),
+        "function_tokens": ("auto", True, False),
+    }
+)
+# The keys besides data, cleaning, max_length and seed that change the prepared data (a change re-prepares it)
+DATA_KEYS = ("chat_format", "chat_template", "reasoning", "function_tokens", "loss_on", "packing", "batch_size")
+
+
 @exit_on_user_error
 def main(params: dict, trainer_class=None, row_hook=None) -> None:
     out = params["output_dir"]
-    resume_from = start_run(params)
+    resume_from = start_run(params, PARAMS)
 
     # Data: read, check, clean, split, tokenize with the chat template (loss masks come from its generation markers,
     # or from prefix rendering verified on every row; common/chat/native.py says which) and pack, in Arrow on
@@ -105,9 +120,10 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
         "sft_chat",
         chat_row_problem,
         partial(chat_example, tokenizer, chat, params["loss_on"]),
-        lambda names, report: use_function_tokens(tokenizer, chat, params, names, report),
+        partial(use_function_tokens, tokenizer, chat, params),
         packing,
         row_hook,
+        keys=DATA_KEYS,
     )
     data = prepare(params, recipe, tokenizer, report)
     train_set, eval_set, functions = data.train, data.eval, data.extra
@@ -117,39 +133,41 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
         save_params(params, out)
         report.write(out)
     if params["dry_run"]:
-        if is_main():
-            dry_run(train_set, tokenizer, packing, out, report)
-        return shutdown()
+        return dry_run(out, tokenizer, report, partial(write_sft_preview, train_set, tokenizer, packing))
 
     # Model: new chat tokens get embedding rows at the mean of the old ones; LoRA trains those rows too
     lora = params["lora"]["enabled"]  # LoRA keeps the frozen base in bf16; trained weights stay fp32
     model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"], frozen=lora)
     resize_embeddings(model, tokenizer, chat.new_token_ids)
+    stops = end_of_turn_ids(tokenizer, params["chat_format"], chat)
+    if not resume_from:
+        held_out("before", model, tokenizer, params["test_data"], stops=stops)
     if lora:
         model = apply_lora(model, params["lora"], chat.new_token_ids)
+    if packing:
+        use_varlen_attention(model)  # each packed document attends to itself alone (common/attention.py)
 
-    trainer = sft_trainer(params, model, tokenizer, train_set, eval_set, packing, trainer_class)
+    # Trainer: TRL's SFTTrainer on the prepared examples, stopped on a non-finite loss (common/trl_patches.py)
+    args = sft_config(params, train_set, eval_set, packing)
+    Trainer = compose(trainer_class or SFTTrainer, StopOnNonFiniteLoss)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        callbacks=callbacks(params, args),
+    )
     trainer.train(resume_from_checkpoint=resume_from)
 
-    final = export_final(
-        trainer,
-        tokenizer,
-        out,
-        end_of_turn_ids(tokenizer, params["chat_format"], chat),
-        params["lora"]["merge"],
-        {FUNCTION_TOKENS_FILE: functions} if functions else None,
-    )
+    extra = {FUNCTION_TOKENS_FILE: functions} if functions else None
+    final = export_final(trainer, tokenizer, out, stops, params["lora"]["merge"], extra)
     if is_main():
         plot_loss(out)
         print(f"saved {final}")
-        if params["test_data"]:
-            from common.evaluate import exact_match
-
-            print(
-                f"held-out exact match: {exact_match(final, params['test_data'], show=3):.1%} on {params['test_data']}"
-            )
+        held_out("after", load_plain(final), tokenizer, params["test_data"], show=3)
     shutdown()
 
 
 if __name__ == "__main__":
-    main(resolve(PARAMS))
+    main(resolve(PARAMS, RULES))

@@ -3,7 +3,7 @@
     accelerate launch sft_completion.py                            # built-in tiny model, example task
     accelerate launch --config_file configs/accelerate/zero3.yaml --num_processes 8 sft_completion.py   # ZeRO-3 on 8 GPUs
     accelerate launch sft_completion.py model=Qwen/Qwen2.5-0.5B data=my_pairs.jsonl template="Q: {prompt}\\nA:"
-    accelerate launch sft_completion.py --config configs/recipes/qwen2.5-0.5b-completion.yaml
+    accelerate launch sft_completion.py --config configs/recipes/qwen2.5-0.5b-completion-full.yaml
     accelerate launch --config_file configs/accelerate/ddp.yaml sft_completion.py   # two CPU processes
     python sft_completion.py dry_run=true                          # preview the data, train nothing
 
@@ -15,19 +15,23 @@ checkpoint-N/, and final/ (a plain Hugging Face folder that stops at EOS, with p
 
 from functools import partial
 
-from common.batching import choose_packing, dry_run
-from common.checkpoint import export_final, start_run
+from trl import SFTTrainer
+
+from common.attention import use_varlen_attention
+from common.batching import choose_packing, write_sft_preview
+from common.checkpoint import dry_run, export_final, start_run
 from common.cleaning import CLEAN_DEFAULTS
 from common.completion_format import check_template, completion_example, completion_row_problem
 from common.data import DataReport
 from common.distributed import is_main, shutdown
 from common.errors import UserError, exit_on_user_error
-from common.evaluate import TEMPLATE_FILE
+from common.evaluate import TEMPLATE_FILE, held_out, load_plain
 from common.models import apply_lora, load_model, load_tokenizer
-from common.params import resolve, save_params
+from common.params import Rules, resolve, save_params
 from common.prepare import Recipe, prepare
 from common.tracking import plot_loss
-from common.training import sft_trainer
+from common.training import callbacks, sft_config
+from common.trl_patches import StopOnNonFiniteLoss, compose
 
 PARAMS = dict(
     model="builtin:tiny",  # a hub id, a local folder, or builtin:tiny (random init, tokenizer in common/)
@@ -35,7 +39,7 @@ PARAMS = dict(
     template="Request: {prompt}\nCall: ",  # str.format pattern for prompts; "{prompt}" uses them as they are
     eval_data=[],  # held-out rows for eval loss; when empty, eval_fraction of data is held out
     eval_fraction=0.05,
-    test_data="data/examples/completion_test.jsonl",  # exact-match check of final/ after training ("" to skip)
+    test_data="data/examples/completion_test.jsonl",  # held-out exact match before and after training ("" to skip)
     output_dir="outputs/sft_completion",
     max_length=512,  # longer prompt/completion rows are truncated; longer text rows are cut into pieces
     packing="auto",  # auto: packed, with per-document attention (fastest on CPU and GPU, BENCHMARKS.md)
@@ -64,9 +68,7 @@ PARAMS = dict(
     on_bad_rows="error",  # or "skip": drop and count them in data_report.json
     num_proc=0,  # processes that prepare the data (0: every core available to this process)
     data_cache_dir="outputs/data_cache",  # prepared (tokenized, packed) data keyed by data, tokenizer and settings
-    clean=dict(
-        CLEAN_DEFAULTS
-    ),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning"; clean.enabled=false)
+    clean=dict(CLEAN_DEFAULTS),  # normalise, scrub PII, filter, dedup, decontaminate (README "Cleaning")
     trust_remote_code=False,
     lora=dict(
         enabled=False,
@@ -79,10 +81,15 @@ PARAMS = dict(
 )
 
 
+RULES = Rules()  # this script's own values and bounds: none beyond the shared ones in common/params.py
+# The keys besides data, cleaning, max_length and seed that change the prepared data (a change re-prepares it)
+DATA_KEYS = ("template", "packing", "batch_size")
+
+
 @exit_on_user_error
 def main(params: dict, trainer_class=None, row_hook=None) -> None:
     out = params["output_dir"]
-    resume_from = start_run(params)
+    resume_from = start_run(params, PARAMS)
 
     # Data: read, check, clean, split; prompt and completion are tokenized apart, so the mask is exact; then packed,
     # in Arrow on every core, once: reruns and other ranks memory-map the result (common/prepare.py)
@@ -98,6 +105,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
         partial(completion_example, tokenizer, template, params["max_length"]),
         packing=packing,
         hook=row_hook,
+        keys=DATA_KEYS,
     )
     data = prepare(params, recipe, tokenizer, report)
     train_set, eval_set = data.train, data.eval
@@ -107,32 +115,40 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
         save_params(params, out)
         report.write(out)
     if params["dry_run"]:
-        if is_main():
-            dry_run(train_set, tokenizer, packing, out, report)
-        return shutdown()
+        return dry_run(out, tokenizer, report, partial(write_sft_preview, train_set, tokenizer, packing))
 
     # Model: the vocabulary stays as it is, so final/ and a LoRA adapter match the base model
     lora = params["lora"]["enabled"]  # LoRA keeps the frozen base in bf16; trained weights stay fp32
     model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"], frozen=lora)
+    stops = [tokenizer.eos_token_id]
+    if not resume_from:
+        held_out("before", model, tokenizer, params["test_data"], template, stops)
     if lora:
         model = apply_lora(model, params["lora"], [])
+    if packing:
+        use_varlen_attention(model)  # each packed document attends to itself alone (common/attention.py)
 
-    trainer = sft_trainer(params, model, tokenizer, train_set, eval_set, packing, trainer_class)
+    # Trainer: TRL's SFTTrainer on the prepared examples, stopped on a non-finite loss (common/trl_patches.py)
+    args = sft_config(params, train_set, eval_set, packing)
+    Trainer = compose(trainer_class or SFTTrainer, StopOnNonFiniteLoss)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        callbacks=callbacks(params, args),
+    )
     trainer.train(resume_from_checkpoint=resume_from)
 
     saved = {TEMPLATE_FILE: {"template": template}}
-    final = export_final(trainer, tokenizer, out, [tokenizer.eos_token_id], params["lora"]["merge"], saved)
+    final = export_final(trainer, tokenizer, out, stops, params["lora"]["merge"], saved)
     if is_main():
         plot_loss(out)
         print(f"saved {final}")
-        if params["test_data"]:
-            from common.evaluate import exact_match
-
-            print(
-                f"held-out exact match: {exact_match(final, params['test_data'], show=3):.1%} on {params['test_data']}"
-            )
+        held_out("after", load_plain(final), tokenizer, params["test_data"], template, show=3)
     shutdown()
 
 
 if __name__ == "__main__":
-    main(resolve(PARAMS))
+    main(resolve(PARAMS, RULES))

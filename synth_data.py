@@ -21,28 +21,29 @@ Every request is cached in output_dir/requests.sqlite by (backend, model, prompt
 a killed run started again re-sends no finished request, and output files are written whole, then renamed.
 """
 
+import json
 import os
 
 from common.chat.reasoning import strip_reasoning
-from common.chat.tools import normalize_tools, tool_names
-from common.cleaning import CLEAN_DEFAULTS, clean_once, scrub_rows
-from common.data import DataReport, Row, check_rows, load_sources, write_rows
+from common.chat.tools import answer_message, answer_text, normalize_tools, tool_names
+from common.cleaning import CLEAN_DEFAULTS, scrub_only
+from common.data import DataReport, Row, write_rows
 from common.errors import UserError, exit_on_user_error
 from common.generation import Request, Tally, generate, make_backend, sampling_of
 from common.models import load_tokenizer
-from common.params import CHOICES, resolve, save_params
+from common.params import Rules, resolve, save_params
+from common.prepare import Recipe, prepare
+from common.prompts import prompt_of, prompt_problem
 from common.request_cache import RequestCache
+from common.rewards import load_function
 from common.synthesis import (
-    answer_message,
-    answer_text,
+    any_row,
+    as_row,
     best_and_worst,
     judge_rubric_reply,
     last_request,
-    load_function,
     magpie_prefix,
     novel,
-    prompt_of,
-    prompt_problem,
     reward_scores,
     self_instruct_prompts,
     shared_tools,
@@ -83,15 +84,36 @@ PARAMS = dict(
     seed=42,
     progress_bar=True,
     on_bad_rows="error",  # or "skip": drop and count them in data_report.json
+    num_proc=0,  # processes that read, check and clean the rows (0: every core available to this process)
+    data_cache_dir="outputs/data_cache",  # checked and cleaned rows keyed by data and settings, as the other scripts'
     trust_remote_code=False,
-    clean=dict(CLEAN_DEFAULTS),  # the clean stage's settings (README "Cleaning")
+    clean=dict(CLEAN_DEFAULTS),  # the clean stage's settings (README "Cleaning"); seed rows get its PII scrub only
+)
+# Values and bounds of this script's own keys (the shared ones are in common/params.py)
+RULES = Rules(
+    choices={
+        "stages": ("instructions", "responses", "preferences", "clean"),
+        "backend": ("hf", "vllm", "openai"),
+        "judge": ("verifier", "llm", "reward_model"),
+        "instruction_style": ("self_instruct", "magpie"),
+    },
+    bounds={
+        "temperature": (lambda v: v >= 0, "must be >= 0"),
+        "max_similarity": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+        "num_samples": (lambda v: v >= 1, "must be >= 1"),
+        "num_instructions": (lambda v: v >= 1, "must be >= 1"),
+        "concurrency": (lambda v: v >= 1, "must be >= 1"),
+        "retries": (lambda v: v >= 0, "must be >= 0"),
+        "timeout": (lambda v: v > 0, "must be > 0"),
+        "max_new_tokens": (lambda v: v >= 1, "must be >= 1"),
+    },
 )
 ATTEMPTS_PER_INSTRUCTION = 3  # self-instruct and Magpie repeat themselves: ask for 3x, keep the novel ones
 
 
 def check(params: dict) -> list[str]:
     """The stages in pipeline order; files, the model and the judge's function are checked before any model loads."""
-    stages, order = params["stages"], CHOICES["stages"]
+    stages, order = params["stages"], RULES.choices["stages"]
     if not stages or stages != sorted(stages, key=order.index) or len(set(stages)) < len(stages):
         raise UserError(f"stages={stages} must be a non-empty subset of {list(order)} in that order")
     generating = stages != ["clean"]
@@ -149,6 +171,14 @@ def score(
     return [scores[i : i + per] for i in range(0, len(scores), per)]
 
 
+def read_rows(params: dict, data, problem, clean: dict, report: DataReport, tokenizer=None) -> list[Row]:
+    """The rows of data, checked by problem and cleaned with clean, through the data pipeline and its cache."""
+    settings = {**params, "data": data, "clean": clean, "eval_fraction": 0.0}
+    recipe = Recipe("synth_data", problem, as_row, columns=("row", "where"), keys=("test_data",))
+    prepared = prepare(settings, recipe, tokenizer, report).train
+    return [Row(json.loads(row), where) for row, where in zip(prepared["row"], prepared["where"], strict=True)]
+
+
 @exit_on_user_error
 def main(params: dict) -> None:
     stages, out = check(params), params["output_dir"]
@@ -156,9 +186,9 @@ def main(params: dict) -> None:
     save_params(params, out)
     report, tally = DataReport(), Tally()
     generating = stages != ["clean"]
-    problem = prompt_problem if generating else (lambda r: None if isinstance(r, dict) else "row must be a JSON object")
-    rows = check_rows(load_sources(params["data"], report, seed=params["seed"]), problem, params["on_bad_rows"], report)
-    rows = scrub_rows(rows, params["clean"], report)  # before any row is sent or written
+    # Seed rows: read, checked and PII-scrubbed by the pipeline every script uses (common/prepare.py), before any
+    # row is sent to a model or written; a clean-only run cleans them in its clean stage instead
+    rows = read_rows(params, params["data"], prompt_problem, scrub_only(params["clean"]), report) if generating else []
     backend = make_backend(params) if generating else None
     cache = RequestCache(os.path.join(out, "requests.sqlite"))
     sampling = sampling_of(params)
@@ -245,7 +275,9 @@ def main(params: dict) -> None:
             tokenizer = getattr(backend, "tokenizer", None) or (
                 load_tokenizer(params["model"], params["trust_remote_code"]) if by_tokens else None
             )
-            rows = clean_once(rows, params, report, tokenizer)
+            if last == "clean" or rows:  # generated rows are cleaned from the raw file just written
+                source = os.path.join(out, f"{last}.raw.jsonl") if last != "clean" else params["data"]
+                rows = read_rows(params, source, any_row, params["clean"], report, tokenizer)
             write_rows(os.path.join(out, f"{last}.jsonl"), [r.data for r in rows])
         written = len(rows)
         print(f"wrote {written} rows to {os.path.join(out, last + '.jsonl')}")
@@ -258,4 +290,4 @@ def main(params: dict) -> None:
 
 
 if __name__ == "__main__":
-    main(resolve(PARAMS))
+    main(resolve(PARAMS, RULES))

@@ -9,6 +9,9 @@ flash-attention's varlen kernel does; the document boundaries come from the coll
 """
 
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 NAME = "sdpa_varlen"
 
@@ -25,7 +28,6 @@ def document_bounds(cu_seq_lens_q, position_ids, length: int) -> list[int] | Non
 
 
 def sdpa_varlen_forward(module, query, key, value, attention_mask, cu_seq_lens_q=None, position_ids=None, **kwargs):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     length = query.shape[2]
     bounds = None
@@ -43,7 +45,6 @@ def sdpa_varlen_forward(module, query, key, value, attention_mask, cu_seq_lens_q
 
 def sdpa_varlen_mask(**kwargs):
     """No mask for a training row without padding (the attention splits it by document); sdpa's otherwise."""
-    from transformers.masking_utils import sdpa_mask
 
     if kwargs.get("attention_mask") is None and kwargs["q_length"] == kwargs["kv_length"]:
         return None
@@ -52,8 +53,6 @@ def sdpa_varlen_mask(**kwargs):
 
 def use_varlen_attention(model) -> None:
     """Switch a model that runs sdpa to sdpa_varlen (flash-attention and eager are left as they are)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(NAME, sdpa_varlen_forward)
     AttentionMaskInterface.register(NAME, sdpa_varlen_mask)

@@ -6,8 +6,9 @@ so what `dry_run` previews is exactly what training receives, and every truncate
 
 import json
 import os
+import random
 
-from common.data import DataReport
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 
 def choose_packing(packing) -> bool:
@@ -58,8 +59,6 @@ def pack_lengths(
     long-tailed bench data rows are 98.5% full, where first-fit in random order filled 93%
     (bench/sft_vs_trl.py). `seq_lengths` gives TRL's collator the document boundaries.
     """
-    import random
-
     order = list(range(len(size)))
     random.Random(seed).shuffle(order)
 
@@ -91,8 +90,6 @@ def pack_lengths(
 def collator(tokenizer, packing: bool):
     """The collator SFTTrainer builds for itself from the same settings (it refuses a passed-in one when
     packing): padded batches, or one padding-free row with per-document position_ids when packed."""
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-
     return DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=packing)
 
 
@@ -120,9 +117,7 @@ def show_example(tokenizer, example: dict) -> str:
     return "".join(pieces) + ("]]" if inside else "")
 
 
-def dry_run(train_set, tokenizer, packing: bool, output_dir: str, report: DataReport) -> None:
-    """What dry_run=true leaves behind: data_preview.jsonl, the prepared tokenizer/, and a printed example."""
+def write_sft_preview(train_set, tokenizer, packing: bool, output_dir: str) -> None:
+    """data_preview.jsonl of SFT examples as the collator hands them over; prints the first with its trained tokens."""
     preview = write_preview(train_set, collator(tokenizer, packing), output_dir)
-    tokenizer.save_pretrained(os.path.join(output_dir, "tokenizer"))
     print("first training example, trained tokens in [[ ]]:\n" + show_example(tokenizer, preview[0]))
-    print(json.dumps(report.as_dict(), indent=2))

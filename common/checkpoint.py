@@ -5,13 +5,21 @@ import json
 import os
 import re
 import shutil
+import struct
 import sys
+import zipfile
 
 import torch
 
-from common.distributed import is_main, wait_for_everyone
+from common.distributed import describe, is_main, shutdown, wait_for_everyone
 from common.errors import UserError
 
+HELD_OUT_FILES = ("test_data", "exact_match_data")  # PARAMS keys naming held-out files; "" skips one
+# Default models that another script's default run writes, with the command that writes them.
+MADE_BY = {
+    "outputs/sft_chat/final": "accelerate launch sft_chat.py",
+    "outputs/sft_chat_warmup/final": "accelerate launch sft_chat.py --config configs/recipes/grpo-warmup.yaml",
+}
 RUN_FILES = (
     "params.yaml",
     "data_report.json",
@@ -37,8 +45,6 @@ def unusable(checkpoint: str) -> str | None:
     file must be as long as its header says, and each torch file (optimizer, scheduler, rng state, DeepSpeed
     shards) must be a zip archive whose directory, stored at its end, is intact.
     """
-    import struct
-    import zipfile
 
     try:
         with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
@@ -84,18 +90,36 @@ def resume_point(output_dir: str) -> str | None:
     return found[-1] if found else None
 
 
-def start_run(params: dict, files: tuple[str, ...] = ("test_data",)) -> str | None:
-    """A script's prologue: join the process group and print the real launch, check that the files named by
-    `files` (PARAMS keys; "" skips one) exist, then prepare output_dir. Returns the checkpoint to resume from."""
-    from common.distributed import describe
-
+def start_run(params: dict, defaults: dict) -> str | None:
+    """A training script's prologue: check the model folder (a default that another script's run writes) and the
+    held-out files, join the process group and print the real launch, then prepare output_dir. Returns the
+    checkpoint to resume from."""
+    check_model_folder(params["model"], defaults["model"])
     launch = describe()  # every rank joins the process group here
     if is_main():
         print(launch, flush=True)
-    for key in files:
-        if params[key] and not os.path.isfile(params[key]):
+    for key in HELD_OUT_FILES:
+        if params.get(key) and not os.path.isfile(params[key]):
             raise UserError(f"{key} file not found: {params[key]} ({key}= skips the check)")
     return prepare_output_dir(params["output_dir"], params["resume"], params["overwrite"])
+
+
+def check_model_folder(model: str, default: str) -> None:
+    """A script whose default model is another script's output stops, when that folder is missing, with the
+    command that makes it."""
+    if model == default and model in MADE_BY and not os.path.isdir(model):
+        raise UserError(f"model folder not found: {model} (run `{MADE_BY[model]}` first, or set model=)")
+
+
+def dry_run(output_dir: str, tokenizer, report, write_preview) -> None:
+    """What dry_run=true leaves behind, the same for every training script: data_preview.jsonl as the trainer
+    receives the data (write_preview(output_dir) writes it and prints the first example), the prepared tokenizer/,
+    and the data report printed."""
+    if is_main():
+        write_preview(output_dir)
+        tokenizer.save_pretrained(os.path.join(output_dir, "tokenizer"))
+        print(json.dumps(report.as_dict(), indent=2))
+    shutdown()
 
 
 def prepare_output_dir(output_dir: str, resume: bool, overwrite: bool) -> str | None:
@@ -176,7 +200,7 @@ def export_final(
     merge = hasattr(model, "merge_and_unload") and merge_lora
     state_dict = None
     if is_partitioned(trainer) and merge and trainer.is_deepspeed_enabled:
-        import deepspeed
+        import deepspeed  # noqa: PLC0415 - optional: only a DeepSpeed run reaches here
 
         # Merging needs whole weights: gather them on every rank, merge, and keep rank 0's copy to save.
         with deepspeed.zero.GatheredParameters(list(model.parameters())):

@@ -4,16 +4,17 @@ One `clean` dict in PARAMS drives it for every schema (chat, completion, prefere
 what it removed and why into the DataReport. Rows keep their order; of duplicates, the first is kept.
 """
 
-import dataclasses
 import hashlib
 import json
-import os
 import re
 import unicodedata
+import zlib
+
+import numpy as np
+from datasketch import MinHash, MinHashLSH
 
 from common.chat.tools import arguments_of, map_strings
-from common.data import DataReport, Row
-from common.distributed import is_main, wait_for_everyone
+from common.data import DataReport, Row, load_sources
 from common.errors import UserError
 
 # Defaults, and why:
@@ -37,10 +38,8 @@ CLEAN_DEFAULTS = dict(
     eval_sets=[],  # local files or hub datasets whose inputs must not appear in training rows
     decontaminate_held_out=True,  # the script's own test_data, eval_data and exact_match_data count as eval_sets
     ngram=13,  # words shared with an eval input that mark contamination (GPT-3's choice)
-    cache_dir="outputs/clean_cache",  # cleaned rows keyed by data and settings: reruns and other ranks reuse them
 )
 HELD_OUT_KEYS = ("test_data", "exact_match_data", "eval_data")
-CACHE_VERSION = 2  # part of the cache key: raise it when a step changes what it keeps
 REFUSALS = (
     "as an ai language model",
     "as an ai assistant",
@@ -161,49 +160,6 @@ def quality_problem(text: str, settings: dict) -> str | None:
     return None
 
 
-def clean_once(rows: list[Row], params: dict, report: DataReport, tokenizer=None) -> list[Row]:
-    """clean_rows with params["clean"], run by the main process only and cached in clean.cache_dir under a key of
-    the rows, the settings and the eval sets' inputs: other ranks, and reruns on the same data, read the cache.
-    tokenizer counts tokens for min_tokens and max_tokens."""
-    settings = params["clean"]
-    if not settings["enabled"]:
-        return rows
-    by_tokens = settings["min_tokens"] or settings["max_tokens"]
-    if by_tokens and tokenizer is None:
-        raise UserError("clean.min_tokens and clean.max_tokens need the model's tokenizer (not loaded for this stage)")
-    eval_inputs = eval_set_inputs(
-        eval_sets_of(params)
-    )  # every rank reads them, so a missing file stops every rank alike
-    steps = {k: v for k, v in settings.items() if k != "cache_dir"}
-    counter = [tokenizer.name_or_path, len(tokenizer)] if by_tokens else None
-    content = json.dumps(
-        [CACHE_VERSION, steps, counter, eval_inputs, [[r.data, r.where] for r in rows]], sort_keys=True
-    )
-    path = os.path.join(settings["cache_dir"], hashlib.sha256(content.encode()).hexdigest()[:32] + ".json")
-    cached = os.path.isfile(path)
-    if is_main() and not cached:
-        fresh = DataReport()
-        kept = clean_rows(rows, settings, fresh, eval_inputs, tokenizer)
-        result = {
-            "dropped": fresh.dropped,
-            "cleaning": fresh.counts["cleaning"],
-            "rows": [[r.data, r.where] for r in kept],
-        }
-        os.makedirs(settings["cache_dir"], exist_ok=True)
-        with open(f"{path}.tmp{os.getpid()}", "w", encoding="utf-8") as f:
-            json.dump(result, f)
-        os.replace(f"{path}.tmp{os.getpid()}", path)  # a killed run leaves no half-written cache entry
-    wait_for_everyone()
-    with open(path, encoding="utf-8") as f:
-        result = json.load(f)
-    for reason, n in result["dropped"].items():
-        report.drop(reason, n)
-    report.counts["cleaning"] = {**result["cleaning"], "cache": path}
-    if is_main():
-        print(cleaning_table(result["cleaning"], result["dropped"], path if cached else None), flush=True)
-    return [Row(data, where) for data, where in result["rows"]]
-
-
 def eval_sets_of(params: dict) -> list:
     """The sources decontamination checks against: clean.eval_sets, and the script's own held-out files."""
     settings = params["clean"]
@@ -229,14 +185,12 @@ def cleaning_table(counts: dict, dropped: dict, reused: str | None) -> str:
     return "\n".join(lines)
 
 
-def scrub_rows(rows: list[Row], settings: dict, report: DataReport) -> list[Row]:
-    """Every text of every row with PII and keys replaced (clean.pii), before the rows go anywhere: synth_data
-    sends its seed rows to an endpoint that may be a hosted API, and copies prompts into its outputs."""
-    if not (settings["enabled"] and settings["pii"]):
-        return rows
-    results = [_scrubbed(row.data) for row in rows]
-    report.counts["input_texts_scrubbed"] = sum(changed for _, changed in results)
-    return [dataclasses.replace(row, data=data) for row, (data, _) in zip(rows, results, strict=False)]
+def scrub_only(settings: dict) -> dict:
+    """Clean settings that only scrub PII and keys (when settings do): what synth_data.py does to its seed rows
+    before any of them is sent to an endpoint (which may be a hosted API) or copied into its outputs."""
+    off = dict(normalize=False, min_chars=0, max_chars=0, min_tokens=0, max_tokens=0, phrases=False)
+    off |= dict(max_repeated_lines=1.0, max_symbol_ratio=1e9, exact_dedup=False, near_dedup=False, eval_sets=[])
+    return {**settings, **off, "decontaminate_held_out": False}
 
 
 def clean_rows(
@@ -247,7 +201,6 @@ def clean_rows(
     eval_inputs maps an eval-set name to its input texts (see eval_set_inputs) for decontamination. The same
     per-row steps and selection run over Arrow batches in common.prepare; this is the in-memory form.
     """
-    import numpy as np
 
     if not settings["enabled"]:
         return rows
@@ -275,7 +228,6 @@ class RowCleaner:
     Picklable, so preparation runs it on every core."""
 
     def __init__(self, settings: dict, eval_inputs: dict | None = None, tokenizer=None):
-        from datasketch import MinHash, MinHashLSH
 
         self.settings, self.tokenizer = settings, tokenizer
         self.eval_names = list(eval_inputs or {})
@@ -312,7 +264,6 @@ class RowCleaner:
         return out
 
     def _band_keys(self, text: str) -> list[int]:
-        from datasketch import MinHash
 
         words, n = _words(text), self.settings["shingle"]
         shingles = {" ".join(words[j : j + n]).encode() for j in range(max(1, len(words) - n + 1))}
@@ -324,7 +275,6 @@ class RowCleaner:
 
     def _contaminated(self, texts: list[str]) -> int:
         """The index of the first eval set sharing an n-gram with the row (see _eval_grams), or -1."""
-        import numpy as np
 
         n, found = self.settings["ngram"], []
         for words in (_words(normalize(t)) for t in texts):
@@ -346,7 +296,6 @@ def select_rows(passed, exact, bands, contaminated, cleaner: RowCleaner, report:
     filters, then the first of each exact duplicate, then rows sharing no LSH band with an earlier kept row (a
     near duplicate, as datasketch's MinHashLSH query finds it), then rows no eval set contaminates. Memory: the
     hashes, about 8 * (bands + 1) bytes a row, and the group ids of the rows that share a band."""
-    import numpy as np
 
     settings, counts = cleaner.settings, report.counts.setdefault("cleaning", {"rows_in": len(passed)})
     kept = np.flatnonzero(passed)
@@ -395,7 +344,6 @@ def _row_problem(data: dict, settings: dict, prompt_only: bool, tokenizer=None) 
 def _near_duplicates(bands):
     """Which rows share a band key with an earlier row that is not itself a near duplicate. Only rows in a band
     group of two or more are walked in order; every other row is kept without a look."""
-    import numpy as np
 
     groups = [np.unique(bands[:, j], return_inverse=True)[1].ravel() for j in range(bands.shape[1])]
     crowded = np.zeros(len(bands), dtype=bool)
@@ -430,7 +378,6 @@ def _eval_grams(eval_inputs: dict, n: int) -> tuple[dict, set]:
     """{name: keys of the n-grams of its inputs} and the gram lengths to look for. A row shares an n-gram with an
     eval input, or an input shorter than n words counts whole: found as a word sequence inside a training text
     when it has SHORT_INPUT_WORDS or more, else only as an equal text."""
-    import numpy as np
 
     grams, lengths = {}, {n}
     for name, texts in eval_inputs.items():
@@ -445,9 +392,6 @@ def _eval_grams(eval_inputs: dict, n: int) -> tuple[dict, set]:
 
 def _word_keys(words: list[str]):
     """A 64-bit key per word (two checksums; stable across processes, unlike hash())."""
-    import zlib
-
-    import numpy as np
 
     return np.fromiter(
         ((zlib.crc32(w.encode()) << 32) | zlib.adler32(w.encode()) for w in words), dtype=np.uint64, count=len(words)
@@ -457,7 +401,6 @@ def _word_keys(words: list[str]):
 def _gram_keys(keys, length: int):
     """A key for each run of `length` words: a polynomial hash of their keys, wrapping in 64 bits. Equal word
     sequences get equal keys; different ones collide with a chance of about 2**-64."""
-    import numpy as np
 
     count = len(keys) - length + 1
     out = np.zeros(max(0, count), dtype=np.uint64)
@@ -468,7 +411,6 @@ def _gram_keys(keys, length: int):
 
 def eval_set_inputs(eval_sets: list) -> dict:
     """{name: input texts} of each named evaluation set (a local file, a hub dataset id, or a source dict)."""
-    from common.data import load_sources
 
     inputs = {}
     for source in eval_sets:

@@ -8,6 +8,8 @@ import os
 import random
 from dataclasses import dataclass, field
 
+import datasets
+
 from common.errors import UserError
 
 FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -231,7 +233,6 @@ def parse_row(text: str, where: str, fields: dict | None):
 
 def _arrow_source(path: str, split: str | None):
     """A parquet, csv or saved-dataset file or folder, or a hub dataset, as a datasets.Dataset."""
-    import datasets
 
     if os.path.isfile(path) and os.path.splitext(path)[1] in FILE_TYPES:
         return datasets.load_dataset(FILE_TYPES[os.path.splitext(path)[1]], data_files=path, split="train")

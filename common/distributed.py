@@ -1,9 +1,11 @@
 """Distributed helpers: who is the main process, what the launch really is, and a clean shutdown."""
 
+import json
 import os
 
 import torch
 import torch.distributed as dist
+from accelerate import PartialState
 
 if not torch.cuda.is_available():  # DeepSpeed picks its accelerator at import; on a CPU machine it must be told
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -15,7 +17,6 @@ def is_main() -> bool:
 
 def describe() -> str:
     """One line on what the launch really does, printed at start (a launch that silently ran 1 process shows it)."""
-    from accelerate import PartialState
 
     # The state is shared by the whole process: created here without cpu=True on a CPU-only machine it
     # would pin the run to one process, so ask for what the Trainer will ask for (use_cpu without a GPU).
@@ -48,7 +49,6 @@ def zero_stage() -> int | None:
     path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
     if os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true" or not path:
         return None
-    import json
 
     with open(path, encoding="utf-8") as f:
         return json.load(f).get("zero_optimization", {}).get("stage", 0)

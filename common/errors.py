@@ -21,6 +21,10 @@ class RowProblem(Exception):
     on_bad_rows=skip counts rows under it and on_bad_rows=error prefixes the row's file:line."""
 
 
+class Dropped(Exception):
+    """A row left out by design (not a bad row); the message is the reason counted in data_report.json."""
+
+
 class RunStopped(Exception):
     """The run cannot go on (a non-finite loss); the message says where it stopped and what was kept."""
 

@@ -16,6 +16,15 @@ from dataclasses import dataclass
 
 import torch
 from jinja2 import TemplateError
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+from common.chat.reasoning import strip_reasoning
+from common.chat.template import fold_system, rejects_system
+from common.chat.tools import normalize_message, normalize_tools, same_calls
+from common.distributed import is_main
+from common.errors import UserError
+from common.preference import as_chat, preference_margins
 
 TEMPLATE_FILE = "prompt_template.json"  # written into final/ by sft_completion.py
 
@@ -30,8 +39,6 @@ class Example:
 def read_examples(path: str) -> list[Example]:
     """Chat rows give the messages before the last assistant turn and that turn (its content, or the whole
     message when it calls tools); prompt/completion rows give the prompt string and the completion."""
-    from common.chat.tools import normalize_message, normalize_tools
-
     examples = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -56,8 +63,6 @@ def saved_template(model_dir: str) -> str:
 
 def is_exact_match(answer: str, reference: str) -> bool:
     """The answer, without a leading <think> block (reasoning models write one), equals the reference."""
-    from common.chat.reasoning import strip_reasoning
-
     return strip_reasoning(answer).strip() == reference.strip()
 
 
@@ -70,10 +75,13 @@ def generate_answers(
     max_new_tokens: int = 128,
     tools: list | None = None,
     raw: bool = False,
+    stops: list[int] | None = None,
 ) -> list[str]:
     """Greedy answers; a prompt is a list of messages (chat template, with tools[i] when given) or a string
-    (tokenized as it is). raw: keep special tokens (a response parser reads them) up to the end of the turn."""
-    tokenizer.padding_side = "left"
+    (tokenized as it is). raw: keep special tokens (a response parser reads them) up to the end of the turn.
+    stops: the ids that end an answer (default: the model's generation_config eos)."""
+    stops = stops or model.generation_config.eos_token_id
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # restored below: training pads on the right
     model.eval()
     texts = [
         p if isinstance(p, str) else _chat_prompt(tokenizer, p, (tools or [None] * len(prompts))[i])
@@ -85,17 +93,18 @@ def generate_answers(
         batch = tokenizer(
             chunk, padding=True, return_tensors="pt", add_special_tokens=isinstance(prompts[start], str)
         ).to(model.device)
-        out = model.generate(
-            **batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True
-        )  # training turns it off
+        out = model.generate(  # use_cache: training turns it off
+            **batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True, eos_token_id=stops
+        )
         for ids in out[:, batch["input_ids"].shape[1] :].tolist():
-            answers.append(tokenizer.decode(until_stop(ids, model.generation_config), skip_special_tokens=not raw))
+            answers.append(tokenizer.decode(until_stop(ids, stops), skip_special_tokens=not raw))
+    tokenizer.padding_side = side
     return answers
 
 
-def until_stop(ids: list[int], generation_config) -> list[int]:
-    """Generated ids up to and with the first stop (eos) token; what follows in a batch is padding."""
-    stops = generation_config.eos_token_id
+def until_stop(ids: list[int], stops) -> list[int]:
+    """Generated ids up to and with the first stop token (an id or a list of them, as generation_config.eos_token_id
+    holds); what follows in a batch is padding."""
     stops = set(stops if isinstance(stops, list) else [stops])
     return ids[: next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))]
 
@@ -104,8 +113,6 @@ def _chat_prompt(tokenizer, messages: list[dict], tools: list | None) -> str:
     try:
         return tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
     except TemplateError as e:
-        from common.errors import UserError
-
         raise UserError(f"the saved chat template rejects a held-out prompt: {e}") from None
 
 
@@ -113,29 +120,24 @@ def load_plain(model_dir: str):
     """A saved model in fp32 on this process alone. After a ZeRO-3 run the Trainer's DeepSpeed config is still
     registered, and from_pretrained would partition the model across ranks: collectives that one rank alone
     enters never return."""
-    from transformers import AutoModelForCausalLM
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
     unset_hf_deepspeed_config()
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
 
 
 def exact_match(model_dir: str, data_path: str, show: int = 0, template: str | None = None) -> float:
     """Share of held-out rows whose greedy answer equals the reference (whitespace stripped)."""
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = load_plain(model_dir)
     template = saved_template(model_dir) if template is None else template
     return exact_match_of(model, tokenizer, read_examples(data_path), show, template)
 
 
-def exact_match_of(model, tokenizer, examples: list[Example], show: int = 0, template: str = "{prompt}") -> float:
+def exact_match_of(
+    model, tokenizer, examples: list[Example], show: int = 0, template: str = "{prompt}", stops: list[int] | None = None
+) -> float:
     """exact_match for a model already in memory; a tool-call answer must name the same functions, in order,
     with arguments equal as JSON values (read back with the tokenizer's response parser). Rows that call tools
     print their accuracy per function."""
-    from common.chat.template import fold_system, rejects_system
-
     fold = rejects_system(tokenizer)  # as training folded it (Gemma 1 and 2)
     prompts = [
         (fold_system(e.prompt) if fold else e.prompt)
@@ -145,13 +147,11 @@ def exact_match_of(model, tokenizer, examples: list[Example], show: int = 0, tem
     ]
     calls = any(isinstance(e.reference, dict) for e in examples)
     if calls and getattr(tokenizer, "response_template", None) is None:
-        from common.errors import UserError
-
         raise UserError(
             "the held-out rows call tools, but the saved tokenizer has no response_template to read "
             "calls back with (transformers' parse_response)"
         )
-    answers = generate_answers(model, tokenizer, prompts, tools=[e.tools for e in examples], raw=calls)
+    answers = generate_answers(model, tokenizer, prompts, tools=[e.tools for e in examples], raw=calls, stops=stops)
     hits = [_hit(tokenizer, answer, e, calls) for answer, e in zip(answers, examples, strict=False)]
     for answer, e, hit in list(zip(answers, examples, hits, strict=False))[:show]:
         shown = e.prompt[-1]["content"] if isinstance(e.prompt, list) else e.prompt
@@ -173,8 +173,6 @@ def exact_match_of(model, tokenizer, examples: list[Example], show: int = 0, tem
 def _hit(tokenizer, answer: str, example: Example, parse: bool) -> bool:
     """Whether a generated answer matches the reference: its text, or (parse) the message the tokenizer's
     response parser reads from it, whose calls must equal the reference's."""
-    from common.chat.tools import same_calls
-
     if not parse:
         return is_exact_match(answer, example.reference)
     parsed = _parsed(tokenizer, answer)
@@ -200,6 +198,43 @@ def _shown(reference) -> str:
         f"{c['function']['name']}({json.dumps(c['function']['arguments'], ensure_ascii=False)})"
         for c in reference["tool_calls"]
     )
+
+
+def held_out(
+    stage: str,
+    model,
+    tokenizer,
+    exact_match_data: str,
+    template: str = "{prompt}",
+    stops: list[int] | None = None,
+    show: int = 0,
+    preferences: tuple = ("", None),
+    before: dict | None = None,
+) -> dict:
+    """Every script's before/after line, on the main process: held-out exact match of greedy answers on
+    exact_match_data ("" skips it) and, for dpo.py, preferences = (pair file, chat spec): the share of held-out pairs
+    whose chosen answer the model gives more log-probability than the rejected one, and after training (with the
+    `before` results) the share whose margin grew. Returns the results for a later `before`."""
+    if not is_main():
+        return {}
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    results = {}
+    path, chat = preferences
+    if path:
+        with open(path, encoding="utf-8") as f:
+            rows = [as_chat(json.loads(line), chat is not None) for line in f if line.strip()]
+        margins = results["margins"] = preference_margins(model, tokenizer, rows, chat)
+        line = f"{stage}: held-out preference accuracy {sum(m > 0 for m in margins) / len(margins):.1%}"
+        if before and before.get("margins"):
+            grew = sum(a > b for a, b in zip(margins, before["margins"], strict=True)) / len(margins)
+            line += f", reward accuracy {grew:.1%} (margin grew)"
+        print(f"{line} on {path}", flush=True)
+    if exact_match_data:
+        examples = read_examples(exact_match_data)
+        accuracy = results["exact_match"] = exact_match_of(model, tokenizer, examples, show, template, stops)
+        print(f"{stage}: held-out exact match {accuracy:.1%} on {exact_match_data}", flush=True)
+    return results
 
 
 def main(argv=None) -> None:

@@ -23,10 +23,13 @@ from urllib.parse import urlparse
 
 import torch
 from jinja2 import TemplateError
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM
 
 from common.chat.template import fold_system, rejects_system, render
 from common.errors import UserError
 from common.evaluate import until_stop
+from common.models import load_tokenizer, resolve_dtype
 from common.request_cache import RequestCache, request_key
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1")
@@ -83,7 +86,6 @@ def generate(
 ) -> dict:
     """{key: result} for every request; finished ones come from the cache, the rest from the backend, each
     written to the cache as it arrives."""
-    from tqdm.auto import tqdm
 
     for r in requests:
         # tools change the answer, so they are part of the key; a request without them keeps the key it had
@@ -118,9 +120,6 @@ class HFBackend:
     name = "hf"
 
     def __init__(self, params: dict):
-        from transformers import AutoModelForCausalLM
-
-        from common.models import load_tokenizer, resolve_dtype
 
         self.model = params["model"]
         self.tokenizer = load_tokenizer(self.model, params["trust_remote_code"])
@@ -165,7 +164,7 @@ class HFBackend:
             for i, (request, ids) in enumerate(
                 zip(chunk, out[:, batch["input_ids"].shape[1] :].tolist(), strict=False)
             ):
-                ids = until_stop(ids, self.lm.generation_config)
+                ids = until_stop(ids, self.lm.generation_config.eos_token_id)
                 done(
                     request,
                     {
@@ -205,14 +204,14 @@ class VLLMBackend:
 
     def __init__(self, params: dict):
         try:
-            from vllm import LLM
+            from vllm import LLM  # noqa: PLC0415 - optional: GPU machines with vLLM only
         except ImportError:
             raise UserError("backend=vllm needs vllm installed (pip install vllm, on a GPU machine)") from None
         self.model, self.seed = params["model"], params["seed"]
         self.llm = LLM(model=self.model, seed=self.seed, trust_remote_code=params["trust_remote_code"])
 
     def run(self, requests: list[Request], sampling: dict, done) -> None:
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # noqa: PLC0415 - optional: GPU machines with vLLM only
 
         if any(r.tools for r in requests):
             raise UserError(
@@ -258,7 +257,7 @@ class OpenAIBackend:
     name = "openai"
 
     def __init__(self, params: dict):
-        import openai
+        import openai  # noqa: PLC0415 - optional: imported by the openai backend alone
 
         self.model, self.base_url = params["model"], params["base_url"]
         if not self.base_url:
@@ -287,7 +286,7 @@ class OpenAIBackend:
         asyncio.run(self._run(requests, sampling, done))
 
     async def _run(self, requests: list[Request], sampling: dict, done) -> None:
-        import openai
+        import openai  # noqa: PLC0415 - optional: imported by the openai backend alone
 
         client = openai.AsyncOpenAI(**self.settings, max_retries=self.retries)
         gate, failures = asyncio.Semaphore(self.concurrency), []

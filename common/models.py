@@ -3,6 +3,8 @@
 import os
 
 import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from common.errors import UserError
 
@@ -11,7 +13,6 @@ BUILTIN = {"builtin:tiny": os.path.join(os.path.dirname(os.path.abspath(__file__
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
 
     path = BUILTIN.get(name, name)
     if name.startswith("builtin:") and name not in BUILTIN:
@@ -39,7 +40,6 @@ def load_model(name: str, dtype: str = "auto", seed: int = 0, trust_remote_code:
     flag): AdamW steps of lr ~1e-5 applied to bf16 weights mostly round away. Frozen weights (under
     LoRA) are stored in the compute dtype; peft keeps the adapters in fp32.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     torch_dtype = resolve_dtype(dtype) if frozen else torch.float32
     if name in BUILTIN:
@@ -85,7 +85,6 @@ def apply_lora(model, lora: dict, new_token_ids: list[int]):
     peft's row-wise trainable tokens would be cheaper, but TRL's fused LM head reads `lm_head.weight`
     directly and fails on (or bypasses) a trainable-tokens wrapper; a modules_to_save copy it reads right.
     """
-    from peft import LoraConfig, get_peft_model
 
     names = {module: name for name, module in model.named_modules()}
     full = []

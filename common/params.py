@@ -9,45 +9,21 @@ import difflib
 import os
 import re
 import sys
+from dataclasses import dataclass, field
 
 import yaml
 
 from common.errors import UserError, exit_on_user_error
 
-# Values some shared keys may take; a key missing here accepts any value of its type.
+# Values that keys shared by several scripts may take; a key missing here accepts any value of its type.
 CHOICES = {
-    "chat_format": ("special_tokens", "native"),
-    "loss_on": ("all_assistant", "last_assistant"),
     "reasoning": ("keep", "drop"),
     "packing": ("auto", True, False),
-    "function_tokens": ("auto", True, False),
     "report_to": ("auto", "wandb", "none"),
     "on_bad_rows": ("error", "skip"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
-    "stages": ("instructions", "responses", "preferences", "clean"),
-    "backend": ("hf", "vllm", "openai"),
-    "judge": ("verifier", "llm", "reward_model"),
-    "instruction_style": ("self_instruct", "magpie"),
-    # TRL 1.16's DPO losses (it checks them only inside the first training step)
-    "loss_type": (
-        "sigmoid",
-        "hinge",
-        "ipo",
-        "exo_pair",
-        "nca_pair",
-        "robust",
-        "bco_pair",
-        "sppo_hard",
-        "aot",
-        "aot_unpaired",
-        "apo_zero",
-        "apo_down",
-        "discopop",
-        "sft",
-        "sigmoid_norm",
-    ),
 }
-# (check, reason) for numeric keys shared across scripts.
+# (check, reason) for numeric keys shared by several scripts.
 BOUNDS = {
     "learning_rate": (lambda v: v > 0, "must be > 0"),
     "batch_size": (lambda v: v >= 1, "must be >= 1"),
@@ -59,18 +35,9 @@ BOUNDS = {
     "save_steps": (lambda v: v >= 1, "must be >= 1"),
     "r": (lambda v: v >= 1, "must be >= 1"),
     "dropout": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    "beta": (lambda v: v > 0, "must be > 0"),
     "label_smoothing": (lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
     "threshold": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
-    "max_similarity": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
-    "num_samples": (lambda v: v >= 1, "must be >= 1"),
-    "num_instructions": (lambda v: v >= 1, "must be >= 1"),
-    "concurrency": (lambda v: v >= 1, "must be >= 1"),
-    "retries": (lambda v: v >= 0, "must be >= 0"),
-    "timeout": (lambda v: v > 0, "must be > 0"),
-    "temperature": (lambda v: v >= 0, "must be >= 0"),
     "top_p": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
-    "max_new_tokens": (lambda v: v >= 1, "must be >= 1"),
     "max_repeated_lines": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     "max_symbol_ratio": (lambda v: v >= 0, "must be >= 0"),
     "min_chars": (lambda v: v >= 0, "must be >= 0"),
@@ -82,39 +49,28 @@ BOUNDS = {
     "ngram": (lambda v: v >= 1, "must be >= 1"),
     "num_proc": (lambda v: v >= 0, "must be >= 0 (0: every core available)"),
 }
-# Keys that mean another thing in one script: its PARAMS are told apart by a key only they have.
-SCRIPT_RULES = {
-    "num_generations": (  # grpo.py
-        {
-            "loss_type": ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo"),
-            "scale_rewards": ("group", "batch", "none"),
-            "importance_sampling_level": ("token", "sequence"),
-            "vllm_mode": ("colocate", "server"),
-        },
-        {
-            "beta": (lambda v: v >= 0, "must be >= 0 (0: no reference model)"),
-            "temperature": (lambda v: v > 0, "must be > 0"),
-            "num_generations": (lambda v: v >= 2, "must be >= 2"),
-            "max_completion_length": (lambda v: v >= 1, "must be >= 1"),
-            "epsilon": (lambda v: v > 0, "must be > 0"),
-            "epsilon_high": (lambda v: v >= 0, "must be >= 0 (0: epsilon)"),
-            "num_iterations": (lambda v: v >= 1, "must be >= 1"),
-            "vllm_gpu_memory_utilization": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
-            "top_entropy_quantile": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
-        },
-    ),
-}
+
+
+@dataclass
+class Rules:
+    """A script's own choices and bounds, next to its PARAMS; they apply on top of the shared ones."""
+
+    choices: dict = field(default_factory=dict)
+    bounds: dict = field(default_factory=dict)
+
+
 SECRET_KEY = re.compile(r"(^|[._])(api_?key|key|token|secret|password)s?($|_)", re.IGNORECASE)
 
 
-def resolve(defaults: dict, argv: list[str] | None = None) -> dict:
-    """The script's PARAMS with the command line applied; a bad override exits with status 2."""
-    return exit_on_user_error(apply_overrides)(defaults, sys.argv[1:] if argv is None else argv)
+def resolve(defaults: dict, rules: Rules | None = None, argv: list[str] | None = None) -> dict:
+    """The script's PARAMS with the command line applied, checked by its rules; a bad override exits with status 2."""
+    return exit_on_user_error(apply_overrides)(defaults, sys.argv[1:] if argv is None else argv, rules)
 
 
-def apply_overrides(defaults: dict, argv: list[str]) -> dict:
+def apply_overrides(defaults: dict, argv: list[str], rules: Rules | None = None) -> dict:
     params = copy.deepcopy(defaults)
-    rules = _rules(defaults)
+    rules = rules or Rules()
+    rules = ({**CHOICES, **rules.choices}, {**BOUNDS, **rules.bounds})
     configs, pairs = [], []
     args = iter(argv)
     for arg in args:
@@ -140,16 +96,6 @@ def apply_overrides(defaults: dict, argv: list[str]) -> dict:
             value = text  # YAML reads "Q: {prompt}" as a mapping; a string key means the text itself
         _set(params, defaults, key, value, "", rules)
     return params
-
-
-def _rules(defaults: dict) -> tuple[dict, dict]:
-    """The choices and bounds that hold for this script's PARAMS: the shared ones, with its own on top."""
-    choices, bounds = dict(CHOICES), dict(BOUNDS)
-    for marker, (own_choices, own_bounds) in SCRIPT_RULES.items():
-        if marker in defaults:
-            choices.update(own_choices)
-            bounds.update(own_bounds)
-    return choices, bounds
 
 
 def _default(defaults: dict, key: str):
@@ -214,7 +160,7 @@ def _unknown(key: str, defaults: dict, where: str):
 
 def _check(key: str, leaf: str, default, value, where: str, rules: tuple):
     if default is not None:
-        value = _coerce(key, default, value, where)
+        value = _coerce(key, default, value, where, rules[0])
     choices = rules[0].get(leaf)
     for item in value if isinstance(value, list) else [value]:  # a list key checks each of its items
         if choices is not None and item not in choices:
@@ -225,9 +171,9 @@ def _check(key: str, leaf: str, default, value, where: str, rules: tuple):
     return value
 
 
-def _coerce(key: str, default, value, where: str):
+def _coerce(key: str, default, value, where: str, choices: dict):
     expected = type(default)
-    if leaf_accepts_choice(key, value):
+    if _is_choice(choices.get(key.split(".")[-1], ()), value):
         return value
     if isinstance(default, list) and not isinstance(value, list):
         return [value]
@@ -243,9 +189,8 @@ def _coerce(key: str, default, value, where: str):
     raise UserError(f"{where}{key} must be {expected.__name__} (like the default {default!r}), got {value!r}")
 
 
-def leaf_accepts_choice(key: str, value) -> bool:
+def _is_choice(choices: tuple, value) -> bool:
     """Keys such as packing take a bool or "auto": a listed choice is valid whatever the default's type."""
-    choices = CHOICES.get(key.split(".")[-1], ())
     return any(value is c or (not isinstance(c, bool) and value == c) for c in choices)
 
 

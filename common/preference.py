@@ -6,18 +6,18 @@ chat template (an sft_chat.py output has ours), string rows become messages, so 
 template and the end-of-turn token closes chosen and rejected.
 """
 
-import hashlib
 import json
 import os
 import re
 
 import torch
+from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+from common.batching import show_example
 from common.chat.masks import prompt_and_answer
 from common.chat.rows import validate_messages
 from common.chat.tools import normalize_tools, same_calls, tool_names, tools_problem
-from common.distributed import is_main, wait_for_everyone
-from common.errors import RowProblem
+from common.errors import Dropped, RowProblem
 
 
 def preference_row_problem(row: dict) -> str | None:
@@ -103,78 +103,10 @@ def plain_row_problem(has_chat_template: bool, row: dict) -> str | None:
     return None
 
 
-def cached_reference(trainer_class, cache_dir: str, tokenizer):
-    """trainer_class with reference log-probs kept on disk under a key of reference weights, data and tokenizer.
-
-    TRL computes them once per run (precompute_ref_log_probs) and forgets them at exit. Here the first run
-    stores them in cache_dir/<key>.pt and a rerun, a resumed run or another epoch reads them back without
-    a reference forward pass. The key hashes TRL's hash of the reference weights, the tokenized prompt,
-    chosen and rejected ids (so the data, tokenizer and chat template), the tokenizer itself, and the
-    settings that change the numbers (precision, max_length, truncation).
-    """
-
-    class CachedReference(trainer_class):
-        reference_cache = {"hits": 0, "misses": 0}
-
-        def _precompute_ref_logps(self, dataset, name, batch_size):
-            from accelerate.utils import broadcast_object_list
-
-            # Under ZeRO-3 each rank hashes its own shard of the weights: take rank 0's key, so every rank makes
-            # the same choice (a rank that alone missed would wait forever in TRL's collectives).
-            key = broadcast_object_list([self._reference_key(dataset)], from_process=0)[0]
-            path = os.path.join(cache_dir, f"{key}.pt")
-            if os.path.isfile(path):
-                cached = torch.load(path, weights_only=True)
-                type(self).reference_cache["hits"] += 1
-                if is_main():
-                    print(f"reference log-probs for {name}: read from {path}", flush=True)
-                return dataset.add_column("ref_chosen_logps", cached["chosen"].tolist()).add_column(
-                    "ref_rejected_logps", cached["rejected"].tolist()
-                )
-            type(self).reference_cache["misses"] += 1
-            dataset = super()._precompute_ref_logps(dataset, name, batch_size)
-            if is_main():
-                os.makedirs(cache_dir, exist_ok=True)
-                tmp = f"{path}.tmp{os.getpid()}"
-                torch.save(
-                    {
-                        "chosen": torch.tensor(dataset["ref_chosen_logps"]),
-                        "rejected": torch.tensor(dataset["ref_rejected_logps"]),
-                    },
-                    tmp,
-                )
-                os.replace(tmp, path)
-                print(f"reference log-probs for {name}: computed, cached in {path}", flush=True)
-            wait_for_everyone()
-            return dataset
-
-        def _reference_key(self, dataset) -> str:
-            digest = hashlib.sha256()
-            args = self.args
-            settings = [str(self._precompute_model_hash), args.bf16, args.fp16, args.max_length, args.truncation_mode]
-            digest.update(json.dumps(settings).encode())
-            digest.update(
-                tokenizer.backend_tokenizer.to_str().encode() if tokenizer.is_fast else repr(tokenizer).encode()
-            )
-            digest.update((tokenizer.chat_template or "").encode())
-            for column in ("prompt_ids", "chosen_ids", "rejected_ids"):  # json.dumps of the column, batch by batch
-                digest.update(b"[")
-                for start in range(0, len(dataset), 10_000):
-                    part = json.dumps(dataset[start : start + 10_000][column])[1:-1]
-                    digest.update(((", " if start else "") + part).encode())
-                digest.update(b"]")
-            return digest.hexdigest()[:32]
-
-    CachedReference.__name__ = f"CachedReference{trainer_class.__name__}"
-    return CachedReference
-
-
 @torch.no_grad()
 def preference_margins(model, tokenizer, rows: list[dict], spec=None, batch_size: int = 8) -> list[float]:
     """log p(chosen) - log p(rejected) per row, summed over the answer tokens (with the end-of-turn token);
     the model prefers the chosen answer where it is positive."""
-    from trl.trainer.dpo_trainer import DataCollatorForPreference
-
     model.eval()
     examples = [tokenize_preference(tokenizer, row, spec) for row in rows]
     collate = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id or 0)
@@ -217,32 +149,15 @@ def tokenize_preference(tokenizer, row: dict, spec=None) -> dict:
 def preference_example(tokenizer, spec, max_length: int, row: dict) -> tuple[list[dict], dict]:
     """A checked pair tokenized for DPOTrainer; a pair the template cannot render exactly raises RowProblem, and one
     whose prompt alone fills max_length is left out (Dropped)."""
-    from common.prepare import Dropped
-
     example = tokenize_preference(tokenizer, as_chat(row, spec is not None), spec)
     if len(example["prompt_ids"]) >= max_length:
         raise Dropped(f"prompt alone fills max_length={max_length}")
     return [example], {}
 
 
-def pretokenized(trainer_class):
-    """trainer_class taking the pairs as tokenized by preference_examples instead of tokenizing them itself."""
-
-    class Pretokenized(trainer_class):
-        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-            return dataset
-
-    Pretokenized.__name__ = trainer_class.__name__
-    return Pretokenized
-
-
-def write_preference_preview(tokenizer, examples, output_dir: str, max_length: int, n: int = 16) -> None:
+def write_preference_preview(tokenizer, examples, max_length: int, output_dir: str, n: int = 16) -> None:
     """data_preview.jsonl: the first n pairs as the DPO collator hands them to the model (chosen row, then
     rejected row; completion_mask marks the tokens whose log-probs count); prints the first with [[ ]]."""
-    from trl.trainer.dpo_trainer import DataCollatorForPreference
-
-    from common.batching import show_example
-
     collate = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id or 0, max_length=max_length)
     previews = []
     for example in examples.select(range(min(n, len(examples)))):

@@ -6,70 +6,24 @@ saves the result in data_cache_dir under a key of the data's content, the tokeni
 and every setting that changes the result; other ranks and reruns memory-map it.
 """
 
-import glob
-import hashlib
-import inspect
 import json
 import os
-import shutil
 from dataclasses import dataclass
 
-from common.data import DataReport, mixed_indices, parse_row, read_in_batches, source_specs, split_eval
-from common.distributed import is_main, wait_for_everyone
-from common.errors import RowProblem, UserError
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import Dataset, Features, Sequence, Value
 
-PREP_VERSION = 1  # part of the key, with the source of common/: raise it when the saved layout changes
-TRAINING_ONLY = {  # settings that never change the prepared data, so changing them reuses it
-    "learning_rate",
-    "lr_scheduler",
-    "warmup",
-    "weight_decay",
-    "adam_beta2",
-    "max_grad_norm",
-    "grad_accum",
-    "num_epochs",
-    "max_steps",
-    "dtype",
-    "activation_checkpointing",
-    "logging_steps",
-    "eval_steps",
-    "save_steps",
-    "save_total_limit",
-    "resume",
-    "overwrite",
-    "dry_run",
-    "report_to",
-    "progress_bar",
-    "output_dir",
-    "lora",
-    "num_proc",
-    "data_cache_dir",
-    "test_data",
-    "exact_match_data",
-    "loss_type",
-    "loss_weights",
-    "beta",
-    "label_smoothing",
-    "ref_cache_dir",
-    "model",
-    "trust_remote_code",
-    "rewards",
-    "reward_weights",
-    "num_generations",
-    "temperature",
-    "top_p",
-    "epsilon",
-    "epsilon_high",
-    "scale_rewards",
-    "mask_truncated_completions",
-    "importance_sampling_level",
-    "num_iterations",
-    "top_entropy_quantile",
-    "use_vllm",
-    "vllm_mode",
-    "vllm_server_base_url",
-    "vllm_gpu_memory_utilization",
-}
+from common.batching import pack_lengths, packed_row_length
+from common.chat.tools import tool_names
+from common.cleaning import RowCleaner, cleaning_table, eval_set_inputs, eval_sets_of, select_rows
+from common.data import DataReport, mixed_indices, parse_row, read_in_batches, source_specs, split_eval
+from common.data_cache import cache_key, is_stored, open_split, read_meta, say_new_entry, store
+from common.distributed import is_main, wait_for_everyone
+from common.errors import Dropped, RowProblem, UserError
+
 ROWS_PER_PROCESS = 2000  # fewer rows a process than this, and starting the process costs more than it saves
 BATCH = 1000
 PACK_CHUNK = 1024  # packed rows assembled at a time: about PACK_CHUNK * max_length tokens in memory
@@ -89,10 +43,7 @@ class Recipe:
     packing: bool = False
     hook: object = None
     columns: tuple = ("input_ids", "labels")  # the example fields examples() returns ("where" adds the row's file:line)
-
-
-class Dropped(Exception):
-    """A row left out by design (not a bad row); the message is the reason counted in data_report.json."""
+    keys: tuple = ()  # PARAMS keys besides common.data_cache.PREPARE_KEYS that change the prepared data
 
 
 @dataclass
@@ -104,19 +55,19 @@ class Prepared:
 
 
 def prepare(params: dict, recipe: Recipe, tokenizer, report: DataReport) -> Prepared:
-    """The training and eval datasets of a run, from the cache when they were prepared before."""
-    key = cache_key(params, recipe, tokenizer)
+    """The training and eval datasets of a run: prepared by the main process into the cache (common/data_cache.py),
+    or read from it when they were prepared before."""
+    eval_sets = eval_sets_of(params) if params["clean"]["enabled"] else []
+    functions = [recipe.problem, recipe.examples, recipe.on_tool_names, recipe.hook]
+    key = cache_key(params, recipe.name, recipe.keys, functions, tokenizer, eval_sets)
     folder = os.path.join(params["data_cache_dir"], key)
-    fresh = is_main() and not os.path.isfile(os.path.join(folder, "meta.json"))
-    extra = _prepare_into(folder, params, recipe, tokenizer) if fresh else None
+    fresh = is_main() and not is_stored(folder)
+    extra = None
+    if fresh:
+        say_new_entry(folder)
+        extra = store(folder, lambda tmp: _Preparation(tmp, params, recipe, tokenizer).run())
     wait_for_everyone()
-    if not os.path.isfile(os.path.join(folder, "meta.json")):
-        raise UserError(
-            f"data_cache_dir: {folder} was prepared by the main process but is not visible here; on several "
-            "machines put data_cache_dir on a filesystem they all share"
-        )
-    with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
-        meta = json.load(f)
+    meta = read_meta(folder)
     report.sources.update(meta["report"]["sources"])
     for reason, n in meta["report"]["dropped"].items():
         report.drop(reason, n)
@@ -124,100 +75,17 @@ def prepare(params: dict, recipe: Recipe, tokenizer, report: DataReport) -> Prep
     report.counts["prepared_data"] = folder
     if not fresh and recipe.on_tool_names:  # the tokenizer as the examples were made with it
         extra = recipe.on_tool_names(meta["tool_names"], report)
+    train, evals = open_split(folder, "train"), open_split(folder, "eval")
     if is_main():
         table = meta["cleaning_table"]
         print(f"{table}\n" if table else "", end="")
-        print(
-            f"prepared data: {meta['report']['counts'].get('train_rows', len(_open(os.path.join(folder, 'train.arrow'))))} "
-            f"training examples, {folder}{'' if fresh else ' (reused)'}",
-            flush=True,
-        )
-    return Prepared(*(_open(os.path.join(folder, f"{split}.arrow")) for split in ("train", "eval")), extra, folder)
-
-
-def _open(path: str):
-    from datasets import Dataset
-
-    return Dataset.from_file(path) if os.path.isfile(path) else None
-
-
-def cache_key(params: dict, recipe: Recipe, tokenizer) -> str:
-    """A hash of everything the prepared data depends on: the content of every data file (and of the eval sets
-    decontamination reads), the tokenizer with its chat template, the code that prepares it (common/, the script,
-    a row hook's module), and every setting except the ones in TRAINING_ONLY."""
-    from common.cleaning import eval_sets_of
-
-    digest = hashlib.sha256()
-    settings = {k: v for k, v in params.items() if k not in TRAINING_ONLY}
-    eval_sets = eval_sets_of(params) if params["clean"]["enabled"] else []
-    digest.update(json.dumps([PREP_VERSION, recipe.name, settings, eval_sets], sort_keys=True, default=str).encode())
-    for value, key in (
-        (params["data"], "data"),
-        (params.get("eval_data"), "eval_data"),
-        (eval_sets, "clean.eval_sets"),
-    ):
-        for spec, _ in source_specs(value, key) if value else []:
-            digest.update(_fingerprint(spec["path"]).encode())
-    digest.update(tokenizer.backend_tokenizer.to_str().encode() if tokenizer.is_fast else repr(tokenizer).encode())
-    digest.update(
-        json.dumps([tokenizer.chat_template, sorted(tokenizer.get_added_vocab().items())], default=str).encode()
-    )
-    for path in _code_files(recipe):
-        if path is None:  # code without a file to key on (defined interactively): never reuse
-            digest.update(os.urandom(16))
-            continue
-        with open(path, "rb") as f:
-            digest.update(f.read())
-    return digest.hexdigest()[:32]
-
-
-def _code_files(recipe: Recipe) -> list:
-    """The source files of common/ and of the modules that define the recipe's functions (a script, an
-    experiment file with its row hook); None for a function that has none."""
-    files = set(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "*.py")))
-    for function in (recipe.problem, recipe.examples, recipe.on_tool_names, recipe.hook):
-        function = getattr(function, "func", function)  # a functools.partial
-        if function is not None:
-            files.add(getattr(inspect.getmodule(function), "__file__", None))
-    return sorted(files, key=str)
-
-
-def _fingerprint(path: str) -> str:
-    """The content of a file or a saved dataset's files; a hub id stands for itself (it is read offline from the
-    local hub cache, which changes only with a download)."""
-    files = [path] if os.path.isfile(path) else sorted(glob.glob(os.path.join(path, "**", "*"), recursive=True))
-    digest = hashlib.sha256(path.encode())
-    for name in files:
-        if os.path.isfile(name):
-            with open(name, "rb") as f:
-                while chunk := f.read(1 << 24):
-                    digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _prepare_into(folder: str, params: dict, recipe: Recipe, tokenizer):
-    """Prepare in a temporary folder beside the final one, then rename it: a killed run leaves no half-written
-    entry, and a finished entry is never rewritten."""
-    tmp = f"{folder}.tmp{os.getpid()}"
-    for stale in glob.glob(f"{folder}.tmp*"):  # a killed run's leftovers: its process is gone
-        if not os.path.exists(f"/proc/{stale.rsplit('.tmp', 1)[1]}"):
-            shutil.rmtree(stale, ignore_errors=True)
-    os.makedirs(os.path.join(tmp, "work"))
-    try:
-        preparation = _Preparation(tmp, params, recipe, tokenizer)
-        meta = preparation.run()
-        shutil.rmtree(os.path.join(tmp, "work"))
-        with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=1)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return preparation.extra
+        examples = meta["report"]["counts"].get("train_rows", len(train))
+        print(f"prepared data: {examples} training examples, {folder}{'' if fresh else ' (reused)'}", flush=True)
+    return Prepared(train, evals, extra, folder)
 
 
 class _Preparation:
     def __init__(self, folder: str, params: dict, recipe: Recipe, tokenizer):
-        import datasets
 
         if not params["progress_bar"]:
             datasets.disable_progress_bars()
@@ -231,8 +99,8 @@ class _Preparation:
         self.report, self.steps = DataReport(), 0
         self.cores = params["num_proc"] or len(os.sched_getaffinity(0))
 
-    def run(self) -> dict:
-        from common.cleaning import cleaning_table
+    def run(self) -> tuple[dict, object]:
+        """(meta.json's content, what recipe.on_tool_names returned)."""
 
         params = self.params
         cleaner = self._cleaner()
@@ -261,11 +129,10 @@ class _Preparation:
             self._examples(eval_rows.select(eval_indices), "eval")
         table = cleaning_table(self.report.counts["cleaning"], self.report.dropped, None) if cleaner else ""
         report = {"sources": self.report.sources, "dropped": self.report.dropped, "counts": self.report.counts}
-        return {"report": report, "tool_names": names, "cleaning_table": table}
+        return {"report": report, "tool_names": names, "cleaning_table": table}, self.extra
 
     def _mixed(self, checked, kept, specs: list) -> list[int]:
         """The kept rows' indices, source by source, mixed by the sources' weights."""
-        import numpy as np
 
         sources = np.asarray(checked.data.column("source"))[kept]
         return mixed_indices(
@@ -290,7 +157,6 @@ class _Preparation:
         )
 
     def _cleaner(self):
-        from common.cleaning import RowCleaner, eval_set_inputs, eval_sets_of
 
         settings = self.params["clean"]
         if not settings["enabled"]:
@@ -300,8 +166,6 @@ class _Preparation:
 
     def _read(self, specs: list, key: str):
         """One Arrow dataset of every source's rows as JSON text, with where each came from and its source's index."""
-        import pyarrow as pa
-        from datasets import Dataset
 
         path = os.path.join(self.work, f"{key}.arrow")
         schema = pa.schema([("text", pa.string()), ("where", pa.string()), ("source", pa.int32())])
@@ -318,7 +182,6 @@ class _Preparation:
     def _checked(self, specs: list, key: str, cleaner):
         """The rows parsed, hooked, checked and (with a cleaner) rewritten and hashed, one output row per row read.
         Malformed JSON stops the run with its file:line; so does a bad row under on_bad_rows=error."""
-        import pyarrow.compute as pc
 
         check = _Check([spec.get("fields") for spec, _ in specs], self.recipe.problem, self.recipe.hook, cleaner)
         checked = self._map(
@@ -337,7 +200,6 @@ class _Preparation:
     def _bad_rows(self, ds, column: str):
         """Which rows have a reason in `column`. Under on_bad_rows=error the first, in file order, stops the run with
         its file:line; otherwise each is counted as a bad row under its reason."""
-        import pyarrow.compute as pc
 
         bad = pc.not_equal(ds.data.column(column), "")
         if pc.any(bad).as_py():
@@ -349,25 +211,18 @@ class _Preparation:
 
     def _count_drops(self, reasons, mask, prefix: str) -> None:
         """Each reason where mask is set, counted in the report's dropped rows under prefix + reason."""
-        import pyarrow.compute as pc
 
         for item in pc.value_counts(pc.filter(reasons, mask)).to_pylist():
             self.report.drop(f"{prefix}{item['values']}", item["counts"])
 
     def _passed(self, checked):
         """Indices of the rows that were read, parsed and passed the checks."""
-        import numpy as np
-        import pyarrow.compute as pc
 
         ok = pc.and_(pc.equal(checked.data.column("bad"), ""), pc.invert(checked.data.column("hooked_none")))
         return np.flatnonzero(np.asarray(ok))
 
     def _cleaned(self, checked, cleaner):
         """Indices of the checked rows that cleaning keeps (all of them when it is off)."""
-        import numpy as np
-        import pyarrow.compute as pc
-
-        from common.cleaning import select_rows
 
         passed = self._passed(checked)
         if cleaner is None:
@@ -391,10 +246,8 @@ class _Preparation:
 
     def _examples(self, rows, split: str) -> None:
         """Tokenize the rows into examples, drop and count what cannot train, pack, and save split.arrow."""
-        import numpy as np
-        import pyarrow.compute as pc
 
-        tokenize = _Tokenize(self.recipe.examples, split, self.params["max_length"], self.recipe.columns)
+        tokenize = _Tokenize(self.recipe.examples, split, self.params.get("max_length"), self.recipe.columns)
         made = self._map(
             rows, tokenize, f"tokenize-{split}", remove_columns=rows.column_names, features=tokenize.features()
         )
@@ -420,7 +273,6 @@ class _Preparation:
         counts[f"{split}_trained_tokens"] = int(np.asarray(made.data.column("trained"))[kept].sum())
         if not self.recipe.packing:
             return
-        from common.batching import pack_lengths, packed_row_length
 
         row_length = (
             packed_row_length(lengths, self.params["max_length"], self.params["batch_size"]) if len(lengths) else 0
@@ -436,8 +288,6 @@ class _Preparation:
     def _write_kept(made, path: str, columns: tuple) -> None:
         """The examples that train, their columns only, streamed from the map's files through read calls rather
         than a memory map, so what the main process holds does not grow with the file."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
 
         with pa.OSFile(path, "wb") as sink:
             writer = None
@@ -456,9 +306,6 @@ class _Preparation:
         """The packed rows, PACK_CHUNK rows at a time. The examples are read once, in order, and each is appended to the
         bucket file of its row's chunk; each bucket is then read whole (about chunk * max_length tokens), its
         examples put in row order and joined by Arrow. Memory stays at a bucket, whatever the number of rows."""
-        import numpy as np
-        import pyarrow as pa
-        import pyarrow.compute as pc
 
         chunk = PACK_CHUNK
         pack_of = np.zeros(sum(len(pack) for pack in packs), dtype=np.int64)
@@ -511,7 +358,6 @@ class _Check:
 
     @staticmethod
     def features():
-        from datasets import Features, Sequence, Value
 
         return Features(
             {
@@ -531,7 +377,6 @@ class _Check:
         )
 
     def __call__(self, batch: dict) -> dict:
-        from common.chat.tools import tool_names
 
         width = len(self.cleaner.bands) if self.cleaner else 0
         out = {
@@ -598,7 +443,6 @@ class _Tokenize:
         }
 
     def features(self):
-        from datasets import Features, Sequence, Value
 
         kinds = {
             "length": Value("int64"),

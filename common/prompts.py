@@ -1,4 +1,4 @@
-"""Prompt rows for grpo.py: what a row must hold, and its prompt rendered as the model will read it.
+"""Prompt rows for grpo.py and synth_data.py: what a row must hold, and its prompt rendered as the model will read it.
 
 A row is a chat row whose last assistant turn is the reference (left out of the prompt) or a {"prompt", ...} row (a
 string or a list of messages) with any fields the rewards read; a row's `tools` are rendered with its prompt. The
@@ -6,14 +6,55 @@ prepared example keeps the row itself, so each reward sees the row its prompt ca
 """
 
 import json
+import os
 
 from jinja2 import TemplateError
 
+from common.chat.rows import validate_messages
 from common.chat.template import fold_system, render
-from common.chat.tools import normalize_tools
-from common.errors import RowProblem
-from common.prepare import Dropped
-from common.synthesis import prompt_of
+from common.chat.tools import normalize_tools, tool_names, tools_problem
+from common.errors import Dropped, RowProblem
+
+ANSWER = {"role": "assistant", "content": ""}  # stands for the answer to come where a check wants an assistant turn
+
+
+def prompt_of(row: dict, system_prompt: str = "") -> list[dict]:
+    """The messages a model answers: a chat row without its last assistant turn (that is the reference), or
+    a prompt string or message list; system_prompt is put first when the row has none."""
+    if "messages" in row:
+        messages = list(row["messages"])
+        if messages and messages[-1].get("role") == "assistant":
+            messages = messages[:-1]
+    elif isinstance(row.get("prompt"), list):
+        messages = list(row["prompt"])
+    else:
+        messages = [{"role": "user", "content": str(row.get("prompt", ""))}]
+    if system_prompt and messages[0].get("role") != "system":
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
+def prompt_problem(row) -> str | None:
+    """Why a row cannot give a prompt, or None. Its messages follow the chat rules (calls, a reference's too, name
+    the row's tools; a tool result follows a call) and the prompt ends with a user turn or a tool result."""
+    if not isinstance(row, dict):
+        return "row must be a JSON object"
+    if "messages" not in row and "prompt" not in row:
+        return "row has neither 'messages' nor 'prompt'"
+    problem = tools_problem(row.get("tools"))
+    if problem:
+        return problem
+    conversation = row["messages"] if "messages" in row else prompt_of(row)
+    if not isinstance(conversation, list):
+        return "'messages' must be a list of messages"
+    # a request-only row has no assistant turn: the answer to come stands in (harmless after a reference)
+    problem = validate_messages([*conversation, ANSWER], set(tool_names(row.get("tools"))))
+    if problem:
+        return problem
+    last = (prompt_of(row) or [{}])[-1]
+    if last.get("role") != "tool" and not (last.get("role") == "user" and last["content"].strip()):
+        return "the prompt must end with a non-empty user turn or a tool result"
+    return None
 
 
 def prompt_example(tokenizer, template: str, fold: bool, max_prompt_tokens: int, row: dict) -> tuple[list[dict], dict]:
@@ -41,48 +82,8 @@ def prompt_example(tokenizer, template: str, fold: bool, max_prompt_tokens: int,
     return [{"prompt": text, "row": json.dumps(row, ensure_ascii=False)}], {"prompt_tokens": length}
 
 
-def rendered_prompts(trainer_class, add_special_tokens: bool):
-    """trainer_class reading each prompt as the text prepare rendered, tokenized as it is: a chat template's text
-    holds its own special tokens (TRL's text path would add a second BOS), and each row keeps its own tools (TRL's
-    chat path renders one tool list for every prompt). Its prompt order is drawn from (seed, epoch): TRL's
-    RepeatSampler draws every epoch from one generator, which a resumed run restarts, so a run resumed in a later
-    epoch would see other prompts than the run it continues."""
-    from trl.trainer.utils import RepeatSampler
-
-    class EpochShuffled(RepeatSampler):
-        def __init__(self, state, **kwargs):
-            super().__init__(**kwargs)
-            self.state = state
-
-        def __iter__(self):
-            if self.shuffle:
-                self.generator.manual_seed((self.seed or 0) + int(self.state.epoch + 1e-6))  # the epoch it is in
-            return super().__iter__()
-
-    class RenderedPrompts(trainer_class):
-        def _tokenize_prompts(self, prompts: list):
-            return self.processing_class(text=prompts, add_special_tokens=add_special_tokens)["input_ids"], None, {}
-
-        def _get_train_sampler(self, dataset=None):
-            sampler = super()._get_train_sampler(dataset)
-            return EpochShuffled(
-                self.state,
-                data_source=sampler.data_source,
-                mini_repeat_count=sampler.mini_repeat_count,
-                batch_size=sampler.batch_size,
-                repeat_count=sampler.repeat_count,
-                shuffle=sampler.shuffle,
-                seed=sampler.seed,
-            )
-
-    RenderedPrompts.__name__ = RenderedPrompts.__qualname__ = trainer_class.__name__
-    return RenderedPrompts
-
-
 def write_prompt_preview(tokenizer, prompts, output_dir: str, n: int = 16) -> None:
     """data_preview.jsonl: the first n prompts as the trainer reads them, with the rows the rewards get."""
-    import os
-
     with open(os.path.join(output_dir, "data_preview.jsonl"), "w", encoding="utf-8") as f:
         for example in prompts.select(range(min(n, len(prompts)))):
             ids = tokenizer(example["prompt"], add_special_tokens=not tokenizer.chat_template)["input_ids"]

@@ -1,4 +1,4 @@
-"""Verifiable rewards for grpo.py: the user's `fn(row, completion) -> float or bool`, called as TRL calls rewards.
+"""User functions that score answers: grpo.py's rewards and synth_data.py's verifier, loaded by name. Rewards for grpo.py: the user's `fn(row, completion) -> float or bool`, called as TRL calls rewards.
 
 A reward is named like synth_data.py's verifier ("module:function" or "path/file.py:function") and gets the
 prompt's source row (with its reference and any extra fields) and the completion alone: its text, decoded without
@@ -7,13 +7,40 @@ tokenizer's response parser reads it (what synth_data.py's verifier gets). A rew
 something other than a number or a bool, stops the run with one line naming it and the row, on every rank.
 """
 
+import importlib
+import importlib.util
 import json
 import math
 import numbers
+import os
 
-from common.chat.tools import tool_names
+import numpy as np
+import torch.distributed as dist
+
+from common.chat.tools import answer_message, tool_names
 from common.errors import UserError
-from common.synthesis import answer_message, load_function
+
+
+def load_function(spec: str, key: str):
+    """The function named by "package.module:function" or "path/to/file.py:function"."""
+    module_name, _, name = spec.rpartition(":")
+    if not module_name or not name:
+        raise UserError(f"{key}={spec!r} must name a function as module:function or path/file.py:function")
+    try:
+        if module_name.endswith(".py"):
+            if not os.path.isfile(module_name):
+                raise UserError(f"{key}: file not found: {module_name}")
+            loader = importlib.util.spec_from_file_location(os.path.basename(module_name)[:-3], module_name)
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"{key}: cannot import {module_name} ({e})") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise UserError(f"{key}: {module_name} has no function {name}")
+    return fn
 
 
 def load_rewards(specs: list[str], weights: list[float]) -> list:
@@ -71,8 +98,6 @@ class Reward:
 
 
 def _is_score(value) -> bool:
-    import numpy as np
-
     if isinstance(value, (bool, np.bool_)):
         return True
     return isinstance(value, numbers.Real) and math.isfinite(float(value))
@@ -80,8 +105,6 @@ def _is_score(value) -> bool:
 
 def _stop_everywhere(problem: str | None) -> None:
     """Raise the first rank's problem on every rank, so no rank is left waiting in the next collective."""
-    import torch.distributed as dist
-
     problems = [problem]
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         problems = [None] * dist.get_world_size()

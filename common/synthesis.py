@@ -8,62 +8,25 @@ Judges score each sampled answer of a prompt; higher is better:
     reward_model  an AutoModelForSequenceClassification; its first logit on the conversation is the score
 """
 
-import importlib
-import importlib.util
 import json
-import os
 import random
 import re
 
-from common.chat.rows import validate_messages
-from common.chat.tools import call_problem, normalize_message, normalize_tools, same_calls, tool_names, tools_problem
+import torch
+from datasketch import MinHash, MinHashLSH
+from jinja2 import TemplateError
+from transformers import AutoModelForSequenceClassification
+
+from common.chat.tools import answer_text, normalize_tools, same_calls
 from common.errors import UserError
+from common.models import load_tokenizer
+from common.prompts import prompt_of
 
 SELF_INSTRUCT = (
     "Here are requests that users sent to an assistant:\n{examples}\n"
     "Write one new request of the same kind, different from all of these. Reply with the request only."
 )
 MARK = "\u2063USER-TURN\u2063"  # where the user's text would go in a rendered template
-ANSWER = {"role": "assistant", "content": ""}  # stands for the answer to come where a check wants an assistant turn
-
-
-def prompt_of(row: dict, system_prompt: str = "") -> list[dict]:
-    """The messages a model answers: a chat row without its last assistant turn (that is the reference), or
-    a prompt string or message list; system_prompt is put first when the row has none."""
-    if "messages" in row:
-        messages = list(row["messages"])
-        if messages and messages[-1].get("role") == "assistant":
-            messages = messages[:-1]
-    elif isinstance(row.get("prompt"), list):
-        messages = list(row["prompt"])
-    else:
-        messages = [{"role": "user", "content": str(row.get("prompt", ""))}]
-    if system_prompt and messages[0].get("role") != "system":
-        messages = [{"role": "system", "content": system_prompt}, *messages]
-    return messages
-
-
-def prompt_problem(row) -> str | None:
-    """Why a row cannot give a prompt, or None. Its messages follow the chat rules (calls, a reference's too, name
-    the row's tools; a tool result follows a call) and the prompt ends with a user turn or a tool result."""
-    if not isinstance(row, dict):
-        return "row must be a JSON object"
-    if "messages" not in row and "prompt" not in row:
-        return "row has neither 'messages' nor 'prompt'"
-    problem = tools_problem(row.get("tools"))
-    if problem:
-        return problem
-    conversation = row["messages"] if "messages" in row else prompt_of(row)
-    if not isinstance(conversation, list):
-        return "'messages' must be a list of messages"
-    # a request-only row has no assistant turn: the answer to come stands in (harmless after a reference)
-    problem = validate_messages([*conversation, ANSWER], set(tool_names(row.get("tools"))))
-    if problem:
-        return problem
-    last = (prompt_of(row) or [{}])[-1]
-    if last.get("role") != "tool" and not (last.get("role") == "user" and last["content"].strip()):
-        return "the prompt must end with a non-empty user turn or a tool result"
-    return None
 
 
 def with_tools(tools: list, row: dict) -> dict:
@@ -103,7 +66,6 @@ def magpie_prefix(tokenizer, system_prompt: str) -> str:
     if not tokenizer.chat_template:
         raise UserError("instruction_style=magpie needs a model with a chat template")
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    from jinja2 import TemplateError
 
     try:
         rendered = tokenizer.apply_chat_template([*messages, {"role": "user", "content": MARK}], tokenize=False)
@@ -117,7 +79,6 @@ def magpie_prefix(tokenizer, system_prompt: str) -> str:
 def novel(candidates: list[str], seeds: list[str], max_similarity: float, limit: int) -> list[str]:
     """Candidates whose estimated Jaccard similarity (MinHash over word 1- and 2-grams) to every seed and every
     earlier kept candidate is below max_similarity, in order, at most limit of them."""
-    from datasketch import MinHash, MinHashLSH
 
     def signature(text: str) -> MinHash:
         words = re.findall(r"\w+", text.lower())
@@ -142,36 +103,9 @@ def novel(candidates: list[str], seeds: list[str], max_similarity: float, limit:
     return kept
 
 
-def load_function(spec: str, key: str):
-    """The function named by "package.module:function" or "path/to/file.py:function"."""
-    module_name, _, name = spec.rpartition(":")
-    if not module_name or not name:
-        raise UserError(f"{key}={spec!r} must name a function as module:function or path/file.py:function")
-    try:
-        if module_name.endswith(".py"):
-            if not os.path.isfile(module_name):
-                raise UserError(f"{key}: file not found: {module_name}")
-            loader = importlib.util.spec_from_file_location(os.path.basename(module_name)[:-3], module_name)
-            module = importlib.util.module_from_spec(loader)
-            loader.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise UserError(f"{key}: cannot import {module_name} ({e})") from None
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise UserError(f"{key}: {module_name} has no function {name}")
-    return fn
-
-
 def reward_scores(model_name: str, asks: list[tuple[list[dict], list, dict]], trust_remote_code: bool) -> list[float]:
     """The reward model's first logit for each (prompt, tools, answer message): the conversation rendered with its
     tools."""
-    import torch
-    from jinja2 import TemplateError
-    from transformers import AutoModelForSequenceClassification
-
-    from common.models import load_tokenizer
 
     tokenizer = load_tokenizer(model_name, trust_remote_code)
     model = AutoModelForSequenceClassification.from_pretrained(model_name, trust_remote_code=trust_remote_code).eval()
@@ -198,28 +132,6 @@ def judge_rubric_reply(reply: str) -> float:
     return float(found.group()) if found else float("-inf")
 
 
-def answer_message(result: dict, names: set) -> dict:
-    """A backend's result as the assistant message to write. Calls the row cannot hold (arguments that are not a
-    JSON object, a function not among names, the row's tools) are kept as text after the answer's, so every written
-    row passes the checks and a judge still sees what the model wrote."""
-    message, calls = {"role": "assistant", "content": result["text"].strip()}, result.get("tool_calls") or []
-    if calls and not any(call_problem(call, names) for call in calls):
-        return normalize_message({**message, "tool_calls": calls})
-    return {**message, "content": answer_text({**message, "tool_calls": calls})}
-
-
-def answer_text(message: dict) -> str:
-    """A message as one text (for judges that read text): its content, then each call as name{arguments}."""
-
-    def call_text(call):
-        arguments = call["function"].get("arguments") or {}
-        return call["function"]["name"] + (
-            arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
-        )
-
-    return "\n".join([message.get("content") or "", *map(call_text, message.get("tool_calls") or [])]).strip()
-
-
 def best_and_worst(answers: list[dict], scores: list[float]) -> tuple[dict, dict] | None:
     """(chosen, rejected): the highest- and lowest-scored distinct answer messages, or None when no score is higher
     than another (nothing to prefer)."""
@@ -230,3 +142,13 @@ def best_and_worst(answers: list[dict], scores: list[float]) -> tuple[dict, dict
         chosen.get("tool_calls") or [], rejected.get("tool_calls") or []
     )
     return None if top <= bottom or same else (chosen, rejected)
+
+
+def as_row(row: dict) -> tuple[list[dict], dict]:
+    """A checked, cleaned row kept as it is (the data pipeline's examples for synth_data.py)."""
+    return [{"row": json.dumps(row, ensure_ascii=False)}], {}
+
+
+def any_row(row: dict) -> str | None:
+    """Every JSON object is a row to clean (the pipeline refuses the rest)."""
+    return None

@@ -3,8 +3,11 @@
 import json
 import os
 
+import matplotlib
+import matplotlib.pyplot as plt
 from transformers import TrainerCallback
 
+from common.distributed import describe_sharding
 from common.params import redact
 
 
@@ -17,7 +20,7 @@ def report_to(choice: str) -> str:
 
 def init_wandb(params: dict, run_name: str) -> None:
     """Start the wandb run ourselves so its config is the redacted PARAMS (the Trainer then reuses the run)."""
-    import wandb
+    import wandb  # noqa: PLC0415 - optional: only a run that reports to wandb imports it
 
     if wandb.run is None:
         wandb.init(project=os.environ.get("WANDB_PROJECT"), name=run_name, config=redact(params))
@@ -39,7 +42,6 @@ class ShardingReport(TrainerCallback):
     """Prints, from every rank when training starts, how much of the model it holds under ZeRO-3."""
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from common.distributed import describe_sharding
 
         line = describe_sharding(model) if model is not None else None
         if line:
@@ -57,10 +59,8 @@ def read_metrics(output_dir: str) -> list[dict]:
 def plot_loss(output_dir: str) -> None:
     """loss.png: training loss and, when there is one, eval loss against the step; for RL runs (metrics with a
     reward), the mean reward with its spread beside it."""
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     metrics = read_metrics(output_dir)
     rewards = [(m["step"], m["reward"], m.get("reward_std", 0.0)) for m in metrics if "reward" in m]

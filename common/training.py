@@ -1,4 +1,5 @@
-"""Trainer settings: PARAMS to TRL's SFTConfig, DPOConfig and GRPOConfig, with precision and device choices made explicit.
+"""Trainer settings: PARAMS to TRL's SFTConfig, DPOConfig and GRPOConfig, with precision and device choices made explicit,
+and the callbacks every run logs with. The trainers themselves are built in the scripts (common/trl_patches.py).
 
 TRL's own defaults (bf16 on, gradient checkpointing on) are wrong for CPU runs, so every one that
 matters is set here from PARAMS.
@@ -6,12 +7,12 @@ matters is set here from PARAMS.
 
 import os
 
+import pyarrow.compute as pc
 import torch
+from trl import DPOConfig, GRPOConfig, SFTConfig
 
-from common.attention import use_varlen_attention
-from common.checkpoint import checkpoints
 from common.distributed import is_main
-from common.errors import RunStopped
+from common.errors import UserError
 from common.models import resolve_dtype
 from common.tracking import MetricsFile, ShardingReport, init_wandb, report_to
 
@@ -23,8 +24,6 @@ def packed_batch_size(batch_size: int, dataset) -> int:
     1,425 rows packed into 109 rows of 512 tokens, batch_size=32 made 40 steps in 10 epochs instead of 450,
     and an H100 run ended at 0% exact match where padded batches reach 98%.
     """
-    import pyarrow.compute as pc
-
     examples = pc.sum(pc.list_value_length(dataset.data.column("seq_lengths"))).as_py()
     return max(1, round(batch_size * len(dataset) / examples))
 
@@ -66,111 +65,52 @@ def trainer_args(params: dict, has_eval: bool, batch_size: int | None = None) ->
     )
 
 
-def stop_on_non_finite_loss(trainer_class):
-    """trainer_class whose every micro-step checks its loss across ranks: a NaN or infinite loss stops the run
-    with one line naming the step, before the next save, so the checkpoints on disk stay the last good ones.
-    (Without DeepSpeed the bad step's update is not applied either: the optimizer steps after training_step.)"""
-
-    class Guarded(trainer_class):
-        def training_step(self, model, inputs, *args, **kwargs):
-            loss = super().training_step(model, inputs, *args, **kwargs)
-            bad = (~torch.isfinite(loss.detach())).float()
-            if self.accelerator.num_processes > 1:
-                bad = self.accelerator.reduce(bad, reduction="sum")
-            if bad.item():
-                last = checkpoints(self.args.output_dir)
-                raise RunStopped(
-                    f"the loss is {loss.item()} at step {self.state.global_step + 1}; stopped before saving it, "
-                    f"last good checkpoint: {os.path.basename(last[-1]) if last else 'none'} "
-                    "(lower learning_rate or check the data, then resume=true)"
-                )
-            return loss
-
-    Guarded.__name__ = Guarded.__qualname__ = trainer_class.__name__
-    return Guarded
-
-
-def _start_wandb(params: dict, args) -> None:
+def callbacks(params: dict, args) -> list:
+    """metrics.jsonl and the ZeRO-3 sharding line for every run; the wandb run is started here, on the main process,
+    with the redacted PARAMS as its config, when args report to wandb."""
     if "wandb" in args.report_to and is_main():
         init_wandb(params, args.run_name)
+    return [MetricsFile(params["output_dir"]), ShardingReport()]
 
 
-def sft_trainer(params: dict, model, tokenizer, train_set, eval_set, packing: bool, trainer_class=None):
-    """TRL's SFTTrainer (or a subclass) on our tokenized datasets, logging to metrics.jsonl and wandb."""
-    from trl import SFTConfig, SFTTrainer
-
+def sft_config(params: dict, train_set, eval_set, packing: bool) -> SFTConfig:
+    """SFTConfig for our tokenized (and, when packing, packed) examples: TRL prepares nothing. Packed, a device step
+    takes the packed rows that hold about batch_size examples (packed_batch_size)."""
     batch_size = packed_batch_size(params["batch_size"], train_set) if packing else params["batch_size"]
-    if packing:
-        use_varlen_attention(model)
     if is_main() and packing:
         print(
-            f"packing: {batch_size} packed rows per device step, about batch_size={params['batch_size']} examples, "
-            f"attention {model.config._attn_implementation}",
+            f"packing: {batch_size} packed rows per device step, about batch_size={params['batch_size']} examples",
             flush=True,
         )
-    args = SFTConfig(
+    return SFTConfig(
         **trainer_args(params, eval_set is not None, batch_size),
         packing=packing,
         padding_free=packing,
         dataset_kwargs={"skip_prepare_dataset": True},
     )
-    _start_wandb(params, args)
-    return stop_on_non_finite_loss(trainer_class or SFTTrainer)(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer,
-        callbacks=[MetricsFile(params["output_dir"]), ShardingReport()],
-    )
 
 
-def dpo_trainer(params: dict, model, tokenizer, train_set, eval_set, trainer_class=None):
-    """TRL's DPOTrainer (or a subclass) on the prepared pairs. Under LoRA the reference is the adapter-disabled model;
-    otherwise the reference log-probs are computed once before training and cached on disk (common.preference).
-    The pairs are memory-mapped files every rank opens: TRL caches its reference log-probs beside a dataset's
-    files, written by rank 0 and read by the others."""
-    from trl import DPOConfig, DPOTrainer
-
-    from common.errors import UserError
-    from common.preference import cached_reference, pretokenized
-
-    lora = params["lora"]["enabled"]
+def dpo_config(params: dict, eval_set) -> DPOConfig:
+    """DPOConfig from PARAMS. Full fine-tuning precomputes the reference log-probs (cached on disk by
+    trl_patches.CachedReference); under LoRA the reference is the adapter-disabled model."""
     try:
-        args = DPOConfig(
+        return DPOConfig(
             **trainer_args(params, eval_set is not None),
             beta=params["beta"],
             loss_type=params["loss_type"],
             loss_weights=params["loss_weights"] or None,
             label_smoothing=params["label_smoothing"],
-            precompute_ref_log_probs=not lora,
+            precompute_ref_log_probs=not params["lora"]["enabled"],
             disable_dropout=True,
         )
     except ValueError as e:
         raise UserError(f"DPO settings: {str(e).splitlines()[0]}") from None
-    _start_wandb(params, args)
-    trainer_class = pretokenized(stop_on_non_finite_loss(trainer_class or DPOTrainer))
-    if not lora:
-        trainer_class = cached_reference(trainer_class, params["ref_cache_dir"], tokenizer)
-    return trainer_class(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer,
-        callbacks=[MetricsFile(params["output_dir"]), ShardingReport()],
-    )
 
 
-def grpo_trainer(params: dict, model, tokenizer, prompts, rewards: list, trainer_class=None, add_special_tokens=False):
-    """TRL's GRPOTrainer (or a subclass) on the prepared prompts, scored by the rewards (common.rewards.Reward)."""
-    from trl import GRPOConfig, GRPOTrainer
-
-    from common.errors import UserError
-    from common.prompts import rendered_prompts
-
+def grpo_config(params: dict) -> GRPOConfig:
+    """GRPOConfig from PARAMS; its lengths are max_completion_length and the prompts prepare kept."""
     args = trainer_args(params, False)
-    del args["max_length"]  # GRPO's lengths are max_completion_length and the prompts prepare kept
+    del args["max_length"]
     vllm = {}
     if params["use_vllm"]:
         vllm = dict(
@@ -180,7 +120,7 @@ def grpo_trainer(params: dict, model, tokenizer, prompts, rewards: list, trainer
             vllm_server_base_url=params["vllm_server_base_url"] or None,
         )
     try:
-        config = GRPOConfig(
+        return GRPOConfig(
             **args,
             **vllm,
             num_generations=params["num_generations"],
@@ -203,13 +143,3 @@ def grpo_trainer(params: dict, model, tokenizer, prompts, rewards: list, trainer
         )
     except ValueError as e:
         raise UserError(f"GRPO settings: {str(e).splitlines()[0]}") from None
-    _start_wandb(params, config)
-    trainer_class = rendered_prompts(stop_on_non_finite_loss(trainer_class or GRPOTrainer), add_special_tokens)
-    return trainer_class(
-        model=model,
-        reward_funcs=rewards,
-        args=config,
-        train_dataset=prompts,
-        processing_class=tokenizer,
-        callbacks=[MetricsFile(params["output_dir"]), ShardingReport()],
-    )

@@ -127,3 +127,25 @@ def same_calls(answer: list[dict], reference: list[dict]) -> bool:
     return [(c["function"]["name"], arguments_of(c)) for c in answer] == [
         (c["function"]["name"], arguments_of(c)) for c in reference
     ]
+
+
+def answer_message(result: dict, names: set) -> dict:
+    """A backend's result as the assistant message to write. Calls the row cannot hold (arguments that are not a
+    JSON object, a function not among names, the row's tools) are kept as text after the answer's, so every written
+    row passes the checks and a judge still sees what the model wrote."""
+    message, calls = {"role": "assistant", "content": result["text"].strip()}, result.get("tool_calls") or []
+    if calls and not any(call_problem(call, names) for call in calls):
+        return normalize_message({**message, "tool_calls": calls})
+    return {**message, "content": answer_text({**message, "tool_calls": calls})}
+
+
+def answer_text(message: dict) -> str:
+    """A message as one text (for judges that read text): its content, then each call as name{arguments}."""
+
+    def call_text(call):
+        arguments = call["function"].get("arguments") or {}
+        return call["function"]["name"] + (
+            arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+        )
+
+    return "\n".join([message.get("content") or "", *map(call_text, message.get("tool_calls") or [])]).strip()

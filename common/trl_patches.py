@@ -1,0 +1,181 @@
+"""Every place this project overrides a method of TRL's trainers, written against trl==1.16.0.
+
+Each override is a mixin; a script puts the ones it needs in front of its trainer class, in plain sight:
+
+    Trainer = compose(trainer_class or DPOTrainer, StopOnNonFiniteLoss, PretokenizedPairs, CachedReference)
+    trainer = Trainer(model=model, args=args, ..., ref_cache_dir=params["ref_cache_dir"])
+
+A mixin's settings are keyword arguments of the trainer's constructor (never class attributes), and so are an
+experiment's: `compose(functools.partial(MyTrainer, my_weight=3.0), ...)` keeps them. OVERRIDDEN lists each
+private hook with the TRL method that calls it and its signature; tests/test_trl_patches.py fails when the pinned
+TRL renames a hook, changes its signature or stops calling it.
+"""
+
+import functools
+import hashlib
+import json
+import os
+
+import torch
+from accelerate.utils import broadcast_object_list
+from trl import DPOTrainer, GRPOTrainer
+from trl.trainer.utils import RepeatSampler
+
+from common.checkpoint import checkpoints
+from common.distributed import is_main, wait_for_everyone
+from common.errors import RunStopped
+
+
+def compose(trainer_class, *mixins):
+    """trainer_class (or a functools.partial of it with an experiment's keyword arguments) with the mixins in front.
+    The class keeps trainer_class's name, so logs and errors read as before."""
+    kwargs = {}
+    if isinstance(trainer_class, functools.partial):
+        trainer_class, kwargs = trainer_class.func, trainer_class.keywords
+    composed = type(trainer_class.__name__, (*mixins, trainer_class), {"__qualname__": trainer_class.__qualname__})
+    return functools.partial(composed, **kwargs) if kwargs else composed
+
+
+class StopOnNonFiniteLoss:
+    """Every micro-step checks its loss across ranks: a NaN or infinite loss stops the run with one line naming the
+    step, before the next save, so the checkpoints on disk stay the last good ones. (Without DeepSpeed the bad
+    step's update is not applied either: the optimizer steps after training_step.) Overrides the public
+    Trainer.training_step."""
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bad.item():
+            last = checkpoints(self.args.output_dir)
+            raise RunStopped(
+                f"the loss is {loss.item()} at step {self.state.global_step + 1}; stopped before saving it, "
+                f"last good checkpoint: {os.path.basename(last[-1]) if last else 'none'} "
+                "(lower learning_rate or check the data, then resume=true)"
+            )
+        return loss
+
+
+class PretokenizedPairs:
+    """DPOTrainer takes the pairs as common.preference tokenized them (each rendered whole with the chat template,
+    so the scored tokens are exactly each answer and its end-of-turn token) instead of tokenizing them again.
+    Overrides DPOTrainer._prepare_dataset, which its __init__ calls on the train and eval sets."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        return dataset
+
+
+class CachedReference:
+    """Reference log-probs kept on disk in ref_cache_dir under a key of reference weights, data and tokenizer.
+
+    TRL computes them once per run (precompute_ref_log_probs) and forgets them at exit. Here the first run stores
+    them in ref_cache_dir/<key>.pt and a rerun, a resumed run or another epoch reads them back without a reference
+    forward pass. The key hashes TRL's hash of the reference weights, the tokenized prompt, chosen and rejected ids
+    (so the data, tokenizer and chat template), the tokenizer itself, and the settings that change the numbers
+    (precision, max_length, truncation). Overrides DPOTrainer._precompute_ref_logps, which DPOTrainer.__init__ calls
+    when precompute_ref_log_probs is on (full fine-tuning; under LoRA the reference is the disabled adapter).
+    """
+
+    def __init__(self, *args, ref_cache_dir: str, **kwargs):
+        self.ref_cache_dir = ref_cache_dir  # set first: TRL's __init__ calls _precompute_ref_logps
+        super().__init__(*args, **kwargs)
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        # Under ZeRO-3 each rank hashes its own shard of the weights: take rank 0's key, so every rank makes the
+        # same choice (a rank that alone missed would wait forever in TRL's collectives).
+        key = broadcast_object_list([self._reference_key(dataset)], from_process=0)[0]
+        path = os.path.join(self.ref_cache_dir, f"{key}.pt")
+        if os.path.isfile(path):
+            cached = torch.load(path, weights_only=True)
+            if is_main():
+                print(f"reference log-probs for {name}: read from {path}", flush=True)
+            return dataset.add_column("ref_chosen_logps", cached["chosen"].tolist()).add_column(
+                "ref_rejected_logps", cached["rejected"].tolist()
+            )
+        dataset = super()._precompute_ref_logps(dataset, name, batch_size)
+        if is_main():
+            os.makedirs(self.ref_cache_dir, exist_ok=True)
+            tmp = f"{path}.tmp{os.getpid()}"
+            torch.save(
+                {
+                    "chosen": torch.tensor(dataset["ref_chosen_logps"]),
+                    "rejected": torch.tensor(dataset["ref_rejected_logps"]),
+                },
+                tmp,
+            )
+            os.replace(tmp, path)
+            print(f"reference log-probs for {name}: computed, cached in {path}", flush=True)
+        wait_for_everyone()
+        return dataset
+
+    def _reference_key(self, dataset) -> str:
+        digest = hashlib.sha256()
+        args, tokenizer = self.args, self.processing_class
+        settings = [str(self._precompute_model_hash), args.bf16, args.fp16, args.max_length, args.truncation_mode]
+        digest.update(json.dumps(settings).encode())
+        digest.update(tokenizer.backend_tokenizer.to_str().encode() if tokenizer.is_fast else repr(tokenizer).encode())
+        digest.update((tokenizer.chat_template or "").encode())
+        for column in ("prompt_ids", "chosen_ids", "rejected_ids"):  # json.dumps of the column, batch by batch
+            digest.update(b"[")
+            for start in range(0, len(dataset), 10_000):
+                part = json.dumps(dataset[start : start + 10_000][column])[1:-1]
+                digest.update(((", " if start else "") + part).encode())
+            digest.update(b"]")
+        return digest.hexdigest()[:32]
+
+
+class _EpochShuffled(RepeatSampler):
+    """TRL's RepeatSampler with its order drawn from (seed, epoch): TRL draws every epoch from one generator, which a
+    resumed run restarts, so a run resumed in a later epoch would see other prompts than the run it continues."""
+
+    def __init__(self, state, **kwargs):
+        super().__init__(**kwargs)
+        self.state = state
+
+    def __iter__(self):
+        if self.shuffle:
+            self.generator.manual_seed((self.seed or 0) + int(self.state.epoch + 1e-6))  # the epoch it is in
+        return super().__iter__()
+
+
+class RenderedPrompts:
+    """GRPOTrainer reads each prompt as the text common.prompts rendered (the row's own tools with it), tokenized
+    as it is: a chat template's text holds its own special tokens (TRL's text path would add a second BOS;
+    add_special_tokens=True for a model without a chat template), and TRL's chat path would render one tool list
+    for every prompt. Overrides GRPOTrainer._tokenize_prompts (called by _generate) and
+    GRPOTrainer._get_train_sampler (called by Trainer.get_train_dataloader), whose order becomes resumable."""
+
+    def __init__(self, *args, add_special_tokens: bool, **kwargs):
+        self.add_special_tokens = add_special_tokens
+        super().__init__(*args, **kwargs)
+
+    def _tokenize_prompts(self, prompts: list):
+        return self.processing_class(text=prompts, add_special_tokens=self.add_special_tokens)["input_ids"], None, {}
+
+    def _get_train_sampler(self, dataset=None):
+        sampler = super()._get_train_sampler(dataset)
+        return _EpochShuffled(
+            self.state,
+            data_source=sampler.data_source,
+            mini_repeat_count=sampler.mini_repeat_count,
+            batch_size=sampler.batch_size,
+            repeat_count=sampler.repeat_count,
+            shuffle=sampler.shuffle,
+            seed=sampler.seed,
+        )
+
+
+# (mixin, TRL class, private hook, its parameters in trl==1.16.0, the TRL method that calls it)
+OVERRIDDEN = [
+    (
+        PretokenizedPairs,
+        DPOTrainer,
+        "_prepare_dataset",
+        ("self", "dataset", "processing_class", "args", "dataset_name"),
+        "__init__",
+    ),
+    (CachedReference, DPOTrainer, "_precompute_ref_logps", ("self", "dataset", "name", "batch_size"), "__init__"),
+    (RenderedPrompts, GRPOTrainer, "_tokenize_prompts", ("self", "prompts"), "_generate"),
+    (RenderedPrompts, GRPOTrainer, "_get_train_sampler", ("self", "dataset"), "get_train_dataloader"),
+]
