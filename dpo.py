@@ -38,7 +38,7 @@ from common.trl_patches import CachedReference, PretokenizedPairs, StopOnNonFini
 PARAMS = dict(
     model="outputs/sft_chat/final",  # the default sft_chat.py run's output; or any hub id or local folder
     data=["data/examples/preference_train.jsonl"],  # {"prompt", "chosen", "rejected", "tools"?} rows
-    chat_template="",  # a Jinja file to render the pairs with instead of the model's template (README "Native chat templates")
+    chat_template="",  # a Jinja file to render the pairs with instead of the model's (README "Native chat templates")
     reasoning="keep",  # or "drop": remove reasoning_content / leading <think> blocks from chosen and rejected
     eval_data=[],  # held-out rows for eval loss and rewards; when empty, eval_fraction of data is held out
     eval_fraction=0.05,
@@ -133,18 +133,17 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
         save_params(params, out)
         report.write(out)
     if params["dry_run"]:
-        return dry_run(
-            out, tokenizer, report, partial(write_preference_preview, tokenizer, train, params["max_length"])
-        )
+        preview = partial(write_preference_preview, tokenizer, train, params["max_length"])
+        return dry_run(out, tokenizer, report, preview)
 
     # Model: full fine-tuning, or LoRA whose disabled adapter is the reference
     lora = params["lora"]["enabled"]
     model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"], frozen=lora)
     stops = stop_ids(model, tokenizer)
     preferences = (params["test_data"], chat)
-    before = (
-        {} if resume_from else held_out("before", model, tokenizer, params["exact_match_data"], preferences=preferences)
-    )
+    before = {}
+    if not resume_from:
+        before = held_out("before", model, tokenizer, params["exact_match_data"], preferences=preferences)
     if lora:
         model = apply_lora(model, params["lora"], [])
 

@@ -1,8 +1,9 @@
 """Reinforcement learning on verifiable rewards (GRPO and its variants: DAPO, Dr. GRPO, GSPO) on TRL's GRPOTrainer.
 
-    accelerate launch sft_chat.py --config configs/recipes/grpo-warmup.yaml && accelerate launch grpo.py   # the example task
+    accelerate launch sft_chat.py --config configs/recipes/grpo-warmup.yaml && accelerate launch grpo.py  # example task
     accelerate launch grpo.py model=outputs/my_sft/final data=my_prompts.jsonl rewards=[my_rewards.py:correct]
-    accelerate launch grpo.py loss_type=grpo scale_rewards=none            # Dr. GRPO; importance_sampling_level=sequence: GSPO
+    accelerate launch grpo.py loss_type=grpo scale_rewards=none            # Dr. GRPO
+    accelerate launch grpo.py importance_sampling_level=sequence           # GSPO
     accelerate launch --config_file configs/accelerate/zero3.yaml --num_processes 8 grpo.py use_vllm=true  # 8 GPUs
     accelerate launch --config_file configs/accelerate/ddp.yaml grpo.py   # two CPU processes
     python grpo.py dry_run=true                                            # preview the prompts, train nothing
@@ -38,10 +39,8 @@ from common.training import callbacks, grpo_config
 from common.trl_patches import RenderedPrompts, StopOnNonFiniteLoss, compose
 
 PARAMS = dict(
-    model="outputs/sft_chat_warmup/final",  # the warm-up run's output (configs/recipes/grpo-warmup.yaml); any hub id or folder
-    data=[
-        "data/examples/chat_train.jsonl"
-    ],  # prompt rows: chat rows (last assistant turn = reference) or {"prompt", ...}
+    model="outputs/sft_chat_warmup/final",  # the warm-up run's output (configs/recipes/grpo-warmup.yaml), or any model
+    data=["data/examples/chat_train.jsonl"],  # chat rows (last assistant turn = reference) or {"prompt", ...} rows
     test_data="data/examples/chat_test.jsonl",  # held-out exact match before and after ("" to skip)
     output_dir="outputs/grpo",
     rewards=["data/examples/verify.py:verify"],  # module:function or path/file.py:function, each fn(row, completion)
@@ -51,7 +50,7 @@ PARAMS = dict(
     max_length=512,  # prompt + completion; longer prompts are left out and counted
     temperature=1.0,
     top_p=1.0,
-    beta=0.0,  # KL penalty to the reference; 0: no reference model (DAPO, Dr. GRPO); under LoRA the reference is the base
+    beta=0.0,  # KL penalty to the reference; 0: no reference (DAPO, Dr. GRPO); under LoRA the reference is the base
     loss_type="dapo",  # TRL's: dapo, grpo, dr_grpo, bnpo, cispo, sapo, luspo, vespo
     importance_sampling_level="token",  # or "sequence" (GSPO)
     epsilon=0.2,  # clip range below 1

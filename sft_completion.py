@@ -1,7 +1,7 @@
 """Completion-model fine-tuning on plain text and on prompt/completion pairs, on TRL's SFTTrainer.
 
     accelerate launch sft_completion.py                            # built-in tiny model, example task
-    accelerate launch --config_file configs/accelerate/zero3.yaml --num_processes 8 sft_completion.py   # ZeRO-3 on 8 GPUs
+    accelerate launch --config_file configs/accelerate/zero3.yaml --num_processes 8 sft_completion.py  # ZeRO-3, 8 GPUs
     accelerate launch sft_completion.py model=Qwen/Qwen2.5-0.5B data=my_pairs.jsonl template="Q: {prompt}\\nA:"
     accelerate launch sft_completion.py --config configs/recipes/qwen2.5-0.5b-completion-full.yaml
     accelerate launch --config_file configs/accelerate/ddp.yaml sft_completion.py   # two CPU processes
@@ -43,7 +43,7 @@ PARAMS = dict(
     output_dir="outputs/sft_completion",
     max_length=512,  # longer prompt/completion rows are truncated; longer text rows are cut into pieces
     packing="auto",  # auto: packed, with per-document attention (fastest on CPU and GPU, BENCHMARKS.md)
-    num_epochs=12.0,  # ~460 steps: the example task needs them after dedup (10 epochs of the deduplicated rows gave 81%)
+    num_epochs=12.0,  # ~460 steps: the example task needs them (10 epochs of the deduplicated rows gave 81%)
     max_steps=-1,  # -1: run num_epochs
     learning_rate=6e-3,  # for the 1M-parameter built-in model; real models want ~1e-5 (full) or ~2e-4 (LoRA)
     lr_scheduler="cosine",
@@ -52,7 +52,7 @@ PARAMS = dict(
     adam_beta2=0.95,
     max_grad_norm=1.0,
     batch_size=8,  # examples per device micro-step; when packed, rows holding about this many examples
-    grad_accum=4,  # micro-steps per optimizer step: 32 examples a step, a quarter of the activation memory (BENCHMARKS.md)
+    grad_accum=4,  # micro-steps per optimizer step: 32 examples a step, a quarter of the activations (BENCHMARKS.md)
     dtype="auto",  # auto: bf16 on a GPU that has it, fp32 on CPU
     activation_checkpointing=False,
     seed=42,

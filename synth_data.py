@@ -2,7 +2,8 @@
 
     python synth_data.py                    # sample the default sft_chat.py model, verify, write preference pairs
     python dpo.py data=outputs/synth_data/preferences.jsonl    # ...and train DPO on them
-    python synth_data.py stages=[responses,clean] backend=openai base_url=http://127.0.0.1:8000/v1 model=Qwen/Qwen2.5-7B-Instruct
+    python synth_data.py stages=[responses,clean] backend=openai base_url=http://127.0.0.1:8000/v1 \
+        model=Qwen/Qwen2.5-7B-Instruct
     python synth_data.py stages=[instructions,responses,clean] data=my_seeds.jsonl num_instructions=2000
 
 Stages run in this order, any of them alone, each feeding the next:
@@ -21,7 +22,6 @@ Every request is cached in output_dir/requests.sqlite by (backend, model, prompt
 a killed run started again re-sends no finished request, and output files are written whole, then renamed.
 """
 
-import json
 import os
 
 from common.chat.reasoning import strip_reasoning
@@ -32,13 +32,11 @@ from common.errors import UserError, exit_on_user_error
 from common.generation import Request, Tally, generate, make_backend, sampling_of
 from common.models import load_tokenizer
 from common.params import Rules, resolve, save_params
-from common.prepare import Recipe, prepare
+from common.prepare import read_rows
 from common.prompts import prompt_of, prompt_problem
 from common.request_cache import RequestCache
 from common.rewards import load_function
 from common.synthesis import (
-    any_row,
-    as_row,
     best_and_worst,
     judge_rubric_reply,
     last_request,
@@ -77,7 +75,7 @@ PARAMS = dict(
     max_similarity=0.7,  # instructions: estimated Jaccard (word 1-2-grams) to every kept request must stay below this
     judge="verifier",  # verifier, llm or reward_model
     keep_reasoning=False,  # the judge sees answers without a leading <think> block unless true
-    verifier="data/examples/verify.py:verify",  # fn(row, answer) -> bool or number; answer is a message for rows with tools
+    verifier="data/examples/verify.py:verify",  # fn(row, answer) -> bool or number (a message for rows with tools)
     judge_model="",  # llm: a model on the same backend; reward_model: an AutoModelForSequenceClassification
     rubric="Rate from 1 to 10 how well the answer serves the request. Reply with the number only.\n"
     "Request: {prompt}\nAnswer: {answer}",
@@ -171,14 +169,6 @@ def score(
     return [scores[i : i + per] for i in range(0, len(scores), per)]
 
 
-def read_rows(params: dict, data, problem, clean: dict, report: DataReport, tokenizer=None) -> list[Row]:
-    """The rows of data, checked by problem and cleaned with clean, through the data pipeline and its cache."""
-    settings = {**params, "data": data, "clean": clean, "eval_fraction": 0.0}
-    recipe = Recipe("synth_data", problem, as_row, columns=("row", "where"), keys=("test_data",))
-    prepared = prepare(settings, recipe, tokenizer, report).train
-    return [Row(json.loads(row), where) for row, where in zip(prepared["row"], prepared["where"], strict=True)]
-
-
 @exit_on_user_error
 def main(params: dict) -> None:
     stages, out = check(params), params["output_dir"]
@@ -188,7 +178,7 @@ def main(params: dict) -> None:
     generating = stages != ["clean"]
     # Seed rows: read, checked and PII-scrubbed by the pipeline every script uses (common/prepare.py), before any
     # row is sent to a model or written; a clean-only run cleans them in its clean stage instead
-    rows = read_rows(params, params["data"], prompt_problem, scrub_only(params["clean"]), report) if generating else []
+    rows = read_rows({**params, "clean": scrub_only(params["clean"])}, prompt_problem, report) if generating else []
     backend = make_backend(params) if generating else None
     cache = RequestCache(os.path.join(out, "requests.sqlite"))
     sampling = sampling_of(params)
@@ -261,7 +251,8 @@ def main(params: dict) -> None:
                 "samples_scoring_above_0": passed,
             }
             print(
-                f"judge ({params['judge']}): {passed} of {len(flat)} samples score above 0 ({passed / max(1, len(flat)):.1%}); "
+                f"judge ({params['judge']}): {passed} of {len(flat)} samples score above 0 "
+                f"({passed / max(1, len(flat)):.1%}); "
                 f"{len(rows)} of {len(prompts)} prompts give a pair",
                 flush=True,
             )
@@ -277,7 +268,7 @@ def main(params: dict) -> None:
             )
             if last == "clean" or rows:  # generated rows are cleaned from the raw file just written
                 source = os.path.join(out, f"{last}.raw.jsonl") if last != "clean" else params["data"]
-                rows = read_rows(params, source, any_row, params["clean"], report, tokenizer)
+                rows = read_rows({**params, "data": source}, None, report, tokenizer)
             write_rows(os.path.join(out, f"{last}.jsonl"), [r.data for r in rows])
         written = len(rows)
         print(f"wrote {written} rows to {os.path.join(out, last + '.jsonl')}")

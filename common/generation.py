@@ -57,7 +57,8 @@ class Tally:
 
     def line(self) -> str:
         return (
-            f"requests {self.requests}, cache hits {self.cache_hits}, answered {self.sent}, failed or unfinished {self.unfinished}, "
+            f"requests {self.requests}, cache hits {self.cache_hits}, answered {self.sent}, "
+            f"failed or unfinished {self.unfinished}, "
             f"tokens {self.prompt_tokens} in / {self.completion_tokens} out, {self.seconds:.0f} s"
         )
 

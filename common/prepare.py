@@ -19,7 +19,7 @@ from datasets import Dataset, Features, Sequence, Value
 from common.batching import pack_lengths, packed_row_length
 from common.chat.tools import tool_names
 from common.cleaning import RowCleaner, cleaning_table, eval_set_inputs, eval_sets_of, select_rows
-from common.data import DataReport, mixed_indices, parse_row, read_in_batches, source_specs, split_eval
+from common.data import DataReport, Row, mixed_indices, parse_row, read_in_batches, source_specs, split_eval
 from common.data_cache import cache_key, is_stored, open_split, read_meta, say_new_entry, store
 from common.distributed import is_main, wait_for_everyone
 from common.errors import Dropped, RowProblem, UserError
@@ -82,6 +82,23 @@ def prepare(params: dict, recipe: Recipe, tokenizer, report: DataReport) -> Prep
         examples = meta["report"]["counts"].get("train_rows", len(train))
         print(f"prepared data: {examples} training examples, {folder}{'' if fresh else ' (reused)'}", flush=True)
     return Prepared(train, evals, extra, folder)
+
+
+def read_rows(params: dict, problem, report: DataReport, tokenizer=None) -> list[Row]:
+    """The rows of params["data"], checked by problem(row) -> reason or None (None: any JSON object) and cleaned
+    with params["clean"], through the same pipeline and cache as training data, as they are (synth_data.py)."""
+    settings = {**params, "eval_data": [], "eval_fraction": 0.0}
+    recipe = Recipe("rows", problem or _any_row, _as_row, columns=("row", "where"))
+    rows = prepare(settings, recipe, tokenizer, report).train
+    return [Row(json.loads(row), where) for row, where in zip(rows["row"], rows["where"], strict=True)]
+
+
+def _as_row(row: dict) -> tuple[list[dict], dict]:
+    return [{"row": json.dumps(row, ensure_ascii=False)}], {}
+
+
+def _any_row(row: dict) -> str | None:
+    return None  # every JSON object is a row (the check refuses the rest)
 
 
 class _Preparation:
@@ -162,6 +179,8 @@ class _Preparation:
         if not settings["enabled"]:
             return None
         by_tokens = settings["min_tokens"] or settings["max_tokens"]
+        if by_tokens and self.tokenizer is None:
+            raise UserError("clean.min_tokens and clean.max_tokens need the model's tokenizer (not loaded here)")
         return RowCleaner(settings, eval_set_inputs(eval_sets_of(self.params)), self.tokenizer if by_tokens else None)
 
     def _read(self, specs: list, key: str):

@@ -1,4 +1,6 @@
-"""User functions that score answers: grpo.py's rewards and synth_data.py's verifier, loaded by name. Rewards for grpo.py: the user's `fn(row, completion) -> float or bool`, called as TRL calls rewards.
+"""User functions that score answers, loaded by name: grpo.py's rewards and synth_data.py's verifier.
+
+A reward for grpo.py is the user's `fn(row, completion) -> float or bool`, called as TRL calls rewards.
 
 A reward is named like synth_data.py's verifier ("module:function" or "path/file.py:function") and gets the
 prompt's source row (with its reference and any extra fields) and the completion alone: its text, decoded without

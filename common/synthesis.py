@@ -142,13 +142,3 @@ def best_and_worst(answers: list[dict], scores: list[float]) -> tuple[dict, dict
         chosen.get("tool_calls") or [], rejected.get("tool_calls") or []
     )
     return None if top <= bottom or same else (chosen, rejected)
-
-
-def as_row(row: dict) -> tuple[list[dict], dict]:
-    """A checked, cleaned row kept as it is (the data pipeline's examples for synth_data.py)."""
-    return [{"row": json.dumps(row, ensure_ascii=False)}], {}
-
-
-def any_row(row: dict) -> str | None:
-    """Every JSON object is a row to clean (the pipeline refuses the rest)."""
-    return None

@@ -1,5 +1,6 @@
-"""Trainer settings: PARAMS to TRL's SFTConfig, DPOConfig and GRPOConfig, with precision and device choices made explicit,
-and the callbacks every run logs with. The trainers themselves are built in the scripts (common/trl_patches.py).
+"""Trainer settings: PARAMS to TRL's SFTConfig, DPOConfig and GRPOConfig, with precision and device choices made
+explicit, and the callbacks every run logs with. The trainers themselves are built in the scripts
+(common/trl_patches.py).
 
 TRL's own defaults (bf16 on, gradient checkpointing on) are wrong for CPU runs, so every one that
 matters is set here from PARAMS.

@@ -67,7 +67,7 @@ _TOOLS = (
 # back exactly. Keys that are not plain words stay quoted.
 _ARGUMENTS = (
     "{%- macro json_value(v) -%}"
-    "{%- if v is string -%}{{ (v | tojson).replace(',', '\\\\u002c').replace('{', '\\\\u007b').replace('<', '\\\\u003c') }}"
+    "{%- if v is string -%}{{ (v | tojson).replace(',', '\\\\u002c').replace('{', '\\\\u007b').replace('<', '\\\\u003c') }}"  # noqa: E501 - one Jinja expression
     "{%- elif v is mapping -%}{{ '{' }}{%- for k, x in v.items() -%}"
     "{{ json_value(k ~ '') }}:{{ json_value(x) }}{{ ',' if not loop.last }}{%- endfor -%}{{ '}' }}"
     "{%- elif v is iterable -%}[{%- for x in v -%}{{ json_value(x) }}{{ ',' if not loop.last }}{%- endfor -%}]"
@@ -75,7 +75,7 @@ _ARGUMENTS = (
     "{%- endmacro -%}"
     "{%- macro arguments(a) -%}"
     "{%- if a is string -%}{{ a }}{%- else -%}{{ '{' }}{%- for k, x in a.items() -%}"
-    "{{ k if k and (k | list | reject('in', 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_') | list | length == 0)"
+    "{{ k if k and (k | list | reject('in', 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_') | list | length == 0)"  # noqa: E501 - one Jinja expression
     " else json_value(k ~ '') }}:{{ json_value(x) }}{{ ',' if not loop.last }}{%- endfor -%}{{ '}' }}{%- endif -%}"
     "{%- endmacro -%}"
 )
@@ -133,9 +133,9 @@ RESPONSE_TEMPLATE = {
 
 
 def use_function_tokens(tokenizer, spec: ChatSpec, params: dict, names, report) -> dict[str, str]:
-    """PARAMS function_tokens: a token for each function the training rows' tools name (names), or none ({}). "auto" takes
-    them for a specialist's closed set of functions (at most AUTO_FUNCTION_TOKENS names) in the special-tokens
-    format, and not for broad tool data, whose model must read schemas it has never seen."""
+    """PARAMS function_tokens: a token for each function the training rows' tools name (names), or none ({}).
+    "auto" takes them for a specialist's closed set of functions (at most AUTO_FUNCTION_TOKENS names) in the
+    special-tokens format, and not for broad tool data, whose model must read schemas it has never seen."""
     setting = params["function_tokens"]
     if setting is True and params["chat_format"] != "special_tokens":
         raise UserError("function_tokens=true needs chat_format=special_tokens: a native template writes names as text")

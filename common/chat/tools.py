@@ -113,7 +113,7 @@ def calls_text(calls: list[dict]) -> list[str]:
     texts = []
     for call in calls:
         texts.append(call["function"]["name"])
-        # a value with characters JSON (or our call syntax) escapes may show either way, so only plain ones are looked for
+        # a value with characters JSON (or our call syntax) escapes may show either way: only plain ones are looked for
         texts += [
             v
             for v in arguments_of(call).values()
