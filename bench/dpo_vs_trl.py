@@ -54,6 +54,7 @@ def run_ours(args, data: str, model_dir: str) -> None:
     shutil.rmtree(cache, ignore_errors=True)
     params = resolve(
         dpo.PARAMS,
+        dpo.RULES,
         [
             f"model={model_dir}",
             f"data=[{data}]",
@@ -66,7 +67,7 @@ def run_ours(args, data: str, model_dir: str) -> None:
             "progress_bar=false",
             f"ref_cache_dir={cache}",
             f"output_dir={os.path.join(args.workdir, 'ours')}",
-            f"clean.cache_dir={os.path.join(args.workdir, 'clean_cache')}",
+            f"data_cache_dir={os.path.join(args.workdir, 'data_cache')}",
             *args.ours.split(),
         ],
     )

@@ -11,7 +11,7 @@ chat tokens and template, so both sides tokenize the same sequences), max_length
 Each variant runs in a fresh process and is measured from outside:
 
 - ours: `python sft_chat.py dry_run=true model=MODEL data=[ROWS] max_length=1024 eval_fraction=0 test_data=
-  overwrite=true progress_bar=false output_dir=WORKDIR/ours clean.cache_dir=WORKDIR/clean_cache
+  overwrite=true progress_bar=false output_dir=WORKDIR/ours data_cache_dir=WORKDIR/data_cache
   data_cache_dir=WORKDIR/data_cache` plus --ours, with both caches emptied first (cleaning on, its default).
   The child runs sft_chat.main on exactly those overrides after importing torch, transformers, TRL and
   datasets, so "prep s" is reading, cleaning, tokenising, packing and writing data_report.json and the
@@ -61,7 +61,7 @@ def run_ours(args, data: str, model_dir: str) -> dict:
     overrides = ours_overrides(args, data, model_dir)
     if "data_cache_dir" not in sft_chat.PARAMS:  # before common/ has it: the run has no data cache to reuse
         overrides = [o for o in overrides if not o.startswith("data_cache_dir=")]
-    params = resolve(sft_chat.PARAMS, overrides)
+    params = resolve(sft_chat.PARAMS, sft_chat.RULES, overrides)
     started = time.perf_counter()
     sft_chat.main(params)
     prep_s = time.perf_counter() - started
@@ -122,7 +122,7 @@ def ours_overrides(args, data: str, model_dir: str) -> list[str]:
         "overwrite=true",
         "progress_bar=false",
         f"output_dir={os.path.join(args.workdir, 'ours')}",
-        f"clean.cache_dir={os.path.join(args.workdir, 'clean_cache')}",
+        f"data_cache_dir={os.path.join(args.workdir, 'data_cache')}",
         f"data_cache_dir={os.path.join(args.workdir, 'data_cache')}",
         *args.ours.split(),
     ]

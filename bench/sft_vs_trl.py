@@ -54,6 +54,7 @@ def run_ours(args, data: str, model_dir: str) -> None:
 
     params = resolve(
         sft_chat.PARAMS,
+        sft_chat.RULES,
         [
             f"model={model_dir}",
             f"data=[{data}]",
@@ -64,7 +65,7 @@ def run_ours(args, data: str, model_dir: str) -> None:
             "overwrite=true",
             "progress_bar=false",
             f"output_dir={os.path.join(args.workdir, 'ours')}",
-            f"clean.cache_dir={os.path.join(args.workdir, 'clean_cache')}",
+            f"data_cache_dir={os.path.join(args.workdir, 'data_cache')}",
             *args.ours.split(),
         ],
     )

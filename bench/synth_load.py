@@ -96,7 +96,7 @@ def main() -> None:
                 f"max_new_tokens={args.max_new_tokens}",
                 "test_data=",
                 "progress_bar=false",
-                f"clean.cache_dir={os.path.join(args.workdir, 'clean_cache')}",
+                f"data_cache_dir={os.path.join(args.workdir, 'data_cache')}",
             ],
             cwd=workload.ROOT,
             env=dict(os.environ, HF_HUB_OFFLINE="1"),

@@ -50,20 +50,15 @@ class DataReport:
             json.dump(self.as_dict(), f, indent=2)
 
 
-def load_sources(sources, report: DataReport, key: str = "data", seed: int = 0, prepare=None) -> list[Row]:
-    """Rows of every source in order. An entry is a path, a hub dataset id, or {path, split, fields, weight};
-    with weights, the sources are mixed (see mix). prepare(rows) -> rows (checks, cleaning) sees the rows of
-    every source together before the mix, so deduplication spans sources and never undoes an oversampling."""
+def load_sources(sources, report: DataReport, key: str = "data", seed: int = 0) -> list[Row]:
+    """Rows of every source in order, in memory (held-out sets; training data goes through common.prepare). An
+    entry is a path, a hub dataset id, or {path, split, fields, weight}; with weights, the sources are mixed."""
     loaded, weights = [], []
     for spec, weight in source_specs(sources, key):
         rows = [Row(_rename(r.data, spec.get("fields")), r.where) for r in _read(spec["path"], spec.get("split"))]
         report.sources[spec["path"]] = len(rows)
         loaded.append((spec["path"], rows))
         weights.append(weight)
-    if prepare is not None:
-        source_of = {row.where: i for i, (_, rows) in enumerate(loaded) for row in rows}
-        kept = prepare([row for _, rows in loaded for row in rows])
-        loaded = [(path, [row for row in kept if source_of[row.where] == i]) for i, (path, _) in enumerate(loaded)]
     if all(w is None for w in weights):
         return [row for _, rows in loaded for row in rows]
     return mix(loaded, weights, seed, report)
@@ -292,20 +287,6 @@ def _message(role, content) -> dict:
         return {"role": "assistant", "content": "", "tool_calls": content}
     calls = calls if isinstance(calls, list) else [calls]
     return {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": c} for c in calls]}
-
-
-def check_rows(rows: list[Row], validate, on_bad_rows: str, report: DataReport) -> list[Row]:
-    """Rows that pass `validate` (which returns a reason or None); a bad row stops the run or is counted."""
-    good = []
-    for row in rows:
-        reason = validate(row.data) if isinstance(row.data, dict) else "row must be a JSON object"
-        if reason is None:
-            good.append(row)
-        elif on_bad_rows == "error":
-            raise UserError(f"{row.where}: {reason}")
-        else:
-            report.drop(f"bad row: {reason}")
-    return good
 
 
 def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:

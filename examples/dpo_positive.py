@@ -13,6 +13,7 @@ resume, checkpoints, export, wandb). It logs `dpop/penalty` next to TRL's reward
 
 import os
 import sys
+from functools import partial
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: dpo, common
 
@@ -22,7 +23,7 @@ from trl import DPOTrainer  # noqa: E402
 
 from common.params import resolve  # noqa: E402
 from dpo import PARAMS as DPO_PARAMS  # noqa: E402
-from dpo import main
+from dpo import RULES, main  # noqa: E402
 
 PARAMS = {**DPO_PARAMS, "output_dir": "outputs/dpo_positive", "dpop_lambda": 50.0}  # the paper's value
 
@@ -43,7 +44,9 @@ def sequence_logps(model, inputs):
 
 
 class DPOPTrainer(DPOTrainer):
-    dpop_lambda = 50.0
+    def __init__(self, *args, dpop_lambda: float, **kwargs):
+        self.dpop_lambda = dpop_lambda
+        super().__init__(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         chosen, rejected = sequence_logps(model, inputs)
@@ -63,6 +66,5 @@ class DPOPTrainer(DPOTrainer):
 
 
 if __name__ == "__main__":
-    params = resolve(PARAMS)
-    DPOPTrainer.dpop_lambda = params["dpop_lambda"]
-    main(params, trainer_class=DPOPTrainer)
+    params = resolve(PARAMS, RULES)
+    main(params, trainer_class=partial(DPOPTrainer, dpop_lambda=params["dpop_lambda"]))

@@ -11,6 +11,7 @@ own loss (tested). Everything else (overrides, dry run, resume, checkpoints, exp
 
 import os
 import sys
+from functools import partial
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: sft_chat, common
 
@@ -20,7 +21,7 @@ from trl import SFTTrainer  # noqa: E402
 
 from common.params import resolve  # noqa: E402
 from sft_chat import PARAMS as SFT_CHAT_PARAMS  # noqa: E402
-from sft_chat import main
+from sft_chat import RULES, main  # noqa: E402
 
 PARAMS = {**SFT_CHAT_PARAMS, "output_dir": "outputs/sft_chat_weighted_name", "name_weight": 3.0}
 
@@ -51,7 +52,9 @@ def name_weights(labels, tokenizer, weight: float):
 
 
 class WeightedNameTrainer(SFTTrainer):
-    name_weight = 3.0
+    def __init__(self, *args, name_weight: float, **kwargs):
+        self.name_weight = name_weight
+        super().__init__(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
@@ -62,6 +65,5 @@ class WeightedNameTrainer(SFTTrainer):
 
 
 if __name__ == "__main__":
-    params = resolve(PARAMS)
-    WeightedNameTrainer.name_weight = params["name_weight"]
-    main(params, trainer_class=WeightedNameTrainer)
+    params = resolve(PARAMS, RULES)
+    main(params, trainer_class=partial(WeightedNameTrainer, name_weight=params["name_weight"]))

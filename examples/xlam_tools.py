@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from common.params import resolve  # noqa: E402
 from sft_chat import PARAMS as SFT_CHAT_PARAMS  # noqa: E402
-from sft_chat import main
+from sft_chat import RULES, main  # noqa: E402
 
 PARAMS = {
     **SFT_CHAT_PARAMS,
@@ -81,4 +81,4 @@ def to_chat(row: dict) -> dict:
 
 
 if __name__ == "__main__":
-    main(resolve(PARAMS), row_hook=to_chat)
+    main(resolve(PARAMS, RULES), row_hook=to_chat)

@@ -45,7 +45,7 @@ def run_in_process(script, *params):
     out, err, code = io.StringIO(), io.StringIO(), 0
     with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            module.main(resolve(module.PARAMS, list(params)))
+            module.main(resolve(module.PARAMS, module.RULES, list(params)))
         except SystemExit as e:
             code = e.code
     return subprocess.CompletedProcess([script, *params], code, out.getvalue(), err.getvalue())

@@ -4,10 +4,11 @@ import re
 
 import pytest
 
-import common.cleaning
-from common.cleaning import CLEAN_DEFAULTS, clean_once, clean_rows, eval_set_inputs, normalize, scrub
+import common.prepare
+from common.cleaning import CLEAN_DEFAULTS, clean_rows, eval_set_inputs, normalize, scrub
 from common.data import DataReport, load_sources
 from common.errors import UserError
+from common.prepare import read_rows
 from tests.conftest import ROOT
 
 CORPUS = f"{ROOT}/tests/data/clean_corpus.jsonl"
@@ -70,19 +71,25 @@ def test_disabled_cleaning_returns_rows_untouched():
 
 
 def _params(tmp_path, **clean):
+    """What common.prepare.read_rows (the data pipeline, as synth_data.py runs it) reads of PARAMS."""
     return {
-        "clean": {**CLEAN_DEFAULTS, "cache_dir": str(tmp_path / "cache"), **clean},
+        "data": [CORPUS],
+        "clean": {**CLEAN_DEFAULTS, **clean},
         "test_data": EVAL,
-        "eval_data": [],
+        "data_cache_dir": str(tmp_path / "cache"),
+        "seed": 0,
+        "on_bad_rows": "error",
+        "num_proc": 0,
+        "progress_bar": False,
     }
 
 
-def test_clean_once_prints_the_table_and_decontaminates_against_held_out_files(tmp_path, capsys):
+def test_the_pipeline_prints_the_table_and_decontaminates_against_held_out_files(tmp_path, capsys):
     report = DataReport()
-    kept = clean_once(load_sources([CORPUS], report), _params(tmp_path), report)
+    kept = read_rows(_params(tmp_path), None, report)
     table = capsys.readouterr().out
     assert len(kept) == 64 and report.counts["cleaning"]["contaminated"] == {EVAL: 3}
-    assert table.splitlines()[0] == "cleaning: 81 rows in, 64 kept"
+    assert "cleaning: 81 rows in, 64 kept" in table.splitlines()
     for reason, n in (
         ("exact duplicate", 5),
         ("near duplicate", 4),
@@ -91,28 +98,27 @@ def test_clean_once_prints_the_table_and_decontaminates_against_held_out_files(t
     ):
         assert re.search(rf"^  {re.escape(reason)} +{n}$", table, re.M), table
     report = DataReport()
-    clean_once(load_sources([CORPUS], report), _params(tmp_path, decontaminate_held_out=False), report)
+    read_rows(_params(tmp_path, decontaminate_held_out=False), None, report)
     assert "contaminated" not in report.counts["cleaning"] and report.counts["cleaning"]["rows_out"] == 67
 
 
-def test_clean_once_caches_for_reruns_and_other_ranks(tmp_path, monkeypatch, capsys):
-    rows = load_sources([CORPUS], DataReport())
+def test_cleaned_rows_are_cached_for_reruns_and_other_ranks(tmp_path, monkeypatch, capsys):
     first = DataReport()
-    kept = clean_once(rows, _params(tmp_path), first)
+    kept = read_rows(_params(tmp_path), None, first)
 
     def must_not_run(*args):
         raise AssertionError("cleaning ran again instead of reading the cache")
 
-    monkeypatch.setattr(common.cleaning, "clean_rows", must_not_run)
+    monkeypatch.setattr(common.prepare._Preparation, "run", must_not_run)
     for rank in ("0", "1"):  # a rerun on the main process, and another rank of the same launch
         monkeypatch.setenv("RANK", rank)
         again = DataReport()
-        assert clean_once(rows, _params(tmp_path), again) == kept
+        assert read_rows(_params(tmp_path), None, again) == kept
         assert again.dropped == first.dropped and again.counts == first.counts
-    assert "reused" in capsys.readouterr().out
+    assert "(reused)" in capsys.readouterr().out
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(AssertionError, match="ran again"):  # other settings are another key
-        clean_once(rows, _params(tmp_path, threshold=0.9), DataReport())
+        read_rows(_params(tmp_path, threshold=0.9), None, DataReport())
     assert not [p for p in os.listdir(tmp_path / "cache") if ".tmp" in p]
 
 
@@ -120,7 +126,10 @@ def test_token_length_filters_count_with_the_model_tokenizer(tmp_path):
     from common.models import load_tokenizer
 
     tokenizer = load_tokenizer("builtin:tiny")
-    rows = load_sources([CORPUS], DataReport())[:60]  # the clean rows: answers of 150 words
+    clean_rows_file = tmp_path / "clean.jsonl"
+    with open(CORPUS, encoding="utf-8") as f:  # the clean rows: answers of 150 words
+        clean_rows_file.write_text("".join(f.readlines()[:60]), encoding="utf-8")
+    rows = load_sources([str(clean_rows_file)], DataReport())
     lengths = sorted(len(tokenizer(r.data["messages"][1]["content"])["input_ids"]) for r in rows)
     middle = lengths[30]
     cases = (
@@ -129,10 +138,11 @@ def test_token_length_filters_count_with_the_model_tokenizer(tmp_path):
     )
     for settings, reason, dropped in cases:
         report = DataReport()
-        kept = clean_once(rows, _params(tmp_path, **settings, near_dedup=False), report, tokenizer)
+        params = {**_params(tmp_path, **settings, near_dedup=False), "data": [str(clean_rows_file)]}
+        kept = read_rows(params, None, report, tokenizer)
         assert report.dropped == {f"cleaning: {reason}": dropped} and len(kept) == 60 - dropped
     with pytest.raises(UserError, match="need the model's tokenizer"):
-        clean_once(rows, _params(tmp_path, max_tokens=10), DataReport())
+        read_rows(_params(tmp_path, max_tokens=10), None, DataReport())
 
 
 def test_report_is_json():

@@ -2,7 +2,9 @@ import json
 
 import pytest
 
-from common.data import DataReport, check_rows, load_sources, split_eval
+from common.cleaning import CLEAN_DEFAULTS
+from common.data import DataReport, load_sources, split_eval
+from common.prepare import read_rows
 from common.errors import UserError
 from tests.conftest import write_jsonl
 
@@ -100,7 +102,7 @@ def test_a_sharegpt_call_that_is_not_json_is_rejected_by_the_row_check(tmp_path)
         return validate_messages(row["messages"])
 
     with pytest.raises(UserError) as err:
-        check_rows(load_sources([path], DataReport()), problem, "error", DataReport())
+        read_rows(_params(tmp_path, path), problem, DataReport())
     assert "s.jsonl:1: messages[1] tool_calls must be a list" in str(err.value)
 
 
@@ -115,15 +117,21 @@ def test_a_sharegpt_call_that_is_not_json_is_rejected_by_the_row_check(tmp_path)
 def test_bad_rows_name_file_and_line(tmp_path, lines, message):
     path = write_jsonl(tmp_path / "bad.jsonl", lines)
     with pytest.raises(UserError) as err:
-        check_rows(load_sources([path], DataReport()), has_messages, "error", DataReport())
+        read_rows(_params(tmp_path, path), has_messages, DataReport())
     assert message in str(err.value)
 
 
 def test_skip_counts_bad_rows(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [CHAT, {"text": "x"}, CHAT, {"text": "y"}])
     report = DataReport()
-    assert len(check_rows(load_sources([path], report), has_messages, "skip", report)) == 2
+    assert len(read_rows(_params(tmp_path, path, on_bad_rows="skip"), has_messages, report)) == 2
     assert report.dropped == {"bad row: row has no 'messages' field": 2}
+
+
+def _params(tmp_path, data, clean=False, **more):
+    """What common.prepare.read_rows reads of a script's PARAMS."""
+    settings = dict(data=data, clean={**CLEAN_DEFAULTS, "enabled": clean}, data_cache_dir=str(tmp_path / "cache"))
+    return {**settings, "seed": 0, "on_bad_rows": "error", "num_proc": 0, "progress_bar": False, **more}
 
 
 @pytest.mark.parametrize(
@@ -176,8 +184,6 @@ def test_counts_and_oversampling(tmp_path):
 
 
 def test_cleaning_sees_every_source_before_the_mix(tmp_path):
-    from common.cleaning import CLEAN_DEFAULTS, clean_once
-
     a = write_jsonl(
         tmp_path / "a.jsonl", [{"text": f"alpha document number {i} about topic {i * 7}"} for i in range(20)]
     )
@@ -186,9 +192,8 @@ def test_cleaning_sees_every_source_before_the_mix(tmp_path):
         [{"text": f"alpha document number {i} about topic {i * 7}"} for i in range(10)]
         + [{"text": f"beta note {i} on subject {i * 3}"} for i in range(10)],
     )
-    params = {"clean": {**CLEAN_DEFAULTS, "cache_dir": str(tmp_path / "cache")}}
     report = DataReport()
-    rows = load_sources([a, {"path": b, "weight": "2x"}], report, prepare=lambda r: clean_once(r, params, report))
+    rows = read_rows(_params(tmp_path, [a, {"path": b, "weight": "2x"}], clean=True), None, report)
     # b's 10 copies of a's rows go (dedup spans sources); its other 10 rows are then doubled, not deduplicated
     assert report.dropped == {"cleaning: exact duplicate": 10}
     assert report.counts["mix"][b]["taken"] == 20 and len(rows) == 40

@@ -113,13 +113,13 @@ def test_row_hook_maps_another_schema_before_the_checks(tmp_path):
     experiment = tmp_path / "experiment.py"
     experiment.write_text(
         "from common.params import resolve\n"
-        "from sft_chat import PARAMS, main\n\n\n"
+        "from sft_chat import PARAMS, RULES, main\n\n\n"
         "def to_chat(row):\n"
         "    if row['a'].startswith('play_music'):\n"
         "        return None\n"
         "    return {'messages': [{'role': 'user', 'content': row['q']}, {'role': 'assistant', 'content': row['a']}]}\n\n\n"
         "if __name__ == '__main__':\n"
-        "    main(resolve(PARAMS), row_hook=to_chat)\n"
+        "    main(resolve(PARAMS, RULES), row_hook=to_chat)\n"
     )
     out = tmp_path / "out"
     args = [
@@ -128,7 +128,7 @@ def test_row_hook_maps_another_schema_before_the_checks(tmp_path):
         "eval_fraction=0",
         "test_data=",
         f"output_dir={out}",
-        f"clean.cache_dir={tmp_path}",
+        f"data_cache_dir={tmp_path}",
     ]
     result = run([sys.executable, str(experiment), *args])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -324,7 +324,7 @@ def test_xlam_experiment_trains_on_xlam_rows(tmp_path):
     data = write_jsonl(tmp_path / "xlam.jsonl", rows)
     out = tmp_path / "out"
     result = run_script(
-        "examples/xlam_tools.py", f"data={data}", *SHORT, f"output_dir={out}", f"clean.cache_dir={tmp_path}"
+        "examples/xlam_tools.py", f"data={data}", *SHORT, f"output_dir={out}", f"data_cache_dir={tmp_path}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.load(open(out / "data_report.json"))

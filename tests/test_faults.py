@@ -204,7 +204,7 @@ def synth_args(out, prompts, url):
         "num_samples=2",
         "progress_bar=false",
         "test_data=",
-        f"clean.cache_dir={out}_clean_cache",
+        f"data_cache_dir={out}_data_cache",
     ]
 
 

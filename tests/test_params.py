@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from common.errors import UserError
-from common.params import apply_overrides, redact, save_params
+from common.params import Rules, apply_overrides, redact, save_params
 
 DEFAULTS = {
     "model": "builtin:tiny",
@@ -58,7 +58,7 @@ def test_overrides(argv, key, expected):
 )
 def test_bad_overrides(argv, message):
     with pytest.raises(UserError, match=None) as err:
-        apply_overrides(DEFAULTS, argv)
+        apply_overrides(DEFAULTS, argv, Rules(choices={"chat_format": ("special_tokens", "native")}))
     assert message in str(err.value)
 
 
@@ -138,13 +138,13 @@ def test_shipped_recipes_are_valid_overrides():
     ],
 )
 def test_a_key_checked_by_the_script_that_owns_it(script, override, message):
-    """loss_type, beta and temperature mean other things in grpo.py: its own choices and bounds apply there."""
+    """loss_type, beta and temperature mean other things in grpo.py: the RULES next to each script's PARAMS apply."""
     import importlib
 
-    defaults = importlib.import_module(script).PARAMS
+    module = importlib.import_module(script)
     if message is None:
         key, value = override.split("=")
-        assert apply_overrides(defaults, [override])[key] == yaml.safe_load(value)
+        assert apply_overrides(module.PARAMS, [override], module.RULES)[key] == yaml.safe_load(value)
     else:
         with pytest.raises(UserError, match=message):
-            apply_overrides(defaults, [override])
+            apply_overrides(module.PARAMS, [override], module.RULES)

@@ -49,7 +49,7 @@ def test_planted_keys_reach_no_output_of_any_script(tmp_path, sft_model, openai_
         + [{"prompt": secret_row, "chosen": "ok", "rejected": "no"}],
     )
     env = {**PLANTED, "WANDB_MODE": "offline", "WANDB_PROJECT": "planted", "WANDB_DIR": str(outputs / "wandb")}
-    cache = f"clean.cache_dir={outputs / 'clean_cache'}"
+    cache = f"data_cache_dir={outputs / 'data_cache'}"
     runs = [
         ("sft_chat.py", f"data={chat}", *FAST, "test_data=", cache),
         ("sft_completion.py", f"data={completion}", *FAST, "test_data=", cache),

@@ -160,7 +160,7 @@ def test_default_run_reaches_90_percent_and_plain_transformers_agrees(default_sf
     assert result.returncode == 0, result.stderr[-3000:]
     # accelerate launch sets OMP_NUM_THREADS=1 on CPU; the script takes every core it may use back
     assert f"threads={len(os.sched_getaffinity(0))}" in result.stdout
-    accuracy = float(re.search(r"held-out exact match: ([\d.]+)%", result.stdout).group(1)) / 100
+    accuracy = float(re.search(r"after: held-out exact match ([\d.]+)%", result.stdout).group(1)) / 100
     assert accuracy >= 0.90, result.stdout[-2000:]
     checked = plain_eval(final, "data/examples/chat_test.jsonl")
     assert checked["exact_match"] >= 0.90 and abs(checked["exact_match"] - accuracy) < 1e-9
@@ -419,7 +419,7 @@ def test_tool_form_of_the_example_reaches_98_percent_and_plain_transformers_agre
         ]
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    accuracy = float(re.search(r"held-out exact match: ([\d.]+)%", result.stdout).group(1)) / 100
+    accuracy = float(re.search(r"after: held-out exact match ([\d.]+)%", result.stdout).group(1)) / 100
     assert accuracy >= 0.98, result.stdout[-3000:]
     per_function = re.findall(r"^  (\w+): ([\d.]+)% of (\d+)$", result.stdout, re.M)
     assert sorted(name for name, _, _ in per_function) == [

@@ -449,7 +449,7 @@ def test_clean_stage_alone(tmp_path):
         f"data={ROOT}/tests/data/clean_corpus.jsonl",
         f"output_dir={out}",
         "stages=[clean]",
-        f"clean.cache_dir={tmp_path / 'cache'}",
+        f"data_cache_dir={tmp_path / 'cache'}",
         *QUIET,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -34,7 +34,9 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
 
     monkeypatch.chdir(ROOT)
     out = tmp_path / "out"
-    params = resolve(sft_chat.PARAMS, [*FAST, "max_steps=8", f"output_dir={out}", "test_data=", "grad_accum=1"])
+    params = resolve(
+        sft_chat.PARAMS, sft_chat.RULES, [*FAST, "max_steps=8", f"output_dir={out}", "test_data=", "grad_accum=1"]
+    )
     with pytest.raises(SystemExit) as exit_:
         sft_chat.main(params, trainer_class=Diverges)
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
