@@ -31,24 +31,25 @@ def free_port() -> int:
 
 def start_server(model: str, log: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            "transformers",
-            "serve",
-            model,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--device",
-            "cpu",
-            "--log-level",
-            "info",
-        ],
-        stdout=open(log, "w"),
-        stderr=subprocess.STDOUT,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
-    )
+    with open(log, "w") as log_file:  # the server holds its own copy of the descriptor
+        proc = subprocess.Popen(
+            [
+                "transformers",
+                "serve",
+                model,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--device",
+                "cpu",
+                "--log-level",
+                "info",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        )
     deadline = time.time() + 180
     while True:
         if proc.poll() is not None or time.time() > deadline:
@@ -119,9 +120,8 @@ def main() -> None:
         server.wait()
     if proc.returncode != 0:
         raise SystemExit(f"synth_data.py failed:\n{output[-3000:]}")
-    served = len(
-        re.findall(r'"POST /v1/chat/completions HTTP/1.1" 200', open(os.path.join(args.workdir, "serve.log")).read())
-    )
+    with open(os.path.join(args.workdir, "serve.log")) as f:
+        served = len(re.findall(r'"POST /v1/chat/completions HTTP/1.1" 200', f.read()))
     with open(os.path.join(out, "responses.jsonl"), encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     wanted = args.prompts * args.samples

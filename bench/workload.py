@@ -243,7 +243,7 @@ def summarise(results: list[dict], params: float, peak_gflops: float, baseline: 
     for variant in dict.fromkeys(r["variant"] for r in results):
         runs = [r for r in results if r["variant"] == variant]
 
-        def per_run(f):
+        def per_run(f, runs=runs):
             return [f(r) for r in runs]
 
         table.append(

@@ -26,7 +26,8 @@ def shared_folder(family: str, root: str) -> str:
     out = Path(root, family)
     out.mkdir(parents=True, exist_ok=True)
     vocabulary = SHARED / VOCABULARY.get(family, family) / "tokenizer.json.xz"
-    (out / "tokenizer.json").write_bytes(lzma.open(vocabulary).read())
+    with lzma.open(vocabulary) as f:
+        (out / "tokenizer.json").write_bytes(f.read())
     for name in ("tokenizer_config.json", "chat_template.jinja"):
         if (SHARED / family / name).exists():
             shutil.copy(SHARED / family / name, out / name)
@@ -38,9 +39,11 @@ def shared_folder(family: str, root: str) -> str:
 # prompt and the tools into the last user turn, leaves out text next to tool calls and raises on a call id that is
 # not nine characters long.
 OTHER_TEMPLATES = {
-    "chatml": "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "chatml": "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
-    "zephyr": "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + eos_token }}"
+    "zephyr": "{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '<|user|>\\n' + message['content'] + eos_token }}"
     "{% elif message['role'] == 'system' %}{{ '<|system|>\\n' + message['content'] + eos_token }}"
     "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + eos_token }}{% endif %}"
     "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}{% endfor %}",
@@ -48,8 +51,10 @@ OTHER_TEMPLATES = {
     "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}{%- endif %}"
     "{%- set user_messages = loop_messages | selectattr('role', 'equalto', 'user') | list %}"
     "{{- bos_token }}{%- for message in loop_messages %}{%- if message['role'] == 'user' %}"
-    "{%- if tools and message == user_messages[-1] %}{{- '[AVAILABLE_TOOLS] ' + tools | tojson + '[/AVAILABLE_TOOLS]' }}{%- endif %}"
-    "{%- if loop.last and system_message is defined %}{{- '[INST] ' + system_message + '\\n\\n' + message['content'] + '[/INST]' }}"
+    "{%- if tools and message == user_messages[-1] %}"
+    "{{- '[AVAILABLE_TOOLS] ' + tools | tojson + '[/AVAILABLE_TOOLS]' }}{%- endif %}"
+    "{%- if loop.last and system_message is defined %}"
+    "{{- '[INST] ' + system_message + '\\n\\n' + message['content'] + '[/INST]' }}"
     "{%- else %}{{- '[INST] ' + message['content'] + '[/INST]' }}{%- endif %}"
     "{%- elif message['tool_calls'] %}{{- '[TOOL_CALLS] [' }}{%- for call in message['tool_calls'] %}"
     "{%- if call['id'] is not defined or call['id'] | length != 9 %}"
@@ -57,9 +62,11 @@ OTHER_TEMPLATES = {
     "{{- (call['function'] | tojson)[:-1] + ', \"id\": \"' + call['id'] + '\"}' }}"
     "{{- ', ' if not loop.last else ']' + eos_token }}{%- endfor %}"
     "{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content'] + eos_token }}"
-    "{%- elif message['role'] == 'tool' %}{%- if message['tool_call_id'] is not defined or message['tool_call_id'] | length != 9 %}"
+    "{%- elif message['role'] == 'tool' %}"
+    "{%- if message['tool_call_id'] is not defined or message['tool_call_id'] | length != 9 %}"
     "{{- raise_exception('Tool call IDs should be alphanumeric strings with length 9!') }}{%- endif %}"
-    "{{- '[TOOL_RESULTS] {\"content\": ' + message['content'] + ', \"call_id\": \"' + message['tool_call_id'] + '\"}[/TOOL_RESULTS]' }}"
+    "{{- '[TOOL_RESULTS] {\"content\": ' + message['content'] + ', \"call_id\": \"' + message['tool_call_id']"
+    " + '\"}[/TOOL_RESULTS]' }}"
     "{%- endif %}{%- endfor %}",
 }
 OTHER_FAMILIES = sorted(f"other-{name}" for name in OTHER_TEMPLATES)
@@ -71,7 +78,8 @@ def template_folder(name: str, template: str, root: str) -> str:
     <｜Assistant｜>, [INST], [TOOL_CALLS], ...), so each renders as one token as in the family's own vocabulary."""
     out = Path(root, name)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tokenizer.json").write_bytes(lzma.open(SHARED / "llama3" / "tokenizer.json.xz").read())
+    with lzma.open(SHARED / "llama3" / "tokenizer.json.xz") as f:
+        (out / "tokenizer.json").write_bytes(f.read())
     found = set(re.findall(r"<[^<>\s'\"{}]{1,40}>|\[/?(?:INST|AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS)\]", template))
     config = {
         "bos_token": "<|begin_of_text|>",

@@ -397,8 +397,9 @@ def test_own_markers_that_leave_out_the_end_of_turn_token_are_used_with_a_warnin
     tokenizer = load("other-chatml", root)
     tokenizer.chat_template = tokenizer.chat_template.replace(
         "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}",
-        "{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] }}"
-        "{% endgeneration %}{{ '<|im_end|>\\n' }}{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endif %}",
+        "{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' }}{% generation %}"
+        "{{ message['content'] }}{% endgeneration %}{{ '<|im_end|>\\n' }}{% else %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endif %}",
     )
     spec = prepare_tokenizer(tokenizer, "native")
     assert "its own {% generation %} markers (warning: they leave out the end-of-turn token" in spec.source

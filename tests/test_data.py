@@ -4,8 +4,8 @@ import pytest
 
 from common.cleaning import CLEAN_DEFAULTS
 from common.data import DataReport, load_sources, split_eval
-from common.prepare import read_rows
 from common.errors import UserError
+from common.prepare import read_rows
 from tests.conftest import write_jsonl
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}

@@ -216,6 +216,9 @@ def test_lora_under_zero3_saves_a_complete_adapter_and_the_merged_model(tmp_path
 
 
 def test_deepspeed_is_imported_only_when_a_preset_uses_it():
-    code = "import sys, sft_chat, dpo, grpo, synth_data, common.training, common.checkpoint; print('deepspeed' in sys.modules)"
+    code = (
+        "import sys, sft_chat, dpo, grpo, synth_data, common.training, common.checkpoint; "
+        "print('deepspeed' in sys.modules)"
+    )
     result = run([sys.executable, "-c", code])
     assert result.returncode == 0 and result.stdout.strip().endswith("False"), result.stderr[-2000:]

@@ -373,10 +373,8 @@ def test_preview_tokens_are_what_the_trainer_prepares(sft_model):
 
     tokenizer = AutoTokenizer.from_pretrained(sft_model)
     spec = chat_spec(tokenizer, "")
-    rows = [
-        as_chat(PAIR, True),
-        *[json.loads(line) for line in open(f"{ROOT}/data/examples/preference_test.jsonl")][:5],
-    ]
+    with open(f"{ROOT}/data/examples/preference_test.jsonl") as f:
+        rows = [as_chat(PAIR, True), *[json.loads(line) for line in f][:5]]
     prepared = DPOTrainer._prepare_dataset(
         type("T", (), {"_tokenizer": tokenizer})(),
         Dataset.from_list(rows),
@@ -480,7 +478,8 @@ def test_native_qwen3_pairs_score_exactly_the_answer_and_start_at_ln2(tmp_path):
     assert "<think>\n\n</think>\n\nplay_music()<|im_end|>" in tokenizer.decode(
         first["prompt_ids"]
     )  # earlier turns keep theirs
-    report = json.load(open(preview / "data_report.json"))
+    with open(preview / "data_report.json") as f:
+        report = json.load(f)
     assert report["chat_template"].startswith("TRL's qwen3 training template")
 
     out = tmp_path / "out"

@@ -117,7 +117,8 @@ def test_row_hook_maps_another_schema_before_the_checks(tmp_path):
         "def to_chat(row):\n"
         "    if row['a'].startswith('play_music'):\n"
         "        return None\n"
-        "    return {'messages': [{'role': 'user', 'content': row['q']}, {'role': 'assistant', 'content': row['a']}]}\n\n\n"
+        "    return {'messages': [{'role': 'user', 'content': row['q']}, "
+        "{'role': 'assistant', 'content': row['a']}]}\n\n\n"
         "if __name__ == '__main__':\n"
         "    main(resolve(PARAMS, RULES), row_hook=to_chat)\n"
     )
@@ -132,7 +133,7 @@ def test_row_hook_maps_another_schema_before_the_checks(tmp_path):
     ]
     result = run([sys.executable, str(experiment), *args])
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.load(open(out / "data_report.json"))
+    report = json.loads((out / "data_report.json").read_text(encoding="utf-8"))
     music = sum(r["messages"][-1]["content"].startswith("play_music") for r in rows)
     assert music and report["dropped"]["row_hook returned None"] == music
     assert report["cleaning"]["rows_in"] == 64 - music
@@ -327,6 +328,6 @@ def test_xlam_experiment_trains_on_xlam_rows(tmp_path):
         "examples/xlam_tools.py", f"data={data}", *SHORT, f"output_dir={out}", f"data_cache_dir={tmp_path}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.load(open(out / "data_report.json"))
+    report = json.loads((out / "data_report.json").read_text(encoding="utf-8"))
     assert report["cleaning"]["rows_in"] == len(rows) and report["train_trained_tokens"] > 0
     assert (out / "final" / "model.safetensors").exists()

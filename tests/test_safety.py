@@ -93,12 +93,12 @@ def test_planted_keys_reach_no_output_of_any_script(tmp_path, sft_model, openai_
         k == f"Bearer {PLANTED['OPENAI_API_KEY']}" for k in handler.seen_keys
     )  # it was used
     runs = glob.glob(str(outputs / "wandb" / "**" / "*.wandb"), recursive=True)  # wandb's offline run records
-    assert sum(b"learning_rate" in open(r, "rb").read() for r in runs) >= 3  # one per training script, with its config
+    assert sum(b"learning_rate" in Path(r).read_bytes() for r in runs) >= 3  # one per training script, with its config
 
     files = [f for f in glob.glob(str(outputs / "**" / "*"), recursive=True) if os.path.isfile(f)]
     assert len(files) > 50
     for value in PLANTED.values():
-        leaks = [f for f in files if value.encode() in open(f, "rb").read()]
+        leaks = [f for f in files if value.encode() in Path(f).read_bytes()]
         assert not leaks, f"{value[:12]}... found in {leaks}"
         assert all(value not in console for console in consoles)
     assert "<SECRET>" in json.dumps(read_jsonl(outputs / "synth_data" / "responses.jsonl"))  # the data row was scrubbed
@@ -114,7 +114,7 @@ def python_files():
 
 def calls(path):
     """(dotted name, keywords) of every call in a file."""
-    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+    for node in ast.walk(ast.parse(Path(path).read_text(encoding="utf-8"))):
         if isinstance(node, ast.Call):
             yield ast.unparse(node.func), {k.arg: k.value for k in node.keywords}
 

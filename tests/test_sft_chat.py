@@ -269,7 +269,8 @@ def test_native_qwen3_trains_with_the_training_template_and_final_keeps_it(tmp_p
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "chat template: TRL's qwen3 training template (the model's chat template renders as qwen3" in result.stdout
-    report = json.load(open(out / "data_report.json"))
+    with open(out / "data_report.json") as f:
+        report = json.load(f)
     assert report["assistant_turns_with_reasoning_trained"] == 32
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -359,7 +360,8 @@ def test_native_template_errors_stop_before_the_model_loads(tmp_path):
         f"output_dir={tmp_path / 'c'}",
     )
     assert result.returncode == 0, result.stderr
-    report = json.load(open(tmp_path / "c" / "data_report.json"))
+    with open(tmp_path / "c" / "data_report.json") as f:
+        report = json.load(f)
     assert report["system_turns_folded_into_user"] == 1 and report["train_rows"] == 2
     assert report["dropped"] == {
         "bad row: the chat template rejects this row: Conversation roles must alternate "
@@ -396,7 +398,8 @@ PLAIN_TOOLS_EVAL = textwrap.dedent("""
 
 def readme_inference_snippet(final) -> str:
     """The README's function-calling inference code, pointed at final."""
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
     code = re.search(r"<!-- tool inference -->\n```python\n(.*?)```", text, re.S).group(1)
     assert 'final = "outputs/sft_chat/final"' in code
     return code.replace('"outputs/sft_chat/final"', repr(str(final)))

@@ -37,25 +37,26 @@ class Server:
     def __init__(self, model, log):
         self.port, self.log = free_port(), log
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.proc = subprocess.Popen(
-            [
-                "transformers",
-                "serve",
-                model,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "info",
-                "--device",
-                "cpu",
-            ],
-            cwd=ROOT,
-            env={**ENV, "HF_HUB_CACHE": str(log.parent / "hub")},
-            stdout=open(log, "w"),
-            stderr=subprocess.STDOUT,
-        )
+        with open(log, "w") as log_file:  # the server holds its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [
+                    "transformers",
+                    "serve",
+                    model,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "info",
+                    "--device",
+                    "cpu",
+                ],
+                cwd=ROOT,
+                env={**ENV, "HF_HUB_CACHE": str(log.parent / "hub")},
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.time() + 120
         while True:
             assert self.proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
@@ -370,7 +371,8 @@ def test_instructions_then_responses(tmp_path, sft_model, prompts, style):
         *QUIET,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.load(open(out / "data_report.json"))
+    with open(out / "data_report.json") as f:
+        report = json.load(f)
     requests = [r["messages"] for r in read_jsonl(out / "instructions.jsonl")]
     assert report["instructions"] == {"asked": 30, "kept": len(requests)} and 1 <= len(requests) <= 10
     assert all(len(m) == 1 and m[0]["role"] == "user" and m[0]["content"] for m in requests)
@@ -437,7 +439,8 @@ def test_reward_model_judge(tmp_path, sft_model, prompts):
         *QUIET,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.load(open(out / "data_report.json"))["preferences"]
+    with open(out / "data_report.json") as f:
+        report = json.load(f)["preferences"]
     assert report["prompts"] == 60 and report["samples"] == 180 and 1 <= report["pairs"] <= 60
     assert len(read_jsonl(out / "preferences.jsonl")) == report["pairs"]
 
@@ -479,7 +482,8 @@ def test_default_pipeline_pairs_pass_and_fail_the_verifier_and_dpo_trains_on_the
     for pair in pairs:
         row = references[pair["prompt"][-1]["content"]]
         assert verify(row, pair["chosen"][0]["content"]) and not verify(row, pair["rejected"][0]["content"])
-    report = json.load(open(out / "data_report.json"))
+    with open(out / "data_report.json") as f:
+        report = json.load(f)
     assert report["preferences"]["prompts"] == 400 and report["cleaning"]["rows_out"] == len(pairs)
     dpo = run_script(
         "dpo.py",

@@ -2,24 +2,18 @@ import json
 
 import pytest
 
+from common.chat.tools import answer_message
 from common.errors import UserError
-from common.synthesis import (
-    answer_message,
-    best_and_worst,
-    judge_rubric_reply,
-    load_function,
-    magpie_prefix,
-    novel,
-    prompt_of,
-    prompt_problem,
-    self_instruct_prompts,
-)
+from common.prompts import prompt_of, prompt_problem
+from common.rewards import load_function
+from common.synthesis import best_and_worst, judge_rubric_reply, magpie_prefix, novel, self_instruct_prompts
 from tests.conftest import ROOT
 
 USER = {"role": "user", "content": "Play Adele"}
 CALL = {"role": "assistant", "content": 'play_music(artist="Adele")'}
 # The example task's function-calling form (data/examples/tools_*.jsonl)
-TOOLS = json.loads(open(f"{ROOT}/data/examples/tools_test.jsonl").readline())["tools"]
+with open(f"{ROOT}/data/examples/tools_test.jsonl") as f:
+    TOOLS = json.loads(f.readline())["tools"]
 
 
 def tool_call(name="play_music", call_id=None, **arguments):
@@ -291,7 +285,8 @@ def test_hf_backend_folds_the_system_prompt_for_a_template_that_rejects_it(tmp_p
 
 @pytest.fixture(scope="module")
 def special_tokens_model(tmp_path_factory):
-    """A random tiny model with the special-tokens chat format's tokenizer (tools in the template, a response parser)."""
+    """A random tiny model with the special-tokens chat format's tokenizer
+    (tools in the template, a response parser)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
