@@ -111,7 +111,6 @@ RULES = Rules(
     bounds={
         "beta": (lambda v: v >= 0, "must be >= 0 (0: no reference model)"),
         "temperature": (lambda v: v > 0, "must be > 0"),
-        "top_p": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
         "num_generations": (lambda v: v >= 2, "must be >= 2"),
         "max_completion_length": (lambda v: v >= 1, "must be >= 1"),
         "epsilon": (lambda v: v > 0, "must be > 0"),

@@ -6,6 +6,8 @@ import re
 import pytest
 from conftest import run_script
 
+pytestmark = pytest.mark.e2e  # every test here runs a script end to end
+
 
 def results(workdir) -> dict:
     with open(workdir / "results.jsonl", encoding="utf-8") as f:

@@ -14,6 +14,8 @@ import torch
 
 from tests.conftest import ENV, ROOT, read_jsonl, run, weights, write_jsonl
 
+pytestmark = pytest.mark.e2e  # every test here runs a script end to end
+
 
 def launch(preset, *args, extra=()):
     return [

@@ -87,6 +87,7 @@ def first_loss(out):
     return next(m["loss"] for m in read_jsonl(out / "metrics.jsonl") if "loss" in m)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("reference", ["lora", "cached"])
 def test_first_step_loss_is_ln2_and_rewards_are_logged(tmp_path, sft_model, pairs, reference):
     out = tmp_path / "out"
@@ -124,6 +125,7 @@ def test_first_step_loss_is_ln2_and_rewards_are_logged(tmp_path, sft_model, pair
     assert model.generate(**prompt, max_new_tokens=4, do_sample=False).shape[1] > prompt["input_ids"].shape[1]
 
 
+@pytest.mark.e2e
 def test_rerun_reads_the_cache_and_never_builds_a_reference(tmp_path, sft_model, pairs, monkeypatch):
     import trl.trainer.dpo_trainer as dpo_trainer_module
 
@@ -171,6 +173,7 @@ def test_rerun_reads_the_cache_and_never_builds_a_reference(tmp_path, sft_model,
     assert Counting.reference_forwards > 0 and len(list(cache.glob("*.pt"))) == 2
 
 
+@pytest.mark.e2e
 def test_a_changed_model_does_not_reuse_the_cache(tmp_path, sft_model, pairs):
     import shutil
 
@@ -195,6 +198,7 @@ def test_a_changed_model_does_not_reuse_the_cache(tmp_path, sft_model, pairs):
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
 
 
+@pytest.mark.e2e
 def test_dry_run_preview_scores_exactly_the_answers_and_end_of_turn(tmp_path, sft_model):
     from transformers import AutoTokenizer
 
@@ -233,6 +237,7 @@ def test_dry_run_preview_scores_exactly_the_answers_and_end_of_turn(tmp_path, sf
     assert not (out / "final").exists()
 
 
+@pytest.mark.e2e
 def test_tool_pairs_score_exactly_the_calls_and_start_at_ln2(tmp_path, sft_model):
     """Pairs with tools: the scored tokens are each answer's call (or text) and <eot>, never the tools' signatures
     or the prompt; the first step's loss is ln 2; held-out preference accuracy and exact match run on tool rows."""
@@ -362,6 +367,7 @@ def test_preference_row_problem_with_tools(row, problem):
     assert found == problem if problem is None else found.startswith(problem), found
 
 
+@pytest.mark.e2e
 def test_preview_tokens_are_what_the_trainer_prepares(sft_model):
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -386,6 +392,7 @@ def test_preview_tokens_are_what_the_trainer_prepares(sft_model):
         assert {k: row[k] for k in ours} == ours
 
 
+@pytest.mark.e2e
 def test_missing_sft_output_says_what_to_run(tmp_path):
     # From a folder with no outputs/sft_chat/final, the default model is missing.
     result = run([sys.executable, os.path.join(ROOT, SCRIPT), *NO_EVAL], cwd=tmp_path)
@@ -396,6 +403,7 @@ def test_missing_sft_output_says_what_to_run(tmp_path):
     )
 
 
+@pytest.mark.e2e
 def test_default_chain_improves_preferences_and_keeps_exact_match(default_sft_chat, tmp_path):
     """`accelerate launch dpo.py` on the default sft_chat.py output: preference accuracy > 0.9 after,
     exact match at most 2 points below the SFT model's."""
@@ -418,6 +426,7 @@ def test_default_chain_improves_preferences_and_keeps_exact_match(default_sft_ch
     assert float(exact["after"]) >= float(exact["before"]) - 2.0, result.stdout[-2000:]
 
 
+@pytest.mark.e2e
 def test_native_qwen3_pairs_score_exactly_the_answer_and_start_at_ln2(tmp_path):
     """A Qwen3-style template (think blocks on the last turn only): prompt, chosen and rejected are rendered whole
     with TRL's Qwen3 training template, the scored tokens are the answer's turn and its <|im_end|>, reasoning

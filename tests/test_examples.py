@@ -41,6 +41,7 @@ def test_name_weights_cover_the_function_name_of_each_answer():
     assert weights == expected * 2
 
 
+@pytest.mark.e2e
 def test_weighted_name_sft_is_the_loss_used_and_equals_sft_chat_at_weight_1(tmp_path):
     script = "examples/sft_chat_weighted_name.py"
     runs = {
@@ -72,6 +73,7 @@ def test_dpop_loss_is_dpo_at_lambda_0_and_penalises_a_falling_chosen_answer():
     assert positive[0] > plain[0] + 1.0 and positive[1] == plain[1]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("reference", ["cached", "lora"])
 def test_dpo_positive_runs_and_logs_its_penalty(tmp_path, sft_model, reference):
     out = tmp_path / "out"
@@ -308,6 +310,7 @@ def test_xlam_rows_become_tool_calling_chat_rows(row, chat):
     assert to_chat(row) == chat
 
 
+@pytest.mark.e2e
 def test_xlam_experiment_trains_on_xlam_rows(tmp_path):
     cities = ["Paris", "Oslo", "Lima", "Rome", "Cairo", "Seoul", "Quito", "Dakar"]
     rows = [

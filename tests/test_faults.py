@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import ROOT, read_jsonl, run_script, weights, write_jsonl
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 FAULTS_PATH = os.path.join(ROOT, "tests", "faults")
 DATA = {
     "sft_chat.py": "data/examples/chat_train.jsonl",

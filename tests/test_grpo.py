@@ -72,6 +72,7 @@ def prompts(tmp_path):
     return write_jsonl(tmp_path / "prompts.jsonl", read_jsonl(f"{ROOT}/data/examples/chat_train.jsonl")[:16])
 
 
+@pytest.mark.e2e
 def test_rewards_receive_the_source_row_and_the_bare_completion(tmp_path, sft_model, rewards, prompts):
     out, log = tmp_path / "out", tmp_path / "calls.jsonl"
     result = run_script(
@@ -107,6 +108,7 @@ def test_rewards_receive_the_source_row_and_the_bare_completion(tmp_path, sft_mo
     AutoModelForCausalLM.from_pretrained(out / "final").generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3)
 
 
+@pytest.mark.e2e
 def test_a_row_with_tools_gives_the_reward_an_assistant_message(tmp_path, sft_model, rewards):
     data = write_jsonl(tmp_path / "tools.jsonl", read_jsonl(f"{ROOT}/data/examples/tools_test.jsonl")[:4])
     log = tmp_path / "calls.jsonl"
@@ -125,6 +127,7 @@ def test_a_row_with_tools_gives_the_reward_an_assistant_message(tmp_path, sft_mo
     assert calls and all(c["completion"]["role"] == "assistant" and c["row"]["tools"] for c in calls)
 
 
+@pytest.mark.e2e
 def test_equal_rewards_in_every_group_leave_the_weights_unchanged(tmp_path, sft_model, rewards, prompts):
     out = tmp_path / "out"
     result = run_script(
@@ -147,6 +150,7 @@ def test_equal_rewards_in_every_group_leave_the_weights_unchanged(tmp_path, sft_
         assert torch.equal(before[name], after[name]), name
 
 
+@pytest.mark.e2e
 def test_an_equal_group_adds_nothing_to_a_mixed_groups_gradient(sft_model):
     """Two groups in one batch, one with rewards all equal: the policy gradient is the mixed group's alone."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -207,6 +211,7 @@ def test_an_equal_group_adds_nothing_to_a_mixed_groups_gradient(sft_model):
     torch.testing.assert_close(together, alone, atol=1e-7, rtol=1e-5)
 
 
+@pytest.mark.e2e
 def test_rewards_drive_learning_an_inverted_reward_unlearns(tmp_path, default_sft_chat):
     """The same run paid for right answers keeps the default model's accuracy; paid for wrong ones, it loses it."""
     reward_file = tmp_path / "rewards.py"
@@ -232,6 +237,7 @@ def test_rewards_drive_learning_an_inverted_reward_unlearns(tmp_path, default_sf
     assert accuracy["inverted"] < accuracy["right"] - 30, accuracy
 
 
+@pytest.mark.e2e
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, sft_model, rewards, prompts):
     """Generation is seeded: a run killed after its checkpoint and resumed samples the same completions, so it ends
     with the weights of a run never interrupted."""
@@ -261,6 +267,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, sft_model, 
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0, msg=name)
 
 
+@pytest.mark.e2e
 def test_lora_merges_and_beta_uses_the_adapter_free_model_as_reference(tmp_path, sft_model, rewards, prompts):
     out = tmp_path / "out"
     result = run_script(
@@ -283,6 +290,7 @@ def test_lora_merges_and_beta_uses_the_adapter_free_model_as_reference(tmp_path,
     assert merged.keys() == base.keys() and any(not torch.equal(merged[k], base[k]) for k in base)
 
 
+@pytest.mark.e2e
 def test_two_cpu_processes_train_and_save_a_loadable_model(tmp_path, sft_model, rewards, prompts):
     out, log = tmp_path / "out", tmp_path / "calls.jsonl"
     result = run(
@@ -310,6 +318,7 @@ def test_two_cpu_processes_train_and_save_a_loadable_model(tmp_path, sft_model, 
     AutoModelForCausalLM.from_pretrained(out / "final").generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -333,6 +342,7 @@ def test_bad_settings_stop_before_training_with_one_line(tmp_path, sft_model, ov
     assert_one_line_exit_2(result, message, out)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "reward, message",
     [
@@ -404,6 +414,7 @@ def test_a_missing_model_folder_stops_with_one_line(tmp_path):
     )
 
 
+@pytest.mark.e2e
 @pytest.mark.chain
 def test_the_default_chain_raises_held_out_exact_match(tmp_path):
     """The README's chain, as it is: the warm-up recipe, then grpo.py with no edits (on demand: -m chain). Measured:

@@ -87,6 +87,7 @@ def plain_eval(final, data):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("packing", [False, True])
 def test_dry_run_preview_labels_exactly_assistant_content_and_end_of_turn(tmp_path, packing):
     from transformers import AutoTokenizer
@@ -115,6 +116,7 @@ def test_dry_run_preview_labels_exactly_assistant_content_and_end_of_turn(tmp_pa
     assert not (out / "final").exists() and not list(out.glob("checkpoint-*"))
 
 
+@pytest.mark.e2e
 def test_short_run_writes_every_output_and_logs_to_wandb_offline(tmp_path):
     out = tmp_path / "out"
     result = run_script(
@@ -153,6 +155,7 @@ def test_short_run_writes_every_output_and_logs_to_wandb_offline(tmp_path):
     assert checked["eot"] in generation["eos_token_id"] and checked["eot"] in checked["eos"]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_default_run_reaches_90_percent_and_plain_transformers_agrees(default_sft_chat_run):
     """The README's main command on the embedded default, then the model checked by plain transformers."""
@@ -168,6 +171,7 @@ def test_default_run_reaches_90_percent_and_plain_transformers_agrees(default_sf
     assert elapsed < 240, f"default run took {elapsed:.0f}s"
 
 
+@pytest.mark.e2e
 def test_finished_output_dir_is_not_overwritten_unless_asked(tmp_path):
     out = tmp_path / "out"
     (out / "final").mkdir(parents=True)
@@ -179,6 +183,7 @@ def test_finished_output_dir_is_not_overwritten_unless_asked(tmp_path):
     assert result.returncode == 0 and not (out / "final").exists()
 
 
+@pytest.mark.e2e
 def test_two_cpu_processes_with_the_shipped_preset(tmp_path):
     out = tmp_path / "ddp"
     result = run(
@@ -199,6 +204,7 @@ def test_two_cpu_processes_with_the_shipped_preset(tmp_path):
     assert (out / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.e2e
 def test_lora_with_packing_trains_new_token_rows_and_saves_a_merged_model(tmp_path):
     out = tmp_path / "lora"
     result = run_script(
@@ -249,6 +255,7 @@ REASONING_CHATS = [
 ]
 
 
+@pytest.mark.e2e
 def test_native_qwen3_trains_with_the_training_template_and_final_keeps_it(tmp_path):
     """A Qwen3 model (the real tokenizer and template, tiny random weights): reasoning from both fields is trained
     on every turn, final/ holds TRL's Qwen3 training template and stops at <|im_end|>, and plain transformers
@@ -405,6 +412,7 @@ def readme_inference_snippet(final) -> str:
     return code.replace('"outputs/sft_chat/final"', repr(str(final)))
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_tool_form_of_the_example_reaches_98_percent_and_plain_transformers_agrees(tmp_path):
     """The README's function-calling command: held-out calls scored by common.evaluate (per function too), by

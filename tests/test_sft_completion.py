@@ -23,6 +23,8 @@ from tests.conftest import (
     write_jsonl,
 )
 
+pytestmark = pytest.mark.e2e  # every test here runs a script end to end
+
 SCRIPT = "sft_completion.py"
 TEMPLATE = "Request: {prompt}\nCall: "
 EOS = "<|endoftext|>"

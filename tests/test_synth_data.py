@@ -112,6 +112,7 @@ def one_row_per_prompt_and_sample(out, prompts):
     assert all(r["messages"][-1]["role"] == "assistant" for r in rows)
 
 
+@pytest.mark.e2e
 def test_openai_backend_against_transformers_serve(tmp_path, server, sft_model, prompts):
     out = tmp_path / "out"
     before = server.requests()
@@ -125,6 +126,7 @@ def test_openai_backend_against_transformers_serve(tmp_path, server, sft_model, 
     assert server.requests() - before == 120
 
 
+@pytest.mark.e2e
 def test_sigkill_mid_run_resends_no_finished_request(tmp_path, server, sft_model, prompts):
     out = tmp_path / "out"
     args = openai_args(server, sft_model, prompts, out)
@@ -208,6 +210,7 @@ def flaky():
     httpd.shutdown()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("recovers", [True, False])
 def test_openai_backend_retries_then_completes_or_fails_in_one_line(tmp_path, flaky, recovers):
     handler, url = flaky
@@ -241,6 +244,7 @@ def test_openai_backend_retries_then_completes_or_fails_in_one_line(tmp_path, fl
             assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 4  # what finished is kept
 
 
+@pytest.mark.e2e
 def test_llm_judge_scores_answers_on_the_same_endpoint(tmp_path, flaky):
     handler, url = flaky
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"request {i}"} for i in range(6)])
@@ -355,6 +359,7 @@ def test_openai_backend_offers_the_tools_and_keeps_the_calls(tmp_path, tool_serv
     assert reply["messages"][-1] == {"role": "assistant", "content": "Now playing."} and chat_row_problem(reply) is None
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("style", ["self_instruct", "magpie"])
 def test_instructions_then_responses(tmp_path, sft_model, prompts, style):
     out = tmp_path / "out"
@@ -382,6 +387,7 @@ def test_instructions_then_responses(tmp_path, sft_model, prompts, style):
     )
 
 
+@pytest.mark.e2e
 def test_new_requests_carry_the_tools_their_seeds_share(tmp_path, sft_model):
     """Seed rows that all list the same tools: the new requests carry them, the hf backend offers them with each
     prompt, and the responses are chat rows sft_chat.py reads."""
@@ -407,6 +413,7 @@ def test_new_requests_carry_the_tools_their_seeds_share(tmp_path, sft_model):
     assert responses and all(r["tools"] == tools and chat_row_problem(r) is None for r in responses)
 
 
+@pytest.mark.e2e
 def test_reward_model_judge(tmp_path, sft_model, prompts):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
@@ -445,6 +452,7 @@ def test_reward_model_judge(tmp_path, sft_model, prompts):
     assert len(read_jsonl(out / "preferences.jsonl")) == report["pairs"]
 
 
+@pytest.mark.e2e
 def test_clean_stage_alone(tmp_path):
     out = tmp_path / "out"
     result = run_script(
@@ -459,6 +467,7 @@ def test_clean_stage_alone(tmp_path):
     assert len(read_jsonl(out / "clean.jsonl")) == 67 and "cleaning: 81 rows in, 67 kept" in result.stdout
 
 
+@pytest.mark.e2e
 def test_missing_sft_output_says_what_to_run(tmp_path):
     # From a folder with no outputs/sft_chat/final, the default model is missing.
     result = run([sys.executable, os.path.join(ROOT, SCRIPT)], cwd=tmp_path)
@@ -467,6 +476,7 @@ def test_missing_sft_output_says_what_to_run(tmp_path):
     )
 
 
+@pytest.mark.e2e
 def test_default_pipeline_pairs_pass_and_fail_the_verifier_and_dpo_trains_on_them(tmp_path, default_sft_chat):
     sys.path.insert(0, f"{ROOT}/data/examples")
     from verify import verify

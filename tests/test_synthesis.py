@@ -315,6 +315,7 @@ def special_tokens_model(tmp_path_factory):
     return str(out)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "generated, parser, expected",
     [
