@@ -26,7 +26,7 @@ from common.cleaning import CLEAN_DEFAULTS
 from common.data import DataReport
 from common.distributed import is_main, shutdown
 from common.errors import UserError, exit_on_user_error
-from common.evaluate import held_out, load_plain
+from common.evaluate import held_out
 from common.models import apply_lora, load_model, load_tokenizer
 from common.params import Rules, resolve, save_params
 from common.preference import plain_row_problem, preference_example, write_preference_preview
@@ -166,7 +166,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     if is_main():
         plot_loss(out)
         print(f"saved {final}")
-        held_out("after", load_plain(final), tokenizer, params["exact_match_data"], show=3, preferences=preferences,
+        held_out("after", final, tokenizer, params["exact_match_data"], show=3, preferences=preferences,
                  before=before)  # fmt: skip
     shutdown()
 

@@ -28,7 +28,7 @@ from common.cleaning import CLEAN_DEFAULTS
 from common.data import DataReport
 from common.distributed import is_main, shutdown
 from common.errors import UserError, exit_on_user_error
-from common.evaluate import held_out, load_plain, saved_template
+from common.evaluate import held_out, saved_template
 from common.models import apply_lora, load_model, load_tokenizer
 from common.params import Rules, resolve, save_params
 from common.prepare import Recipe, prepare
@@ -191,7 +191,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     if is_main():
         plot_loss(out)
         print(f"saved {final}")
-        held_out("after", load_plain(final), tokenizer, params["test_data"], template, show=3)
+        held_out("after", final, tokenizer, params["test_data"], template, show=3)
     shutdown()
 
 

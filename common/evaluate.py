@@ -214,13 +214,16 @@ def held_out(
     """Every script's before/after line, on the main process: held-out exact match of greedy answers on
     exact_match_data ("" skips it) and, for dpo.py, preferences = (pair file, chat spec): the share of held-out pairs
     whose chosen answer the model gives more log-probability than the rejected one, and after training (with the
-    `before` results) the share whose margin grew. Returns the results for a later `before`."""
-    if not is_main():
+    `before` results) the share whose margin grew. Returns the results for a later `before`. model may be the
+    folder of a saved model (final/), loaded only when there is something to evaluate."""
+    path, chat = preferences
+    if not is_main() or not (path or exact_match_data):
         return {}
+    if isinstance(model, str):
+        model = load_plain(model)
     if torch.cuda.is_available():
         model = model.to("cuda")
     results = {}
-    path, chat = preferences
     if path:
         with open(path, encoding="utf-8") as f:
             rows = [as_chat(json.loads(line), chat is not None) for line in f if line.strip()]
