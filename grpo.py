@@ -155,10 +155,11 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
         report.write(out)
     if params["dry_run"]:
         return dry_run(out, tokenizer, report, partial(write_prompt_preview, tokenizer, prompts))
-    per_step = params["batch_size"] * int(os.environ.get("WORLD_SIZE", "1")) * params["grad_accum"]
-    if len(prompts) < per_step // params["num_generations"]:  # TRL's sampler would make no step: the run ends untrained
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = params["batch_size"] * processes * params["grad_accum"] // params["num_generations"]
+    if len(prompts) < per_step:  # TRL's sampler would make no step and the run would end untrained
         raise UserError(
-            f"{len(prompts)} prompts, fewer than the {per_step // params['num_generations']} that one step takes "
+            f"{len(prompts)} prompts, fewer than the {per_step} that one step takes "
             "(batch_size x processes x grad_accum / num_generations); add rows or lower batch_size"
         )
 

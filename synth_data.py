@@ -26,6 +26,7 @@ import os
 
 from common.chat.reasoning import strip_reasoning
 from common.chat.tools import answer_message, answer_text, normalize_tools, tool_names
+from common.checkpoint import check_model_folder
 from common.cleaning import CLEAN_DEFAULTS, scrub_only
 from common.data import DataReport, Row, write_rows
 from common.errors import UserError, exit_on_user_error
@@ -115,15 +116,8 @@ def check(params: dict) -> list[str]:
     if not stages or stages != sorted(stages, key=order.index) or len(set(stages)) < len(stages):
         raise UserError(f"stages={stages} must be a non-empty subset of {list(order)} in that order")
     generating = stages != ["clean"]
-    if (
-        generating
-        and params["backend"] != "openai"
-        and params["model"] == PARAMS["model"]
-        and not os.path.isdir(params["model"])
-    ):
-        raise UserError(
-            f"model folder not found: {params['model']} (run `accelerate launch sft_chat.py` first, or set model=)"
-        )
+    if generating and params["backend"] != "openai":  # a served model is named, not a folder
+        check_model_folder(params["model"], PARAMS["model"])
     if params["test_data"] and not os.path.isfile(params["test_data"]):
         raise UserError(f"test_data file not found: {params['test_data']} (test_data= skips it)")
     if "preferences" in stages and params["judge"] == "verifier":
