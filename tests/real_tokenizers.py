@@ -15,7 +15,10 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "real_tokenizers"
 TRL_TEMPLATES = Path(trl.__file__).parent / "chat_templates"
 # A fixture folder's tokenizer.json: its own, or the vocabulary its README names.
 VOCABULARY = {"qwen2.5": "qwen3", "smollm3": "llama3"}
-SHARED_FAMILIES = ["qwen3", "qwen2.5", "llama3", "phi3", "smollm3"]
+# Families that are another fixture's files with one of TRL's originals as their template: Phi-3.5-mini ships
+# Phi-3-mini's vocabulary and added tokens (<|assistant|> and <|end|> with rstrip=True).
+WITH_TRL_TEMPLATE = {"phi3.5": ("phi3", "phi3_5")}
+SHARED_FAMILIES = ["qwen3", "qwen2.5", "llama3", "phi3", "phi3.5", "smollm3"]
 # TRL's originals, as "trl-<file stem>" (qwen3, llama3 and phi3 are also fixture names).
 TRL_FAMILIES = sorted(f"trl-{p.stem}" for p in TRL_TEMPLATES.glob("*.jinja") if not p.stem.endswith("_training"))
 
@@ -25,12 +28,15 @@ def shared_folder(family: str, root: str) -> str:
     """A tokenizer folder for a fixture family, written once under root."""
     out = Path(root, family)
     out.mkdir(parents=True, exist_ok=True)
-    vocabulary = SHARED / VOCABULARY.get(family, family) / "tokenizer.json.xz"
+    files, template = WITH_TRL_TEMPLATE.get(family, (family, None))
+    vocabulary = SHARED / VOCABULARY.get(files, files) / "tokenizer.json.xz"
     with lzma.open(vocabulary) as f:
         (out / "tokenizer.json").write_bytes(f.read())
     for name in ("tokenizer_config.json", "chat_template.jinja"):
-        if (SHARED / family / name).exists():
-            shutil.copy(SHARED / family / name, out / name)
+        if (SHARED / files / name).exists():
+            shutil.copy(SHARED / files / name, out / name)
+    if template:  # chat_template.jinja takes the place of the config's template
+        shutil.copy(TRL_TEMPLATES / f"{template}.jinja", out / "chat_template.jinja")
     return str(out)
 
 

@@ -3,15 +3,21 @@ single and multi-turn rows, system turns, reasoning, whitespace, unicode, assist
 function calling. A row is either masked exactly (checked token by token against the family's TRL training template
 where there is one, and on the decoded text always) or refused with a reason; never trained with a wrong mask."""
 
+import re
+from pathlib import Path
+
 import pytest
 
 from common.chat.masks import chat_example, rendered_messages, spans, tokenize_chat
+from common.chat.native import KEEP_REASONING
 from common.chat.reasoning import split_reasoning
 from common.chat.template import chat_spec, render
 from common.chat.tokenizer import prepare_tokenizer
 from common.chat.tools import normalize_tools
 from common.errors import RowProblem, UserError
 from tests.real_tokenizers import OTHER_FAMILIES, SHARED_FAMILIES, TRL_FAMILIES, TRL_TEMPLATES, load
+
+KEEP_REASONING_TEMPLATES = Path(__file__).resolve().parents[1] / "common" / "chat" / "templates"
 
 
 def user(text):
@@ -45,6 +51,8 @@ CONVERSATIONS = {
         assistant("line one\nline two\n"),
     ],
     "unicode": [user("Ça coûte combien ? 日本語で"), assistant("5 € — 😀 ünïcödé, 価格は五ユーロ")],
+    # spaces after Phi-3's <|assistant|> (an added token with rstrip=True) are swallowed into it
+    "leading_space": [user("Name a colour."), assistant("  Red."), user("Another?"), assistant("   Green, or blue.")],
     "echo": [user(f"Say exactly {CALL}"), assistant(CALL), user(f"Again: {CALL}"), assistant(CALL)],
 }
 
@@ -115,8 +123,8 @@ def refused_tool_rows(families, reason, rows=tuple(TOOL_CONVERSATIONS)):
     return {(family, row): reason for family in families for row in rows}
 
 
-# A family without a training variant of its own that renders as another family's original on every probe.
-TRAINING_OF = {"qwen2.5": "qwen2_5"}
+# A fixture family's name among TRL's templates: Qwen2.5 renders as TRL's original on every probe, Phi-3.5 is it.
+TRAINING_OF = {"qwen2.5": "qwen2_5", "phi3.5": "phi3_5"}
 # Rows a family's template cannot render: refused with this reason (the run stops or counts them), never trained.
 REFUSED = {
     # vision templates read content as a list of blocks: a string's text is not rendered
@@ -148,6 +156,7 @@ REFUSED = {
         [
             "llama3",
             "phi3",
+            "phi3.5",
             "other-chatml",
             "other-zephyr",
             *(
@@ -196,21 +205,33 @@ REFUSED = {
 # TRL's DiffusionGemma training variant counts the <|tool_response> that ends a turn of calls as the environment's and
 # leaves it out of the loss, so there a call turn's span ends on the call (or the text after it), not on a stop token.
 CALL_STOP_UNTRAINED = {"trl-diffusion_gemma"}
-# What the eight families of the issue train on the system_multi row (the second assistant turn).
+# What a family trains of a row's last assistant turn: the eight families of the issue on system_multi, and where the
+# spaces an answer starts with go (into Phi-3's <|assistant|>, which stays untrained; kept on Llama-3's vocabulary).
 GOLDEN = {
-    "qwen3": "<think>\n\n</think>\n\nMarseille.<|im_end|>\n",
-    "qwen2.5": "\nMarseille.<|im_end|>\n",
-    "trl-deepseek_r1_distill": "<｜Assistant｜>Marseille.<｜end▁of▁sentence｜>",
-    "trl-llama3_2": "Marseille.<|eot_id|>",
-    "trl-gemma3": "Marseille.<end_of_turn>\n",
-    "trl-gemma": "Marseille.<end_of_turn>\n",
-    "trl-phi3_5": "Marseille.<|end|>\n<|end_of_text|>",
-    "smollm3": "<|im_start|>assistant\nMarseille.<|im_end|>\n",
+    "system_multi": {
+        "qwen3": "<think>\n\n</think>\n\nMarseille.<|im_end|>\n",
+        "qwen2.5": "\nMarseille.<|im_end|>\n",
+        "trl-deepseek_r1_distill": "</think>\n\nMarseille.<｜end▁of▁sentence｜>",
+        "trl-llama3_2": "Marseille.<|eot_id|>",
+        "trl-gemma3": "Marseille.<end_of_turn>\n",
+        "trl-gemma": "Marseille.<end_of_turn>\n",
+        "trl-phi3_5": "Marseille.<|end|>\n<|end_of_text|>",
+        "smollm3": "<|im_start|>assistant\nMarseille.<|im_end|>\n",
+    },
+    "leading_space": {
+        "phi3": "Green, or blue.<|end|><|endoftext|>",
+        "phi3.5": "Green, or blue.<|end|><|endoftext|>",
+        "trl-phi3_5": "   Green, or blue.<|end|>\n<|end_of_text|>",
+        "qwen3": "<think>\n\n</think>\n\n   Green, or blue.<|im_end|>\n",
+    },
 }
 
 
-def expected_training_template(family):
-    path = TRL_TEMPLATES / f"{TRAINING_OF.get(family, family).removeprefix('trl-')}_training.jinja"
+def expected_training_template(family, reasoning="keep"):
+    name = TRAINING_OF.get(family, family).removeprefix("trl-")
+    if reasoning == "keep" and name in KEEP_REASONING:
+        return (KEEP_REASONING_TEMPLATES / KEEP_REASONING[name]).read_text(encoding="utf-8")
+    path = TRL_TEMPLATES / f"{name}_training.jinja"
     return path.read_text(encoding="utf-8") if path.exists() else None
 
 
@@ -228,7 +249,11 @@ def schema_texts(tools):
 def check_exact(tokenizer, spec, family, messages, input_ids, labels, tools=None):
     prepared = rendered_messages(messages, spec, normalize_tools(tools))
     mask = [int(label != -100) for label in labels]
-    training = expected_training_template(family)
+    added = set(tokenizer.get_added_vocab().values())
+    # an added token the generation prompt ends on is the role token: prompt, never trained
+    header = tokenizer.apply_chat_template([user("x")], add_generation_prompt=True)["input_ids"][-1]
+    assert header not in added or not any(m and t == header for m, t in zip(mask, input_ids, strict=True))
+    training = expected_training_template(family, spec.reasoning)
     if training is not None:  # token by token against the family's training template
         out = tokenizer.apply_chat_template(
             prepared,
@@ -238,11 +263,17 @@ def check_exact(tokenizer, spec, family, messages, input_ids, labels, tools=None
             return_dict=True,
             return_assistant_tokens_mask=True,
         )
-        assert list(out["input_ids"]) == input_ids and list(out["assistant_masks"]) == mask
+        assert list(out["input_ids"]) == input_ids
+        # transformers' mask also trains the token holding a block's first character when it starts before the
+        # block: the role token (Phi-3's <|assistant|> swallows the spaces an answer starts with) or whitespace
+        # merged across the block's start; the rest of the turn is trained alike
+        theirs = list(out["assistant_masks"])
+        for i in (i for i, (a, b) in enumerate(zip(mask, theirs, strict=True)) if a != b):
+            assert theirs[i] and not (i and theirs[i - 1]) and mask[i + 1], i
+            assert input_ids[i] == header or not tokenizer.decode([input_ids[i]]).strip(), i
     turns = [m for m in messages if m["role"] == "assistant"]
     found = spans(mask)
     assert len(found) == len(turns), [tokenizer.decode(input_ids[a:b]) for a, b in found]
-    added = set(tokenizer.get_added_vocab().values())
     # nothing of a user, system or tool turn, nor of the schemas
     others = [m["content"].strip() for m in messages if m["role"] != "assistant"] + schema_texts(tools)
     for (start, end), turn in zip(found, turns, strict=False):
@@ -279,8 +310,8 @@ def test_native_masks_are_exact_or_refused(family, root):
             continue
         input_ids, labels = tokenize_chat(tokenizer, messages, "all_assistant", spec, tools)
         found = check_exact(tokenizer, spec, family, messages, input_ids, labels, tools)
-        if name == "system_multi" and family in GOLDEN:
-            assert tokenizer.decode(input_ids[found[-1][0] : found[-1][1]]) == GOLDEN[family]
+        if family in GOLDEN.get(name, {}):
+            assert tokenizer.decode(input_ids[found[-1][0] : found[-1][1]]) == GOLDEN[name][family]
         _, last = tokenize_chat(tokenizer, messages, "last_assistant", spec, tools)
         assert spans([int(x != -100) for x in last]) == found[-1:]
 
@@ -322,6 +353,43 @@ def test_reasoning_drop_removes_it_everywhere(family, root):
     check_exact(tokenizer, spec, family, CONVERSATIONS["reasoning"], input_ids, labels)
 
 
+@pytest.mark.parametrize(
+    "row, trained",
+    [
+        (
+            "reasoning",
+            [
+                "17 + 25: 7 + 5 = 12, carry 1, so 42.\n</think>\n\n42<｜end▁of▁sentence｜>",
+                "Twice 42 is 84.\n</think>\n\n84<｜end▁of▁sentence｜>",
+            ],
+        ),
+        ("system_multi", ["</think>\n\nParis.<｜end▁of▁sentence｜>", "</think>\n\nMarseille.<｜end▁of▁sentence｜>"]),
+    ],
+)
+def test_r1_distill_keeps_reasoning_on_every_turn_and_prompts_as_at_inference(row, trained, root):
+    """reasoning=keep on DeepSeek-R1-Distill trains, on every assistant turn, what the model writes after its
+    generation prompt <｜Assistant｜><think>\n: the reasoning, </think>, the answer and end of sentence. At inference
+    the model's own template drops earlier turns' reasoning and the model writes only the last turn's, so a turn's
+    prompt in training is the prompt at inference plus the earlier turns' think blocks (the first turn's: the same
+    tokens)."""
+    tokenizer = load("trl-deepseek_r1_distill", root)
+    original = tokenizer.chat_template
+    spec = prepare_tokenizer(tokenizer, "native")
+    assert spec.source.startswith("common/chat/templates/deepseek_r1_distill_keep_reasoning.jinja")
+    messages = CONVERSATIONS[row]
+    input_ids, labels = tokenize_chat(tokenizer, messages, "all_assistant", spec)
+    found = spans([int(x != -100) for x in labels])
+    assert [tokenizer.decode(input_ids[a:b]) for a, b in found] == trained
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    prompt = tokenizer.apply_chat_template(messages[: turns[0]], chat_template=original, add_generation_prompt=True)
+    assert input_ids[: found[0][0]] == list(prompt["input_ids"])
+    earlier_reasoning = re.compile(r"<think>\n.*?</think>\n\n", re.S)
+    for (start, _), turn in zip(found, turns, strict=True):
+        assert earlier_reasoning.sub("", tokenizer.decode(input_ids[:start])) == render(
+            tokenizer, messages[:turn], original, generation_prompt=True
+        )
+
+
 @pytest.mark.parametrize("family", SHARED_FAMILIES)
 def test_special_tokens_exact_on_real_vocabularies(family, root):
     tokenizer = load(family, root)
@@ -333,7 +401,9 @@ def test_special_tokens_exact_on_real_vocabularies(family, root):
         for turn in (m for m in messages if m["role"] == "assistant"):
             reasoning, answer = split_reasoning(turn)
             expected.append((f"<think>{reasoning.strip()}</think>" if reasoning else "") + answer + "<eot>")
-        assert [tokenizer.decode(input_ids[a:b]) for a, b in found] == expected
+        # decoded in context: a SentencePiece decoder drops the leading space of a piece decoded alone
+        in_context = [tokenizer.decode(input_ids[:b])[len(tokenizer.decode(input_ids[:a])) :] for a, b in found]
+        assert in_context == expected
 
 
 def test_gemma_folds_the_system_turn_and_counts_it(root):

@@ -9,6 +9,7 @@ they do not is refused (RowProblem), never trained with a wrong mask.
 """
 
 from jinja2 import TemplateError
+from transformers.utils.chat_template_utils import render_jinja_template
 
 from common.chat.reasoning import with_reasoning
 from common.chat.template import FIX, PROBES, ChatSpec, chat_spec, prepare_messages
@@ -45,12 +46,29 @@ def render_with_mask(
     try:
         if spec.prefix_masks:
             return prefix_mask(tokenizer, messages, tools)
-        out = tokenizer.apply_chat_template(
-            messages, tools=tools or None, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-        )
-        return list(out["input_ids"]), list(out["assistant_masks"])
+        return marked_mask(tokenizer, messages, tools)
     except (TemplateError, TypeError) as e:  # the template's raise_exception, or an operation it cannot do on the row
         raise RowProblem(f"the chat template rejects this row: {e}") from None
+
+
+def marked_mask(tokenizer, messages: list[dict], tools: list | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of the rendered messages and a mask of the tokens that start inside a {% generation %} block.
+
+    Rendered and tokenized as apply_chat_template does; its own assistant mask is not used because it trains the
+    token holding a block's first character even when that token starts before the block: an added token with
+    rstrip=True (Phi-3's <|assistant|>) swallows the whitespace an answer starts with, and the role token would be
+    trained. That whitespace is lost at inference too (the prompt ends in the same token), so the turn trains from
+    its first token after it; a token that held answer text as well is caught by the trained-text check."""
+    [text], [blocks] = render_jinja_template(
+        [[{key: value for key, value in m.items() if value is not None} for m in messages]],
+        tools=tools or None,
+        chat_template=tokenizer.get_chat_template(None, tools or None),
+        return_assistant_tokens_mask=True,
+        **tokenizer.special_tokens_map,
+    )
+    out = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [int(any(start <= at < end for start, end in blocks)) for at, _ in out["offset_mapping"]]
+    return list(out["input_ids"]), mask
 
 
 def prefix_mask(tokenizer, messages: list[dict], tools: list | None = None) -> tuple[list[int], list[int]]:

@@ -7,6 +7,7 @@ For chat_format=native the template is chosen once, before any row is read:
        rendering, prefix-preserving, with generation markers. Known means byte-equal to TRL's copy of the
        original, or rendering the same text as it on a set of probe conversations (model repositories ship
        revisions that differ only in handling content TRL's copy covers too; Qwen3's first release is one).
+       With reasoning=keep, a family in KEEP_REASONING gets our variant (common/chat/templates/) instead.
     4. Any other template is masked by rendering growing prefixes, which is exact only where each prefix's
        tokens are a literal prefix of the whole row's tokens; common.chat.masks checks it on every row, and a
        user turn and its answer are checked here, so a template that cannot even mask that stops the run now.
@@ -36,6 +37,12 @@ from common.chat.template import (
     template_text,
 )
 from common.errors import RowProblem, UserError
+
+# Our training variants for reasoning=keep, by TRL family. DeepSeek-R1-Distill's generation prompt ends in
+# <｜Assistant｜><think>\n and TRL's variant trains those tokens as part of the answer, and trains turns without
+# reasoning with no think block at all: ours keeps <think>\n...\n</think>\n\n on every turn and trains from
+# after the generation prompt, so the model learns what it generates at inference.
+KEEP_REASONING = {"deepseek_r1_distill": "deepseek_r1_distill_keep_reasoning.jinja"}
 
 
 @lru_cache(maxsize=1)
@@ -80,7 +87,7 @@ def recognise(tokenizer, template: str) -> tuple[str, str, str] | None:
     return None
 
 
-def use_training_template(tokenizer, template_file: str = "") -> str:
+def use_training_template(tokenizer, template_file: str = "", reasoning: str = "keep") -> str:
     """Give the tokenizer the template a native run trains with (see the module doc); returns where it came from.
 
     Stops with one line when there is no template, the file is missing or broken, or the template is neither
@@ -110,9 +117,15 @@ def use_training_template(tokenizer, template_file: str = "") -> str:
         return f"{origin}, its own {{% generation %}} markers"
     known = recognise(tokenizer, template)
     if known:
-        add_response_parser(tokenizer, getattr(chat_template_utils, known[0] + "_chat_template"))
-        tokenizer.chat_template = known[1]
-        return f"TRL's {known[0]} training template ({origin} {known[2]} {known[0]})"
+        family, training, how = known
+        add_response_parser(tokenizer, getattr(chat_template_utils, family + "_chat_template"))
+        if reasoning == "keep" and family in KEEP_REASONING:
+            path = os.path.join(os.path.dirname(__file__), "templates", KEEP_REASONING[family])
+            with open(path, encoding="utf-8") as f:
+                tokenizer.chat_template = f.read()
+            return f"common/chat/templates/{KEEP_REASONING[family]} ({origin} {how} {family})"
+        tokenizer.chat_template = training
+        return f"TRL's {family} training template ({origin} {how} {family})"
     tokenizer.chat_template = template
     add_response_parser(tokenizer, template)  # a TRL original without a training variant (Llama 3.1, Gemma 4)
     try:  # one user turn and its answer; every other shape is checked on each row that has it

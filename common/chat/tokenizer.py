@@ -36,7 +36,7 @@ def prepare_tokenizer(tokenizer, chat_format: str, chat_template: str = "", reas
         tokenizer.response_template = RESPONSE_TEMPLATE
         source = "special tokens, generation markers"
     else:
-        source = use_training_template(tokenizer, chat_template)
+        source = use_training_template(tokenizer, chat_template, reasoning)
     spec = chat_spec(tokenizer, source, reasoning)
     add_pad_token(tokenizer, end_of_turn_ids(tokenizer, chat_format, spec))
     spec.new_token_ids = list(range(before, len(tokenizer)))
