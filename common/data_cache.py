@@ -108,7 +108,11 @@ def store(folder: str, make) -> object:
         shutil.rmtree(os.path.join(tmp, "work"))
         with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=1)
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not is_stored(folder):
+                raise  # else a run beside this one stored the same key first: the same data, keep theirs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 
 import pytest
 
@@ -19,12 +20,36 @@ ENV = {
     "PYTHONPATH": ROOT,
 }
 ENV.pop("WANDB_PROJECT", None)
+# The lanes run on pytest-xdist, one worker per core the run may use (pytest.ini: -n auto). Each worker keeps to
+# its own core, and the scripts it starts inherit that (common/distributed.py sizes torch's threads from it), so
+# two trainings side by side take one core each instead of fighting over both (two-thread processes on two cores
+# run about 5x slower each).
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER and hasattr(os, "sched_setaffinity"):
+    _cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {_cores[int(WORKER.removeprefix("gw")) % len(_cores)]})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Runs marked slow first: under xdist a worker takes the next test as it frees up, so no worker is left
+    running a long one alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """-n auto: the cores this process may use (xdist's own count reads the host's cores inside a container)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 # Settings that make the built-in tiny model train in seconds.
 FAST = ["num_epochs=1", "max_steps=6", "logging_steps=2", "save_steps=3", "eval_steps=3", "progress_bar=false"]
 
 
 def run(args, cwd=ROOT, env=None, timeout=600):
-    """Run a command from the repository root; returns the CompletedProcess with text output."""
+    """Run a command from the repository root; returns the CompletedProcess with text output. An `accelerate
+    launch` without a port takes a free one, so distributed runs on two xdist workers never meet on 29500."""
+    if args[:2] == ["accelerate", "launch"] and "--main_process_port" not in args:
+        args = [*args[:2], "--main_process_port", "0", *args[2:]]
     return subprocess.run(args, cwd=cwd, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 
@@ -148,14 +173,38 @@ def weights(folder):
     return load_file(os.path.join(folder, "model.safetensors"))
 
 
+def once_per_session(tmp_path_factory, name, make):
+    """make(folder) -> JSON-able result, run once per test session: under xdist every worker runs its own session
+    fixtures, so the first worker to ask makes it in the folder all workers share, and the others wait and reuse."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if WORKER else root
+    folder, done = root / name, root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            folder.mkdir()
+            done.write_text(json.dumps(make(folder)))
+    return json.loads(done.read_text())
+
+
+def _finished(result):
+    return {"args": result.args, "returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
+
+
 @pytest.fixture(scope="session")
 def default_sft_chat_run(tmp_path_factory):
     """`accelerate launch sft_chat.py` on the embedded default, run once for every test that needs it:
     (final/ path, the CompletedProcess, seconds)."""
-    out = tmp_path_factory.mktemp("default_sft_chat") / "out"
-    start = time.time()
-    result = run(["accelerate", "launch", "sft_chat.py", f"output_dir={out}", "progress_bar=false"])
-    return out / "final", result, time.time() - start
+
+    def make(folder):
+        start = time.time()
+        result = run(["accelerate", "launch", "sft_chat.py", f"output_dir={folder / 'out'}", "progress_bar=false"])
+        return {"final": str(folder / "out" / "final"), "seconds": time.time() - start, **_finished(result)}
+
+    made = once_per_session(tmp_path_factory, "default_sft_chat", make)
+    result = subprocess.CompletedProcess(made["args"], made["returncode"], made["stdout"], made["stderr"])
+    return Path(made["final"]), result, made["seconds"]
 
 
 @pytest.fixture(scope="session")
@@ -168,10 +217,14 @@ def default_sft_chat(default_sft_chat_run):
 @pytest.fixture(scope="session")
 def sft_model(tmp_path_factory):
     """A briefly trained sft_chat.py output: its tokenizer carries the chat tokens and template."""
-    out = tmp_path_factory.mktemp("sft") / "out"
-    result = run_script("sft_chat.py", *FAST, f"output_dir={out}", "test_data=", "max_steps=20")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return str(out / "final")
+
+    def make(folder):
+        result = run_script("sft_chat.py", *FAST, f"output_dir={folder / 'out'}", "test_data=", "max_steps=20")
+        return {"final": str(folder / "out" / "final"), **_finished(result)}
+
+    made = once_per_session(tmp_path_factory, "sft", make)
+    assert made["returncode"] == 0, made["stderr"][-3000:]
+    return made["final"]
 
 
 @pytest.fixture(autouse=True)

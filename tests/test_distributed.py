@@ -78,6 +78,40 @@ def model_of(script, sft_model, tmp_path):
     }.get(script, [])
 
 
+def zero3_args(script, small, model):
+    """The ZeRO-3 runs' settings: 8 steps, a sharded checkpoint every 2."""
+    return [
+        *small[script],
+        *model,
+        "max_steps=8",
+        "save_steps=2",
+        "logging_steps=2",
+        "test_data=",
+        "progress_bar=false",
+        "batch_size=8",
+        *([] if script == "grpo.py" else ["eval_fraction=0"]),  # grpo.py has no eval split
+    ]
+
+
+@pytest.fixture(scope="module")
+def zero3_straight(tmp_path_factory, small, sft_model):
+    """Each script's uninterrupted ZeRO-3 run, made once for the preset test and the resume test:
+    script -> (output_dir, the CompletedProcess)."""
+    runs = {}
+
+    def get(script):
+        if script not in runs:
+            folder = tmp_path_factory.mktemp("zero3_straight")
+            out = folder / "out"
+            args = zero3_args(script, small, model_of(script, sft_model, folder))
+            runs[script] = out, run(launch("zero3", script, *args, f"output_dir={out}"))
+        return runs[script]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("zero3_straight")  # the worker that made a script's straight run reuses it
 @pytest.mark.parametrize(
     "script, preset",
     [
@@ -88,13 +122,14 @@ def model_of(script, sft_model, tmp_path):
         ("grpo.py", "zero3"),
     ],
 )
-def test_zero_presets_shard_and_save_the_gathered_model(tmp_path, small, sft_model, script, preset):
-    out = tmp_path / "out"
-    model = model_of(script, sft_model, tmp_path)
-    short = [
-        a for a in SHORT if not (script == "grpo.py" and a.startswith("eval_fraction"))
-    ]  # grpo.py has no eval split
-    result = run(launch(preset, script, *small[script], *model, *short, f"output_dir={out}"))
+def test_zero_presets_shard_and_save_the_gathered_model(tmp_path, small, sft_model, zero3_straight, script, preset):
+    if preset == "zero3":
+        (out, result), steps = zero3_straight(script), 8
+    else:
+        out, steps = tmp_path / "out", 4
+        model = model_of(script, sft_model, tmp_path)
+        short = [a for a in SHORT if not (script == "grpo.py" and a.startswith("eval_fraction"))]
+        result = run(launch(preset, script, *small[script], *model, *short, f"output_dir={out}"))
     assert result.returncode == 0, result.stderr[-4000:]
     stage = int(preset[-1])
     assert f"distributed: DEEPSPEED world_size=2 device=cpu:0 zero_stage={stage}" in result.stdout
@@ -104,7 +139,7 @@ def test_zero_presets_shard_and_save_the_gathered_model(tmp_path, small, sft_mod
     else:
         assert not held
     final = weights(out / "final")
-    gathered = gathered_checkpoint(out / "checkpoint-4")  # the last step's shards, reassembled by DeepSpeed
+    gathered = gathered_checkpoint(out / f"checkpoint-{steps}")  # the last step's shards, reassembled by DeepSpeed
     for name, tensor in final.items():
         torch.testing.assert_close(tensor, gathered[name], atol=1e-6, rtol=0, msg=name)
     from transformers import AutoModelForCausalLM
@@ -115,22 +150,14 @@ def test_zero_presets_shard_and_save_the_gathered_model(tmp_path, small, sft_mod
     )
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("zero3_straight")
 @pytest.mark.parametrize("script", ["sft_chat.py", "dpo.py", "grpo.py"])
-def test_zero3_resume_from_a_sharded_checkpoint_matches_an_uninterrupted_run(tmp_path, small, sft_model, script):
-    model = model_of(script, sft_model, tmp_path)
-    args = [
-        *small[script],
-        *model,
-        "max_steps=8",
-        "save_steps=2",
-        "logging_steps=2",
-        "test_data=",
-        "progress_bar=false",
-        "batch_size=8",
-        *([] if script == "grpo.py" else ["eval_fraction=0"]),
-    ]
-    straight = tmp_path / "straight"
-    result = run(launch("zero3", script, *args, f"output_dir={straight}"))
+def test_zero3_resume_from_a_sharded_checkpoint_matches_an_uninterrupted_run(
+    tmp_path, small, sft_model, zero3_straight, script
+):
+    args = zero3_args(script, small, model_of(script, sft_model, tmp_path))
+    straight, result = zero3_straight(script)
     assert result.returncode == 0, result.stderr[-4000:]
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -195,6 +222,7 @@ def test_two_machines_simulated_on_one_train_and_save_once(tmp_path, small):
     assert [m["step"] for m in read_jsonl(out / "metrics.jsonl") if "loss" in m] == [1, 2, 3, 4]  # logged once
 
 
+@pytest.mark.slow
 def test_lora_under_zero3_saves_a_complete_adapter_and_the_merged_model(tmp_path, small):
     lora = [*small["sft_chat.py"], *SHORT, "lora.enabled=true", "lora.r=4"]
     runs = {"ddp": ("ddp", []), "zero3": ("zero3", []), "adapter": ("zero3", ["lora.merge=false"])}

@@ -403,6 +403,7 @@ def test_missing_sft_output_says_what_to_run(tmp_path):
     )
 
 
+@pytest.mark.xdist_group("default_sft_chat")  # the worker that makes the shared run uses it
 @pytest.mark.e2e
 def test_default_chain_improves_preferences_and_keeps_exact_match(default_sft_chat, tmp_path):
     """`accelerate launch dpo.py` on the default sft_chat.py output: preference accuracy > 0.9 after,

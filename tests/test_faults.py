@@ -18,7 +18,8 @@ import pytest
 
 from tests.conftest import ROOT, read_jsonl, run_script, weights, write_jsonl
 
-pytestmark = [pytest.mark.faults, pytest.mark.e2e]
+# one worker, so the uninterrupted runs (the straight fixture) are made once
+pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.xdist_group("faults")]
 FAULTS_PATH = os.path.join(ROOT, "tests", "faults")
 DATA = {
     "sft_chat.py": "data/examples/chat_train.jsonl",

@@ -211,6 +211,7 @@ def test_an_equal_group_adds_nothing_to_a_mixed_groups_gradient(sft_model):
     torch.testing.assert_close(together, alone, atol=1e-7, rtol=1e-5)
 
 
+@pytest.mark.xdist_group("default_sft_chat")  # the worker that makes the shared run uses it
 @pytest.mark.e2e
 def test_rewards_drive_learning_an_inverted_reward_unlearns(tmp_path, default_sft_chat):
     """The same run paid for right answers keeps the default model's accuracy; paid for wrong ones, it loses it."""

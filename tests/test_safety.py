@@ -18,6 +18,7 @@ PLANTED = {  # shaped like real keys, so a leak would look like one
 }
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_planted_keys_reach_no_output_of_any_script(tmp_path, sft_model, openai_stub):
     """Keys sit in the environment (where the scripts read them) and in a data row; every run logs to wandb

@@ -112,6 +112,7 @@ def one_row_per_prompt_and_sample(out, prompts):
     assert all(r["messages"][-1]["role"] == "assistant" for r in rows)
 
 
+@pytest.mark.xdist_group("transformers_serve")  # one worker starts the server both use
 @pytest.mark.e2e
 def test_openai_backend_against_transformers_serve(tmp_path, server, sft_model, prompts):
     out = tmp_path / "out"
@@ -126,6 +127,7 @@ def test_openai_backend_against_transformers_serve(tmp_path, server, sft_model, 
     assert server.requests() - before == 120
 
 
+@pytest.mark.xdist_group("transformers_serve")  # one worker starts the server both use
 @pytest.mark.e2e
 def test_sigkill_mid_run_resends_no_finished_request(tmp_path, server, sft_model, prompts):
     out = tmp_path / "out"
@@ -476,6 +478,7 @@ def test_missing_sft_output_says_what_to_run(tmp_path):
     )
 
 
+@pytest.mark.xdist_group("default_sft_chat")  # the worker that makes the shared run uses it
 @pytest.mark.e2e
 def test_default_pipeline_pairs_pass_and_fail_the_verifier_and_dpo_trains_on_them(tmp_path, default_sft_chat):
     sys.path.insert(0, f"{ROOT}/data/examples")
