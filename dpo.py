@@ -44,6 +44,7 @@ PARAMS = dict(
     eval_fraction=0.05,
     test_data="data/examples/preference_test.jsonl",  # preference accuracy before and after ("" to skip)
     exact_match_data="data/examples/chat_test.jsonl",  # exact match before and after ("" to skip)
+    test_rows=0,  # evaluate the first N rows of each file above (0: all): keeps evaluation cheap next to training
     output_dir="outputs/dpo",
     loss_type=["sigmoid"],  # any of TRL's: sigmoid, ipo, hinge, robust, sppo_hard, apo_zero, sft, ...
     loss_weights=[],  # one weight per loss_type when combining several; empty: all 1.0
@@ -114,7 +115,8 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     tokenizer = load_tokenizer(params["model"], params["trust_remote_code"])
     chat = None
     if tokenizer.chat_template or params["chat_template"]:
-        chat = chat_spec(tokenizer, use_training_template(tokenizer, params["chat_template"]), params["reasoning"])
+        template = use_training_template(tokenizer, params["chat_template"], params["reasoning"])
+        chat = chat_spec(tokenizer, template, params["reasoning"])
         report.counts["chat_template"] = chat.source
     recipe = Recipe(
         "dpo",
@@ -143,7 +145,8 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     preferences = (params["test_data"], chat)
     before = {}
     if not resume_from:
-        before = held_out("before", model, tokenizer, params["exact_match_data"], preferences=preferences)
+        before = held_out("before", model, tokenizer, params["exact_match_data"], preferences=preferences,
+                          rows=params["test_rows"])  # fmt: skip
     if lora:
         model = apply_lora(model, params["lora"], [])
 
@@ -167,7 +170,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
         plot_loss(out)
         print(f"saved {final}")
         held_out("after", final, tokenizer, params["exact_match_data"], show=3, preferences=preferences,
-                 before=before)  # fmt: skip
+                 before=before, rows=params["test_rows"])  # fmt: skip
     shutdown()
 
 

@@ -42,6 +42,7 @@ PARAMS = dict(
     model="outputs/sft_chat_warmup/final",  # the warm-up run's output (configs/recipes/grpo-warmup.yaml), or any model
     data=["data/examples/chat_train.jsonl"],  # chat rows (last assistant turn = reference) or {"prompt", ...} rows
     test_data="data/examples/chat_test.jsonl",  # held-out exact match before and after ("" to skip)
+    test_rows=0,  # evaluate the first N rows of test_data (0: all): keeps evaluation cheap next to training
     output_dir="outputs/grpo",
     rewards=["data/examples/verify.py:verify"],  # module:function or path/file.py:function, each fn(row, completion)
     reward_weights=[],  # one weight per reward; empty: all 1.0
@@ -168,7 +169,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"], frozen=lora)
     stops = stop_ids(model, tokenizer)
     if not resume_from:
-        held_out("before", model, tokenizer, params["test_data"], template)
+        held_out("before", model, tokenizer, params["test_data"], template, rows=params["test_rows"])
     if lora:
         model = apply_lora(model, params["lora"], [])
 
@@ -192,7 +193,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     if is_main():
         plot_loss(out)
         print(f"saved {final}")
-        held_out("after", final, tokenizer, params["test_data"], template, show=3)
+        held_out("after", final, tokenizer, params["test_data"], template, show=3, rows=params["test_rows"])
     shutdown()
 
 

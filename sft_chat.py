@@ -47,6 +47,7 @@ PARAMS = dict(
     eval_data=[],  # held-out rows for eval loss; when empty, eval_fraction of data is held out
     eval_fraction=0.05,
     test_data="data/examples/chat_test.jsonl",  # held-out exact match before and after training ("" to skip)
+    test_rows=0,  # evaluate the first N rows of test_data (0: all): keeps evaluation cheap next to training
     output_dir="outputs/sft_chat",
     max_length=512,
     packing="auto",  # auto: packed, with per-document attention (fastest on CPU and GPU, BENCHMARKS.md)
@@ -141,7 +142,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     resize_embeddings(model, tokenizer, chat.new_token_ids)
     stops = end_of_turn_ids(tokenizer, params["chat_format"], chat)
     if not resume_from:
-        held_out("before", model, tokenizer, params["test_data"], stops=stops)
+        held_out("before", model, tokenizer, params["test_data"], stops=stops, rows=params["test_rows"])
     if lora:
         model = apply_lora(model, params["lora"], chat.new_token_ids)
     if packing:
@@ -165,7 +166,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     if is_main():
         plot_loss(out)
         print(f"saved {final}")
-        held_out("after", final, tokenizer, params["test_data"], show=3)
+        held_out("after", final, tokenizer, params["test_data"], show=3, rows=params["test_rows"])
     shutdown()
 
 

@@ -40,6 +40,7 @@ PARAMS = dict(
     eval_data=[],  # held-out rows for eval loss; when empty, eval_fraction of data is held out
     eval_fraction=0.05,
     test_data="data/examples/completion_test.jsonl",  # held-out exact match before and after training ("" to skip)
+    test_rows=0,  # evaluate the first N rows of test_data (0: all): keeps evaluation cheap next to training
     output_dir="outputs/sft_completion",
     max_length=512,  # longer prompt/completion rows are truncated; longer text rows are cut into pieces
     packing="auto",  # auto: packed, with per-document attention (fastest on CPU and GPU, BENCHMARKS.md)
@@ -122,7 +123,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"], frozen=lora)
     stops = [tokenizer.eos_token_id]
     if not resume_from:
-        held_out("before", model, tokenizer, params["test_data"], template, stops)
+        held_out("before", model, tokenizer, params["test_data"], template, stops, rows=params["test_rows"])
     if lora:
         model = apply_lora(model, params["lora"], [])
     if packing:
@@ -146,7 +147,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     if is_main():
         plot_loss(out)
         print(f"saved {final}")
-        held_out("after", final, tokenizer, params["test_data"], template, show=3)
+        held_out("after", final, tokenizer, params["test_data"], template, show=3, rows=params["test_rows"])
     shutdown()
 
 

@@ -36,12 +36,15 @@ class Example:
     tools: list | None = None  # the row's tools, passed to the chat template
 
 
-def read_examples(path: str) -> list[Example]:
+def read_examples(path: str, rows: int = 0) -> list[Example]:
     """Chat rows give the messages before the last assistant turn and that turn (its content, or the whole
-    message when it calls tools); prompt/completion rows give the prompt string and the completion."""
+    message when it calls tools); prompt/completion rows give the prompt string and the completion. rows: the
+    first this many (0: all)."""
     examples = []
     with open(path, encoding="utf-8") as f:
         for line in f:
+            if rows and len(examples) == rows:
+                break
             if line.strip():
                 row = json.loads(line)
                 if "messages" in row:
@@ -210,12 +213,14 @@ def held_out(
     show: int = 0,
     preferences: tuple = ("", None),
     before: dict | None = None,
+    rows: int = 0,
 ) -> dict:
     """Every script's before/after line, on the main process: held-out exact match of greedy answers on
     exact_match_data ("" skips it) and, for dpo.py, preferences = (pair file, chat spec): the share of held-out pairs
     whose chosen answer the model gives more log-probability than the rejected one, and after training (with the
     `before` results) the share whose margin grew. Returns the results for a later `before`. model may be the
-    folder of a saved model (final/), loaded only when there is something to evaluate."""
+    folder of a saved model (final/), loaded only when there is something to evaluate. rows: the first this many
+    rows of each file (0: all), to keep evaluation cheap next to training on a real model."""
     path, chat = preferences
     if not is_main() or not (path or exact_match_data):
         return {}
@@ -226,17 +231,17 @@ def held_out(
     results = {}
     if path:
         with open(path, encoding="utf-8") as f:
-            rows = [as_chat(json.loads(line), chat is not None) for line in f if line.strip()]
-        margins = results["margins"] = preference_margins(model, tokenizer, rows, chat)
+            pairs = [as_chat(json.loads(line), chat is not None) for line in f if line.strip()]
+        margins = results["margins"] = preference_margins(model, tokenizer, pairs[: rows or None], chat)
         line = f"{stage}: held-out preference accuracy {sum(m > 0 for m in margins) / len(margins):.1%}"
         if before and before.get("margins"):
             grew = sum(a > b for a, b in zip(margins, before["margins"], strict=True)) / len(margins)
             line += f", reward accuracy {grew:.1%} (margin grew)"
-        print(f"{line} on {path}", flush=True)
+        print(f"{line} on {path} ({len(margins)} pairs)", flush=True)
     if exact_match_data:
-        examples = read_examples(exact_match_data)
+        examples = read_examples(exact_match_data, rows)
         accuracy = results["exact_match"] = exact_match_of(model, tokenizer, examples, show, template, stops)
-        print(f"{stage}: held-out exact match {accuracy:.1%} on {exact_match_data}", flush=True)
+        print(f"{stage}: held-out exact match {accuracy:.1%} on {exact_match_data} ({len(examples)} rows)", flush=True)
     return results
 
 

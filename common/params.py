@@ -48,6 +48,7 @@ BOUNDS = {
     "num_perm": (lambda v: v >= 16, "must be >= 16"),
     "ngram": (lambda v: v >= 1, "must be >= 1"),
     "num_proc": (lambda v: v >= 0, "must be >= 0 (0: every core available)"),
+    "test_rows": (lambda v: v >= 0, "must be >= 0 (0: every row)"),
 }
 
 
@@ -95,7 +96,25 @@ def apply_overrides(defaults: dict, argv: list[str], rules: Rules | None = None)
         if isinstance(_default(defaults, key), str) and isinstance(value, (dict, list)):
             value = text  # YAML reads "Q: {prompt}" as a mapping; a string key means the text itself
         _set(params, defaults, key, value, "", rules)
+    for key in ("model", "judge_model"):
+        if isinstance(params.get(key), str):
+            params[key] = named_model(params[key])
     return params
+
+
+# Real pretrained models made offline as a local folder by a script (README "A real model"): model=NAME reads it
+NAMED_MODELS = {"smollm2-135m": ("~/.cache/smollm2-135m-instruct", "../shared/real_models/smollm2-135m-instruct.sh")}
+
+
+def named_model(value: str) -> str:
+    """The folder of a named real model (one line with the command that makes it when it is missing), a path with
+    ~ expanded, or the value as it is (a hub id, builtin:tiny)."""
+    if value in NAMED_MODELS:
+        folder, maker = NAMED_MODELS[value]
+        if not os.path.isdir(os.path.expanduser(folder)):
+            raise UserError(f"model {value}: folder {folder} not found (make it with `{maker} {folder}`)")
+        value = folder
+    return os.path.expanduser(value) if value.startswith("~") else value
 
 
 def _default(defaults: dict, key: str):

@@ -1,8 +1,10 @@
+import os
+
 import pytest
 import yaml
 
 from common.errors import UserError
-from common.params import Rules, apply_overrides, redact, save_params
+from common.params import NAMED_MODELS, Rules, apply_overrides, redact, save_params
 
 DEFAULTS = {
     "model": "builtin:tiny",
@@ -104,11 +106,13 @@ def test_secrets_are_redacted(tmp_path):
     assert "sk-123" not in text and "hf_abc" not in text and yaml.safe_load(text)["tokenizer"] == "keep"
 
 
-def test_shipped_recipes_are_valid_overrides():
+def test_shipped_recipes_are_valid_overrides(tmp_path, monkeypatch):
     """Each recipe names its script in its launch line and parses against that script's PARAMS."""
+    monkeypatch.setenv("HOME", str(tmp_path))  # the named real models' folders, made empty
+    for folder, _ in NAMED_MODELS.values():
+        os.makedirs(os.path.expanduser(folder))
     import glob
     import importlib
-    import os
     import re
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,3 +152,18 @@ def test_a_key_checked_by_the_script_that_owns_it(script, override, message):
     else:
         with pytest.raises(UserError, match=message):
             apply_overrides(module.PARAMS, [override], module.RULES)
+
+
+def test_a_named_real_model_reads_its_folder_or_says_how_to_make_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(
+        UserError,
+        match=r"model smollm2-135m: folder ~/.cache/smollm2-135m-instruct not found \(make it with "
+        r"`../shared/real_models/smollm2-135m-instruct.sh ~/.cache/smollm2-135m-instruct`\)",
+    ):
+        apply_overrides({"model": "builtin:tiny"}, ["model=smollm2-135m"])
+    os.makedirs(tmp_path / ".cache" / "smollm2-135m-instruct")
+    made = apply_overrides({"model": "x"}, ["model=smollm2-135m"])["model"]
+    assert made == f"{tmp_path}/.cache/smollm2-135m-instruct"
+    assert apply_overrides({"judge_model": ""}, ["judge_model=~/m"])["judge_model"] == f"{tmp_path}/m"
+    assert apply_overrides({"model": "x"}, ["model=Qwen/Qwen3-0.6B"])["model"] == "Qwen/Qwen3-0.6B"
