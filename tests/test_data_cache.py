@@ -7,7 +7,7 @@ import pytest
 
 import sft_chat
 from common.cleaning import CLEAN_DEFAULTS
-from common.data_cache import PREPARE_KEYS, cache_key, code_files
+from common.data_cache import PREPARE_KEYS, cache_key, code_files, store
 from common.models import load_tokenizer
 from tests.conftest import ROOT, run_in_process, write_jsonl
 
@@ -60,3 +60,22 @@ def test_a_script_rerun_with_other_training_settings_reuses_its_data_and_says_wh
     assert "(reused)" in again.stdout
     other = run_in_process("sft_chat.py", *common, f"output_dir={tmp_path / 'c'}", "loss_on=last_assistant")
     assert "(1 other entries kept); preparing it" in other.stdout and "(reused)" not in other.stdout
+
+
+def test_an_entry_a_parallel_run_stored_first_is_kept_and_a_failed_rename_still_fails(tmp_path):
+    folder = str(tmp_path / "entry")
+
+    def ours(tmp):  # the run beside this one (another process) finishes the same key while this one prepares
+        os.makedirs(folder)
+        for name, text in (("data", "theirs"), ("meta.json", "{}")):
+            with open(os.path.join(folder, name), "w") as f:
+                f.write(text)
+        return {"by": "ours"}, "ours"
+
+    assert store(folder, ours) == "ours"
+    with open(os.path.join(folder, "data")) as f:
+        assert f.read() == "theirs"
+    assert os.listdir(tmp_path) == ["entry"]  # this run's temporary folder is gone
+    os.makedirs(tmp_path / "blocked" / "junk")  # a non-entry folder in the way: the rename error is not hidden
+    with pytest.raises(OSError):
+        store(str(tmp_path / "blocked"), lambda tmp: ({}, None))
