@@ -106,15 +106,23 @@ def write_preview(dataset, collate, output_dir: str, n: int = 16) -> list[dict]:
 
 
 def show_example(tokenizer, example: dict) -> str:
-    """The example's text with the tokens that carry a loss wrapped in [[ ]]."""
-    pieces, inside = [], False
-    for token, label in zip(example["input_ids"], example["labels"], strict=False):
-        trained = label != -100
-        if trained != inside:
-            pieces.append("[[" if trained else "]]")
-            inside = trained
-        pieces.append(tokenizer.decode([token]))
-    return "".join(pieces) + ("]]" if inside else "")
+    """The example's text with the tokens that carry a loss wrapped in [[ ]].
+
+    The text is decoded whole and cut where the decoded prefix before each change of marker ends: one token alone
+    may be part of a character (byte-level BPE splits emoji and rarer Chinese characters over several tokens) or
+    lose its leading space (SentencePiece), so without the markers the preview is exactly tokenizer.decode(ids).
+    A character split between a trained and an untrained token shows after the marker, with the tokens ending it.
+    """
+    ids = example["input_ids"]
+    text = tokenizer.decode(ids)
+    trained = [label != -100 for _, label in zip(ids, example["labels"], strict=True)]
+    pieces, at, inside = [], 0, False
+    for i, now in enumerate([*trained, False]):
+        if now != inside:
+            cut = len(os.path.commonprefix([tokenizer.decode(ids[:i]), text]))  # a split character decodes as U+FFFD
+            pieces += [text[at:cut], "[[" if now else "]]"]
+            at, inside = cut, now
+    return "".join(pieces) + text[at:]
 
 
 def write_sft_preview(train_set, tokenizer, packing: bool, output_dir: str) -> None:

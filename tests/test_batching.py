@@ -5,6 +5,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from common.batching import collator, pack_in_random_order, show_example, write_preview
 from common.data import DataReport
 from tests.conftest import read_jsonl
+from tests.real_tokenizers import load
 from tests.test_prepare import prepared
 
 
@@ -79,6 +80,48 @@ def test_preview_is_what_the_collator_returns(tmp_path):
     assert read_jsonl(tmp_path / "data_preview.jsonl") == preview
     assert set(preview[0]) == {"input_ids", "labels", "position_ids"}
     assert show_example(Tok(), {"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}) == "<1>[[<2><3>]]"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("real_tokenizers")
+
+
+@pytest.mark.parametrize(
+    "family, prompt, answer",
+    [
+        ("qwen3", "天气怎么样？\n", "北京明天晴，𠀋🦜。"),  # byte-level BPE: 𠀋 and 🦜 are several tokens each
+        ("llama3", "Parrot?\n", "🦜 and 𝄞 ok"),
+        ("phi3", "Hello world,\n", "how are you? 你好 🙂"),  # SentencePiece: a token alone loses its leading space
+    ],
+)
+def test_preview_shows_the_exact_text_with_the_trained_part_marked(root, family, prompt, answer):
+    tokenizer = load(family, root)
+    encoded = tokenizer(prompt + answer, add_special_tokens=False, return_offsets_mapping=True)
+    ids = encoded["input_ids"]
+    labels = [t if start >= len(prompt) else -100 for t, (start, _) in zip(ids, encoded["offset_mapping"], strict=True)]
+    shown = show_example(tokenizer, {"input_ids": ids, "labels": labels})
+    assert shown == f"{prompt}[[{answer}]]"
+    assert shown.replace("[[", "").replace("]]", "") == tokenizer.decode(ids)
+
+
+@pytest.mark.parametrize(
+    "trained, expected",
+    [
+        ([0, 0, 0, 1, 1, 1], "Parrot [[🦜 ok]]"),
+        ([1, 1, 1, 0, 0, 0], "[[Parrot ]]🦜 ok"),
+    ],
+)
+def test_preview_shows_a_character_split_at_a_marker_after_it(root, trained, expected):
+    """Qwen3 writes "Parrot 🦜 ok" as Par|rot| \\xf0\\x9f|\\xa6|\\x9c| ok: the marker falls inside the emoji, which
+    shows whole, with the tokens that end it."""
+    tokenizer = load("qwen3", root)
+    ids = tokenizer("Parrot 🦜 ok", add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(trained)
+    shown = show_example(
+        tokenizer, {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, trained, strict=True)]}
+    )
+    assert shown == expected
 
 
 def test_packing_keeps_every_example_once_and_mixes_lengths():

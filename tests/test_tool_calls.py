@@ -109,6 +109,119 @@ def test_loss_is_on_each_assistant_turn_with_its_calls_and_never_on_tools_or_res
     assert text.count("<tool>") == sum(m["role"] == "tool" for m in messages)
 
 
+def obj(properties, required=(), **more):
+    return {"type": "object", "properties": properties, "required": list(required), **more}
+
+
+def array(items, **more):
+    return {"type": "array", "items": items, **more}
+
+
+NUMBER, STRING = {"type": "number"}, {"type": "string"}
+
+# Nested schemas as common tool sets write them (glaive, xLAM, BFCL, pydantic) and their signatures: every field at
+# every depth with its type, `?` when optional, its enum and its description.
+SIGNATURES = {
+    "an object parameter (BFCL's dict) with described fields": (
+        obj(
+            {
+                "conditions": {
+                    "type": "dict",
+                    "description": "Wanted weather.",
+                    "properties": {
+                        "temp_min": {"type": "number", "description": "Lowest, in C."},
+                        "sky": {"type": "string", "enum": ["sun", "rain"]},
+                    },
+                    "required": ["sky"],
+                }
+            },
+            ["conditions"],
+        ),
+        'f(conditions: {temp_min?: number (Lowest, in C.), sky: "sun"|"rain"} (Wanted weather.)) Doc.',
+    ),
+    "an array of objects": (
+        obj({"items": array(obj({"sku": STRING, "qty": {"type": "integer"}}, ["sku"]))}, ["items"]),
+        "f(items: {sku: string, qty?: integer}[]) Doc.",
+    ),
+    "an object in an array in an object, enums inside": (
+        obj(
+            {
+                "order": obj(
+                    {
+                        "lines": array(
+                            obj({"unit": {"enum": ["kg", "g"]}, "tags": array({"enum": ["a", "b"]})}, ["unit"])
+                        )
+                    }
+                )
+            }
+        ),
+        'f(order?: {lines?: {unit: "kg"|"g", tags?: ("a"|"b")[]}[]}) Doc.',
+    ),
+    "arrays of arrays, items described": (
+        obj(
+            {
+                "board": array(array({"enum": [0, 1], "description": "A cell."}), description="Rows."),
+                "paths": array(array(obj({"x": NUMBER, "y": NUMBER}, ["x", "y"]))),
+            }
+        ),
+        "f(board?: (0|1) (A cell.)[][] (Rows.), paths?: {x: number, y: number}[][]) Doc.",
+    ),
+    "no type: the schema's shape says it": (
+        obj(
+            {
+                "extra": {"description": "Passed through."},
+                "point": {"properties": {"x": NUMBER}, "required": ["x"]},
+                "names": {"items": STRING},
+                "options": {"type": "object", "properties": {}},
+                "words": {"type": "array"},
+            }
+        ),
+        "f(extra?: any (Passed through.), point?: {x: number}, names?: string[], options?: object, words?: any[]) Doc.",
+    ),
+    "anyOf, oneOf and type lists": (
+        obj(
+            {
+                "when": {"anyOf": [STRING, {"type": "null"}], "description": "A date."},
+                "ids": array({"oneOf": [STRING, {"type": "integer"}]}),
+                "count": {"type": ["integer", "null"]},
+                "tags": {"type": ["array", "null"], "items": STRING},
+                "spot": {"anyOf": [obj({"lat": NUMBER}, ["lat"]), STRING]},
+            }
+        ),
+        "f(when?: string|null (A date.), ids?: (string|integer)[], count?: integer|null, tags?: string[]|null, "
+        "spot?: {lat: number}|string) Doc.",
+    ),
+    "tuples (BFCL's tuple, JSON schema's list of items)": (
+        obj({"point": {"type": "tuple", "items": NUMBER}, "pair": array([STRING, {"type": "integer"}])}),
+        "f(point?: number[], pair?: [string, integer]) Doc.",
+    ),
+    "loose data: a bare type name for a schema": (
+        obj({"city": "string", "days": array("integer")}, ["city"]),
+        "f(city: string, days?: integer[]) Doc.",
+    ),
+}
+
+
+def field_names(schema) -> list[str]:
+    """Every property name at every depth of a schema."""
+    if isinstance(schema, list):
+        return [n for s in schema for n in field_names(s)]
+    if not isinstance(schema, dict):
+        return []
+    properties = schema.get("properties", {})
+    nested = [*properties.values(), schema.get("items"), *schema.get("anyOf", []), *schema.get("oneOf", [])]
+    return [*properties, *field_names(nested)]
+
+
+@pytest.mark.parametrize("case", SIGNATURES)
+def test_the_tools_line_shows_every_field_at_every_depth(tokenizer, case):
+    parameters, signature = SIGNATURES[case]
+    tool = {"type": "function", "function": {"name": "f", "description": "Doc.", "parameters": parameters}}
+    text = tokenizer.apply_chat_template([USER], tools=[tool], tokenize=False)
+    assert text.startswith(f"<system>{signature}<eot><user>")
+    assert all(f"{name}:" in signature or f"{name}?:" in signature for name in field_names(parameters))
+
+
 @pytest.mark.parametrize("shape", [s for s in SHAPES if SHAPES[s][0][-1].get("tool_calls") or s == "no tools at all"])
 def test_a_rendered_answer_parses_back_to_the_message(tokenizer, shape):
     messages, tools, trained = SHAPES[shape]

@@ -30,28 +30,56 @@ FUNCTION_TOKEN = "<fn:{}>"  # function_tokens=true: one token per function, stan
 
 # The tools, one line each before the conversation, as compact signatures: `name(city: string, days?: integer)
 # description`. A JSON schema per tool would cost hundreds of tokens in every row; the signature keeps the names,
-# types, enums, optional marks and descriptions a model needs to choose and fill a call. A function with its own
-# token is listed as that token alone: its schema is learned into the token (as in Octopus v2), so every row
-# is shorter by its signature.
+# types, enums, optional marks and descriptions a model needs to choose and fill a call, at every depth: an object
+# shows its fields in braces, `{sku: string, qty?: integer}`, an array its items' type before `[]` (alternatives
+# in parentheses, `("C"|"F")[]`), anyOf/oneOf and type lists their alternatives joined by `|`, and any schema its
+# description after it in parentheses. A function with its own token is listed as that token alone: its schema is
+# learned into the token (as in Octopus v2), so every row is shorter by its signature.
 _TOOLS = (
-    "{%- macro type_of(p) -%}"
-    "{%- if p['enum'] is defined -%}{%- for v in p['enum'] -%}{{ v | tojson }}{{ '|' if not loop.last }}{%- endfor -%}"
-    "{%- elif p['type'] == 'array' and p['items'] is defined -%}{{ type_of(p['items']) }}[]"
-    "{%- elif p['type'] is string -%}{{ p['type'] }}"
-    "{%- elif p['type'] is defined -%}{{ p['type'] | join('|') }}"
+    "{%- macro fields(p) -%}"
+    "{%- set required = p['required'] if p['required'] is defined else [] -%}"
+    "{%- for name, q in p['properties'].items() -%}"
+    "{{ name }}{{ '' if name in required else '?' }}: {{ type_of(q) }}{{ ', ' if not loop.last }}"
+    "{%- endfor -%}"
+    "{%- endmacro -%}"
+    # one type name t of schema p (none when p names no type): objects (BFCL says dict) show their fields, arrays
+    # (BFCL's tuple too) their items' type (`any[]` without items), a list of items (a tuple schema) each item's type.
+    # `'items' in p`, since p['items'] of a dict without that key is the dict's items method.
+    "{%- macro shape(p, t) -%}"
+    "{%- if t == 'array' or ('items' in p and t in [none, 'tuple']) -%}"
+    "{%- set items = p['items'] if 'items' in p else {} -%}"
+    "{%- if items is iterable and items is not mapping and items is not string -%}"
+    "[{%- for q in items -%}{{ type_of(q) }}{{ ', ' if not loop.last }}{%- endfor -%}]"
+    "{%- else -%}{{ type_of(items, true) }}[]{%- endif -%}"
+    "{%- elif p['properties'] is mapping and t in [none, 'object', 'dict'] -%}"
+    "{{ ('{' ~ fields(p) ~ '}') if p['properties'] else (t or 'object') }}"
+    "{%- else -%}{{ t }}{%- endif -%}"
+    "{%- endmacro -%}"
+    # grouped: alternatives in parentheses, as an array's items need them (`("C"|"F")[]`, not `"C"|"F"[]`); a
+    # schema that is no JSON object (`"city": "string"` in loose data) shows as written
+    "{%- macro type_of(p, grouped=false) -%}"
+    "{%- if p is not mapping -%}{{ p }}{%- else -%}"
+    "{%- set kinds = p['type'] if p['type'] is defined and p['type'] is not none else [] -%}"
+    "{%- set kinds = [kinds] if kinds is string else kinds -%}"
+    "{%- set shaped = kinds or p['properties'] is mapping or 'items' in p -%}"
+    "{%- set choices = p['anyOf'] if p['anyOf'] is defined else (p['oneOf'] if p['oneOf'] is defined else []) -%}"
+    "{%- set n = (kinds if shaped else choices) | length -%}"
+    "{%- set n = p['enum'] | length if p['enum'] is defined else n -%}"
+    "{{ '(' if grouped and n > 1 }}"
+    "{%- if p['enum'] is defined -%}{{ p['enum'] | map('tojson') | join('|') }}"
+    "{%- elif shaped -%}{%- for t in kinds or [none] -%}{{ shape(p, t) }}{{ '|' if not loop.last }}{%- endfor -%}"
+    "{%- elif choices -%}{%- for q in choices -%}{{ type_of(q) }}{{ '|' if not loop.last }}{%- endfor -%}"
     "{%- else -%}any{%- endif -%}"
+    "{{ ')' if grouped and n > 1 }}"
     "{%- if p['description'] is defined and p['description'] %} ({{ p['description'] }}){%- endif -%}"
+    "{%- endif -%}"
     "{%- endmacro -%}"
     "{%- if tools -%}<system>"
     "{%- for tool in tools -%}"
     "{%- set f = tool['function'] if tool['function'] is defined else tool -%}"
     "{%- set schema = f['parameters'] if f['parameters'] is defined and f['parameters'] else {} -%}"
-    "{%- set required = schema['required'] if schema['required'] is defined else [] -%}"
     "{%- if f['name'] in function_tokens -%}<fn:{{ f['name'] }}>"
-    "{%- else -%}{{ f['name'] }}("
-    "{%- for name, p in (schema['properties'] if schema['properties'] is defined else {}).items() -%}"
-    "{{ name }}{{ '' if name in required else '?' }}: {{ type_of(p) }}{{ ', ' if not loop.last }}"
-    "{%- endfor -%})"
+    "{%- else -%}{{ f['name'] }}({{ fields(schema) if schema['properties'] is mapping }})"
     "{%- if f['description'] is defined and f['description'] %} {{ f['description'] }}{%- endif -%}"
     "{{ '\\n' if not loop.last }}"
     "{%- endif -%}"
