@@ -9,13 +9,16 @@ import json
 import re
 import unicodedata
 import zlib
+from functools import partial
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
-from common.chat.tools import arguments_of, map_strings
+from common.chat.reasoning import split_reasoning
+from common.chat.tools import arguments_of, map_strings, normalize_tools
 from common.data import DataReport, Row, load_sources
 from common.errors import UserError
+from common.pii import SECRET, scrub
 
 # Defaults, and why:
 CLEAN_DEFAULTS = dict(
@@ -26,7 +29,7 @@ CLEAN_DEFAULTS = dict(
     max_chars=0,  # 0: no limit
     min_tokens=0,  # the same text in the model's tokens; 0: no limit (max_length truncates, this drops)
     max_tokens=0,
-    phrases=True,  # drop answers with refusal or boilerplate phrases (REFUSALS, plus extra_phrases)
+    phrases=True,  # drop answers with boilerplate or refusal phrases (BOILERPLATE, REFUSALS, extra_phrases)
     extra_phrases=[],
     max_repeated_lines=0.3,  # Gopher: drop text whose duplicate lines are more than 30% of its lines
     max_symbol_ratio=0.1,  # Gopher: drop text with more than 0.1 '#' or '...' per word
@@ -40,49 +43,37 @@ CLEAN_DEFAULTS = dict(
     ngram=13,  # words shared with an eval input that mark contamination (GPT-3's choice)
 )
 HELD_OUT_KEYS = ("test_data", "exact_match_data", "eval_data")
-REFUSALS = (
+BOILERPLATE = (  # a general chat model's voice, never a specialist's
     "as an ai language model",
     "as an ai assistant",
+    "openai's use case policy",
+    "i don't have personal opinions",
+)
+REFUSALS = (  # worded like these, a row with tools declines what its tools cannot do: that is kept
     "i'm sorry, but i can't",
     "i am sorry, but i cannot",
     "i cannot fulfill",
     "i can't assist with",
     "i'm unable to help",
     "i cannot help with that",
-    "openai's use case policy",
-    "i don't have personal opinions",
 )
-PII = [
-    ("<EMAIL>", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")),
-    (
-        "<SECRET>",
-        re.compile(
-            r"\b(?:sk-[A-Za-z0-9_-]{20,}|hf_[A-Za-z0-9]{30,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}"
-            r"|xox[abpr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})\b"
-        ),
-    ),
-    ("<IP>", re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b")),
-    ("<PHONE>", re.compile(r"(?<![\w+(])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)|\d{2,4})[ .-]?\d{3,4}[ .-]?\d{3,4}\b")),
-]
 SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")
 
 
+TEXT_KEYS = ("messages", "text", "prompt", "completion", "chosen", "rejected")
+TRAINED_KEYS = ("messages", "text", "completion", "chosen")  # rejected is trained against; a prompt conditions
+
+
 def fields(row: dict) -> list[tuple[str, str, bool]]:
-    """(path, text, trained) for every text in a row of any schema; trained marks answers and targets."""
+    """(path, text, trained) for every text in a row of any schema; trained marks what the model learns to write:
+    `text`, `completion`, and the assistant turns of `messages` and `chosen`."""
     out = []
-    for key, trained in (
-        ("messages", True),
-        ("text", True),
-        ("prompt", False),
-        ("completion", True),
-        ("chosen", True),
-        ("rejected", True),
-    ):
-        value = row.get(key)
+    for key in TEXT_KEYS:
+        value, trained = row.get(key), key in TRAINED_KEYS
         if isinstance(value, str):
             out.append((key, value, trained))
         elif isinstance(value, list):
-            out += [(f"{key}.{i}", _turn_text(m), m["role"] == "assistant") for i, m in enumerate(value)]
+            out += [(f"{key}.{i}", _turn_text(m), trained and m["role"] == "assistant") for i, m in enumerate(value)]
     return out
 
 
@@ -95,23 +86,27 @@ def _turn_text(message: dict) -> str:
     return "\n".join([message.get("content") or "", *calls]).strip()
 
 
-def _rewrite(row: dict, fn) -> dict:
-    """The row with fn applied to each text (an assistant turn's reasoning_content and the string values of its
-    calls' arguments too, so a value copied from the request stays equal to it); turns left empty are dropped from
-    message lists."""
+def _rewrite(row: dict, fn, tool_data: bool = True) -> dict:
+    """The row with fn applied to each text (an assistant turn's reasoning_content too); turns left empty are
+    dropped from message lists. tool_data: also to what calls pass (their arguments' string values) and what tools
+    returned (tool turns)."""
     row = dict(row)
     for key in ("messages", "prompt", "chosen", "rejected"):
         if isinstance(row.get(key), list):
             turns = [
                 {
                     **m,
-                    "content": fn(m.get("content") or ""),
+                    "content": fn(m.get("content") or "") if tool_data or m["role"] != "tool" else m["content"],
                     **(
                         {"reasoning_content": fn(m["reasoning_content"])}
                         if isinstance(m.get("reasoning_content"), str)
                         else {}
                     ),
-                    **({"tool_calls": [map_strings(c, fn) for c in m["tool_calls"]]} if m.get("tool_calls") else {}),
+                    **(
+                        {"tool_calls": [map_strings(c, fn) for c in m["tool_calls"]]}
+                        if m.get("tool_calls") and tool_data
+                        else {}
+                    ),
                 }
                 for m in row[key]
             ]
@@ -128,29 +123,42 @@ def normalize(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-def scrub(text: str) -> str:
-    for placeholder, pattern in PII:
-        text = pattern.sub(placeholder, text)
-    return text
+def _tool_data(row: dict) -> list[str]:
+    """What the row's calls pass (their arguments' string values) and what its tools returned (tool turns)."""
+    out = []
+    for key in ("messages", "prompt", "chosen", "rejected"):
+        for m in row.get(key) if isinstance(row.get(key), list) else []:
+            if m["role"] == "tool":
+                out.append(m.get("content") or "")
+            for call in m.get("tool_calls") or []:
+                map_strings(call, out.append)  # collects every string value (the mapped call is not needed)
+    return out
 
 
-def _scrubbed(data: dict) -> tuple[dict, int]:
-    """The row with PII scrubbed, and how many of its texts changed."""
-    scrubbed = _rewrite(data, scrub)
-    return scrubbed, sum(a[1] != b[1] for a, b in zip(fields(data), fields(scrubbed), strict=False))
+def _scrubbed(data: dict) -> tuple[dict, int, str | None]:
+    """The row with PII scrubbed, how many of its texts changed, and why the row is dropped instead, or None.
+    What calls pass and tools returned is never rewritten: a placeholder there would train a wrong call or a wrong
+    reading of a result. A PII value found there is the row's data, so it stays wherever the row has it (the request
+    and the reply then still agree with the call); a secret there drops the row."""
+    tool_data = _tool_data(data)
+    if any(SECRET.search(text) for text in tool_data):
+        return data, 0, "secret in a tool call or tool result"
+    scrubbed = _rewrite(data, partial(scrub, keep="\n".join(tool_data)), tool_data=False)
+    return scrubbed, sum(a[1] != b[1] for a, b in zip(fields(data), fields(scrubbed), strict=False)), None
 
 
 def _words(text: str) -> list[str]:
     return re.findall(r"\w+", text.lower())
 
 
-def quality_problem(text: str, settings: dict) -> str | None:
-    """Why a trained text fails the filters (Gopher-style rules and phrases), or None."""
+def quality_problem(text: str, settings: dict, has_tools: bool = False) -> str | None:
+    """Why a trained text fails the filters (Gopher-style rules and phrases), or None. has_tools: the row has tools,
+    so a refusal phrase declines a request its tools cannot serve, which a specialist must learn."""
     lowered = text.lower()
     if settings["phrases"]:
-        for phrase in (*REFUSALS, *(p.lower() for p in settings["extra_phrases"])):
-            if phrase in lowered:
-                return "refusal or boilerplate phrase"
+        phrases = (*BOILERPLATE, *(() if has_tools else REFUSALS), *(p.lower() for p in settings["extra_phrases"]))
+        if any(phrase in lowered for phrase in phrases):
+            return "refusal or boilerplate phrase"
     lines = [line for line in text.split("\n") if line.strip()]
     if len(lines) >= 3 and 1 - len(set(lines)) / len(lines) > settings["max_repeated_lines"]:
         return "repeated lines"
@@ -158,6 +166,33 @@ def quality_problem(text: str, settings: dict) -> str | None:
     if (text.count("#") + text.count("...") + text.count("…")) / words > settings["max_symbol_ratio"]:
         return "symbol ratio"
     return None
+
+
+def _dedup_view(row: dict) -> tuple[str, str, bytes]:
+    """What dedup compares of a row: everything trained or conditioning it as one canonical JSON text (exact dedup);
+    its texts as one text (near dedup: the system prompt, requests, tool results, each answer's reasoning, content
+    and calls); and a digest of what near duplicates must share exactly: the tools, system prompts and calls (a tool
+    list or system prompt is long and shared, so as words it would hide a different condition; a call differing in
+    one argument is a different answer). Ids and columns outside the schema are left out: copies of a row differ in
+    them."""
+    parts, texts, shared = {"tools": normalize_tools(row.get("tools"))}, [], [normalize_tools(row.get("tools"))]
+    for key in TEXT_KEYS:
+        value = row.get(key)
+        if isinstance(value, str):
+            parts[key] = value
+            texts.append(value)
+        elif isinstance(value, list):
+            parts[key] = []
+            for m in value:
+                # reasoning_content and a leading <think> block are one thing written two ways
+                reasoning, content = split_reasoning(m) if m["role"] == "assistant" else ("", m.get("content") or "")
+                reasoning = reasoning.strip()
+                turn_calls = [[c["function"]["name"], arguments_of(c)] for c in m.get("tool_calls") or []]
+                parts[key].append([m["role"], m.get("name") or "", reasoning, content, turn_calls])
+                texts += [reasoning, _turn_text({"content": content, "tool_calls": m.get("tool_calls")})]
+                shared += [content] if m["role"] == "system" else turn_calls
+    exact = json.dumps(parts, ensure_ascii=False, sort_keys=True)
+    return exact, " ".join(t for t in texts if t), hashlib.blake2b(json.dumps(shared).encode(), digest_size=16).digest()
 
 
 def eval_sets_of(params: dict) -> list:
@@ -240,11 +275,11 @@ class RowCleaner:
     def __call__(self, data: dict) -> dict:
         settings = self.settings
         row = _rewrite(data, normalize) if settings["normalize"] else data
-        pii = 0
+        pii, reason = 0, None
         if settings["pii"]:
-            row, pii = _scrubbed(row)
+            row, pii, reason = _scrubbed(row)
         prompt_only = not any(trained for _, _, trained in fields(data))  # requests alone (synth_data.py, grpo.py)
-        reason = _row_problem(row, settings, prompt_only, self.tokenizer)
+        reason = reason or _row_problem(row, settings, prompt_only, self.tokenizer)
         out = {
             "row": row,
             "reason": reason or "",
@@ -255,22 +290,24 @@ class RowCleaner:
         }
         if reason:
             return out
-        texts = [t for _, t, _ in fields(row)]
-        out["exact"] = _key(hashlib.sha1(json.dumps(texts).encode()).digest())
+        exact, text, shared = _dedup_view(row)
+        out["exact"] = _key(hashlib.sha1(exact.encode()).digest())
         if settings["near_dedup"]:
-            out["bands"] = self._band_keys(" ".join(texts))
+            out["bands"] = self._band_keys(text, shared)
         if self.grams:
-            out["contaminated"] = self._contaminated(texts)
+            out["contaminated"] = self._contaminated([t for _, t, _ in fields(row)])
         return out
 
-    def _band_keys(self, text: str) -> list[int]:
+    def _band_keys(self, text: str, shared: bytes) -> list[int]:
+        """A key per LSH band of the text's MinHash, salted with what near duplicates must share exactly."""
 
         words, n = _words(text), self.settings["shingle"]
         shingles = {" ".join(words[j : j + n]).encode() for j in range(max(1, len(words) - n + 1))}
         signature = MinHash(num_perm=self.settings["num_perm"], permutations=self.permutations, scheme=self.scheme)
         signature.update_batch(list(shingles))
         return [
-            _key(hashlib.blake2b(signature.hashvalues[a:b].tobytes(), digest_size=8).digest()) for a, b in self.bands
+            _key(hashlib.blake2b(shared + signature.hashvalues[a:b].tobytes(), digest_size=8).digest())
+            for a, b in self.bands
         ]
 
     def _contaminated(self, texts: list[str]) -> int:
@@ -322,8 +359,8 @@ def select_rows(passed, exact, bands, contaminated, cleaner: RowCleaner, report:
 
 
 def _row_problem(data: dict, settings: dict, prompt_only: bool, tokenizer=None) -> str | None:
-    """prompt_only: a row of requests with no answer (as synth_data.py writes them, as grpo.py reads them), judged on
-    its requests."""
+    """Why the row's trained text (see fields) fails a filter, or None. prompt_only: a row of requests with no answer
+    (as synth_data.py writes them, as grpo.py reads them), judged on its requests."""
     texts = fields(data)
     trained = "\n".join(text for _, text, is_trained in texts if is_trained or prompt_only)
     if not trained.strip():
@@ -338,7 +375,7 @@ def _row_problem(data: dict, settings: dict, prompt_only: bool, tokenizer=None) 
             return f"fewer tokens than min_tokens={settings['min_tokens']}"
         if settings["max_tokens"] and tokens > settings["max_tokens"]:
             return f"more tokens than max_tokens={settings['max_tokens']}"
-    return quality_problem(trained, settings)
+    return quality_problem(trained, settings, bool(normalize_tools(data.get("tools"))))
 
 
 def _near_duplicates(bands):

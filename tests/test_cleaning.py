@@ -5,8 +5,8 @@ import re
 import pytest
 
 import common.prepare
-from common.cleaning import CLEAN_DEFAULTS, clean_rows, eval_set_inputs, normalize, scrub
-from common.data import DataReport, load_sources
+from common.cleaning import CLEAN_DEFAULTS, clean_rows, cleaning_table, eval_set_inputs, normalize
+from common.data import DataReport, Row, load_sources
 from common.errors import UserError
 from common.prepare import read_rows
 from tests.conftest import ROOT
@@ -48,20 +48,6 @@ def test_planted_corpus_counts_exactly_and_keeps_every_clean_row():
 )
 def test_normalize(text, expected):
     assert normalize(text) == expected
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("mail bob.smith+x@mail.co.uk now", "mail <EMAIL> now"),
-        ("ip 10.0.0.255 and 999.1.1.1", "ip <IP> and 999.1.1.1"),
-        ("token hf_" + "a" * 34, "token <SECRET>"),
-        ("call (415) 555-0132 or +44 20 7946 0958", "call <PHONE> or <PHONE>"),
-        ("version 3.11.2 and 2024 and 12 34", "version 3.11.2 and 2024 and 12 34"),  # numbers are not PII
-    ],
-)
-def test_scrub(text, expected):
-    assert scrub(text) == expected
 
 
 def test_disabled_cleaning_returns_rows_untouched():
@@ -149,3 +135,312 @@ def test_report_is_json():
     report = DataReport()
     clean_rows(load_sources([CORPUS], report), dict(CLEAN_DEFAULTS), report)
     json.dumps(report.as_dict())
+
+
+# Rows shaped like public function-calling sets (xlam, glaive, ToolACE exported to the OpenAI message format):
+# tools as JSON schemas, arguments as a JSON string, results as JSON text.
+def _tool(name, **properties):
+    schema = {
+        "type": "object",
+        "properties": {k: {"type": v} for k, v in properties.items()},
+        "required": [*properties],
+    }
+    return {"type": "function", "function": {"name": name, "description": name.replace("_", " "), "parameters": schema}}
+
+
+def _call(name, arguments, id="call_0"):
+    return {"id": id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+
+
+def _tool_row(request, call, result, reply, tools=None, system=None):
+    """One request, one call, its result and the reply."""
+    return {
+        "tools": tools
+        or [_tool(call["function"]["name"], **dict.fromkeys(json.loads(call["function"]["arguments"]), "string"))],
+        "messages": [
+            *([{"role": "system", "content": system}] if system else []),
+            {"role": "user", "content": request},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "name": call["function"]["name"], "content": result},
+            {"role": "assistant", "content": reply},
+        ],
+    }
+
+
+def _clean(*rows, **settings):
+    report = DataReport()
+    kept = clean_rows([Row(row, f"x:{i}") for i, row in enumerate(rows)], {**CLEAN_DEFAULTS, **settings}, report)
+    return [row.data for row in kept], report
+
+
+def _as_cleaned(row, replace=None):
+    """The row as cleaning writes it (arguments as a dict: the same JSON value), with texts replaced."""
+    row = json.loads(json.dumps(row))
+    for message in row.get("messages", []):
+        for call in message.get("tool_calls") or []:
+            call["function"]["arguments"] = json.loads(call["function"]["arguments"])
+        for before, after in (replace or {}).items():
+            message["content"] = message["content"].replace(before, after)
+    return row
+
+
+SMS = _tool_row(
+    "My number is (415) 555-0132. Text Ana at +44 20 7946 0958 that I'm running late.",
+    _call("send_sms", {"to": "+44 20 7946 0958", "text": "Running late, sorry!"}),
+    '{"status": "delivered", "message_sid": "SM87a1c2d3"}',
+    "Done: I texted +44 20 7946 0958 that you're running late.",
+)
+
+
+@pytest.mark.parametrize(
+    "row, scrubbed",
+    [
+        (
+            _tool_row(
+                "What's the balance on account 00125648?",
+                _call("get_account_balance", {"account_number": "00125648"}),
+                '{"account_number": "00125648", "balance": 1520.33, "currency": "USD"}',
+                "Account 00125648 has a balance of $1,520.33.",
+            ),
+            {},
+        ),
+        (
+            _tool_row(
+                "Where is my order 550e8400-e29b-41d4-a716-446655440000?",
+                _call("track_order", {"order_id": "550e8400-e29b-41d4-a716-446655440000"}),
+                '{"order_id": "550e8400-e29b-41d4-a716-446655440000", "status": "shipped", "carrier": "UPS"}',
+                "Order 550e8400-e29b-41d4-a716-446655440000 has shipped with UPS.",
+            ),
+            {},
+        ),
+        (
+            _tool_row(
+                "How did campaign CMP-20230201 perform?",
+                _call("get_campaign_stats", {"campaign_id": "CMP-20230201"}),
+                '{"campaign_id": "CMP-20230201", "impressions": 184220, "clicks": 5531}',
+                "CMP-20230201 had 184,220 impressions and 5,531 clicks.",
+            ),
+            {},
+        ),
+        (
+            _tool_row(
+                "What was ACME's revenue in fiscal 2023?",
+                _call("get_financials", {"ticker": "ACME", "year": "2023"}),
+                '{"ticker": "ACME", "revenue": 23329000000, "net_income": 4120000000}',
+                "ACME's revenue in fiscal 2023 was $23.33B, with net income of $4.12B.",
+            ),
+            {},
+        ),
+        (
+            _tool_row(
+                "I'm on version 1.2.3.4 of the desktop agent. Is there an update?",
+                _call("check_for_update", {"product": "desktop agent", "current_version": "1.2.3.4"}),
+                '{"latest_version": "1.2.4.0", "notes": "Fixes a crash on startup."}',
+                "Yes: 1.2.4.0 is out and fixes a crash on startup.",  # an IP's shape, but the tool returned it
+            ),
+            {},
+        ),
+        (
+            _tool_row(
+                "Email john.smith@acme.com that the meeting moved to 3pm.",
+                _call("send_email", {"to": "john.smith@acme.com", "subject": "Meeting moved", "body": "Now at 3pm."}),
+                '{"status": "sent", "message_id": "<20230201.5566@mail.acme.com>"}',
+                "Sent: john.smith@acme.com now knows the meeting is at 3pm.",
+            ),
+            {},
+        ),
+        (SMS, {"(415) 555-0132": "<PHONE>"}),  # PII no tool uses is still scrubbed
+    ],
+    ids=["account number", "uuid", "campaign id", "revenue", "version", "e-mail", "phone, and another one"],
+)
+def test_scrubbing_leaves_what_tools_pass_and_return_and_the_values_they_use(row, scrubbed):
+    kept, report = _clean(row)
+    assert kept == [_as_cleaned(row, scrubbed)]
+    assert report.counts["cleaning"]["pii_texts_scrubbed"] == len(scrubbed)
+
+
+PEM = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU=\n-----END OPENSSH PRIVATE KEY-----"
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        _tool_row(
+            "Point the order webhook at https://hooks.acme.dev/orders with my key sk-proj-4fG7hJ9kL2mN5pQ8rS1tU3vW",
+            _call(
+                "create_webhook",
+                {"url": "https://hooks.acme.dev/orders", "api_key": "sk-proj-4fG7hJ9kL2mN5pQ8rS1tU3vW"},
+            ),
+            '{"webhook_id": "wh_2291", "active": true}',
+            "The webhook wh_2291 is active.",
+        ),
+        _tool_row(
+            "Add this deploy key to acme/api.",
+            _call("add_deploy_key", {"repo": "acme/api", "key": PEM}),
+            '{"id": 88121, "read_only": true}',
+            "Added deploy key 88121 (read-only) to acme/api.",
+        ),
+        _tool_row(
+            "Create a token for the CI runner.",
+            _call("create_token", {"scope": "repo"}),
+            '{"token": "ghp_' + "x7Yq" * 9 + '", "expires": "2024-03-01"}',
+            "Your token is ready; it expires on 2024-03-01.",
+        ),
+    ],
+    ids=["API key in a call", "private key in a call", "token in a result"],
+)
+def test_a_secret_in_what_a_tool_passes_or_returns_drops_the_row_and_says_so(row):
+    kept, report = _clean(row, SMS)
+    assert kept == [_as_cleaned(SMS, {"(415) 555-0132": "<PHONE>"})]
+    assert report.dropped == {"cleaning: secret in a tool call or tool result": 1}
+    table = cleaning_table(report.counts["cleaning"], report.dropped, None)
+    assert re.search(r"^  secret in a tool call or tool result +1$", table, re.M), table
+
+
+TICKET = (
+    "Hi support, since the update on Monday our warehouse scanners keep dropping off the network every few minutes. "
+    "The handhelds show a full signal, but each time they reconnect the pick list is gone and the team has to scan "
+    "the whole aisle again, which costs us about an hour per shift. We already restarted the access points and the "
+    "scanners, and the problem started the same day the new firmware was pushed to the fleet. Can you open a ticket "
+    "for the Leeds site and flag it so that someone from the network team looks at it before the weekend rush?"
+)
+TICKET_TOOLS = [_tool("create_ticket", site="string", summary="string", priority="string")]
+
+
+def _ticket(request=TICKET, priority="high", tools=TICKET_TOOLS, system=None, reply="Ticket T-4411 is open."):
+    arguments = {"site": "Leeds", "summary": "Scanners drop off the network after the update", "priority": priority}
+    return _tool_row(request, _call("create_ticket", arguments), '{"ticket": "T-4411"}', reply, tools, system)
+
+
+def _with_reasoning(row, reasoning, as_think_block=False):
+    row = json.loads(json.dumps(row))
+    answer = row["messages"][-1]
+    if as_think_block:
+        answer["content"] = f"<think>\n{reasoning}\n</think>\n\n{answer['content']}"
+    else:
+        answer["reasoning_content"] = reasoning
+    return row
+
+
+def _copy(row, **columns):
+    """The same row as another export writes it: other call ids, its own id column."""
+    return {**json.loads(json.dumps(row).replace("call_0", "call_9f3k")), **columns}
+
+
+@pytest.mark.parametrize(
+    "first, second, dropped",
+    [
+        (_ticket(), _copy(_ticket(), id="row-17"), "exact duplicate"),
+        (_ticket(), _ticket(tools=[*TICKET_TOOLS, _tool("close_ticket", ticket="string")]), None),
+        (_ticket(), _ticket(system="You are the help desk of Acme Logistics."), None),
+        (_with_reasoning(_ticket(), "The ticket is open."), _with_reasoning(_ticket(), "T-4411 it is."), None),
+        (
+            _with_reasoning(_ticket(), "Say its id."),
+            _with_reasoning(_ticket(), "Say its id.", as_think_block=True),
+            "exact duplicate",
+        ),
+        (_ticket(), _ticket(TICKET.replace("about an hour", "almost an hour")), "near duplicate"),
+        (_ticket(), _ticket(priority="urgent"), None),  # the same request, another call: not a duplicate
+        (
+            _ticket(),
+            _ticket(
+                priority="urgent",
+                tools=[_tool("create_ticket", site="string", summary="string", priority="string", team="string")],
+            ),
+            None,
+        ),
+    ],
+    ids=[
+        "a copy with other ids",
+        "other tools",
+        "a system prompt",
+        "other reasoning",
+        "reasoning written two ways",
+        "a one-word edit",
+        "another call",
+        "other tools and another call",
+    ],
+)
+def test_dedup_compares_everything_trained_or_conditioning_it(first, second, dropped):
+    kept, report = _clean(first, second)
+    assert kept == [_as_cleaned(row) for row in ([first] if dropped else [first, second])]
+    assert report.dropped == ({f"cleaning: {dropped}": 1} if dropped else {})
+
+
+HAIKU = "Write a haiku about autumn leaves."
+GOOD_HAIKU = "Crimson leaves let go,\ndrifting on the cooling wind,\nthe maple stands bare."
+AS_AN_AI = "As an AI language model, I don't experience autumn, but here is a haiku:\nLeaves fall.\nIt is cold."
+REPEATED = "Step 1: open the app.\nStep 1: open the app.\nStep 1: open the app.\nStep 2: tap Settings."
+DECLINE = "I'm sorry, but I can't book flights: none of my tools can do that. I can check a flight's status for you."
+FLIGHTS = [_tool("get_flight_status", flight_number="string", date="string")]
+
+
+def _pair(chosen, rejected, prompt=HAIKU, tools=None):
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **({"tools": tools} if tools else {})}
+
+
+def _chat(*turns, tools=None):
+    messages = [{"role": ("user", "assistant")[i % 2], "content": text} for i, text in enumerate(turns)]
+    return {"messages": messages, **({"tools": tools} if tools else {})}
+
+
+@pytest.mark.parametrize(
+    "row, dropped",
+    [
+        (_pair(GOOD_HAIKU, AS_AN_AI), None),  # UltraFeedback: the rejected side is the one that sounds like a chatbot
+        (_pair(AS_AN_AI, GOOD_HAIKU), "refusal or boilerplate phrase"),
+        (_pair(GOOD_HAIKU, "Leaves fall.\nLeaves fall.\nLeaves fall."), None),
+        (_pair(REPEATED, GOOD_HAIKU, "How do I turn on dark mode?"), "repeated lines"),
+        (
+            _pair(
+                [{"role": "assistant", "content": "Tap Appearance, then Dark."}],
+                [{"role": "assistant", "content": "Tap Display."}],
+                [
+                    {"role": "user", "content": "How do I open the settings?"},
+                    {"role": "assistant", "content": REPEATED},  # an earlier turn: the prompt, not trained
+                    {"role": "user", "content": "And then dark mode?"},
+                ],
+            ),
+            None,
+        ),
+        (_chat("Book me a flight to Lisbon on Friday.", DECLINE, tools=FLIGHTS), None),
+        (_chat("Book me a flight to Lisbon on Friday.", DECLINE), "refusal or boilerplate phrase"),
+        (
+            _chat("Is BA492 on time?", "As an AI language model, I cannot know.", tools=FLIGHTS),
+            "refusal or boilerplate phrase",
+        ),
+        (
+            _pair(
+                [{"role": "assistant", "content": "I don't have a tool for that. " + DECLINE}],
+                [
+                    {
+                        "role": "assistant",
+                        "content": "",
+                        "tool_calls": [_call("get_flight_status", {"flight_number": "LIS"})],
+                    }
+                ],
+                [{"role": "user", "content": "Book me a flight to Lisbon on Friday."}],
+                FLIGHTS,
+            ),
+            None,
+        ),
+        # every assistant turn of a chat row is trained (sft_chat.py's loss_on=all_assistant), an early one too
+        (_chat("How do I open the settings?", REPEATED, "And dark mode?", "Tap Appearance."), "repeated lines"),
+    ],
+    ids=[
+        "rejected says as an AI",
+        "chosen says as an AI",
+        "rejected repeats lines",
+        "chosen repeats lines",
+        "the prompt's assistant turn repeats lines",
+        "a declined tool request",
+        "a refusal without tools",
+        "boilerplate with tools",
+        "a pair declining a tool request",
+        "an early trained turn repeats lines",
+    ],
+)
+def test_filters_read_what_is_trained_as_good(row, dropped):
+    kept, report = _clean(row)
+    assert len(kept) == (0 if dropped else 1)
+    assert report.dropped == ({f"cleaning: {dropped}": 1} if dropped else {})

@@ -380,7 +380,7 @@ def test_function_tokens_with_a_native_template_stop_with_one_line():
         use_function_tokens(None, None, {"function_tokens": True, "chat_format": "native"}, [], DataReport())
 
 
-def test_cleaning_keeps_calls_and_scrubs_argument_values_like_the_request():
+def test_cleaning_keeps_calls_and_the_values_they_pass_where_the_request_has_them():
     row = {
         "tools": TOOLS,
         "messages": [
@@ -396,8 +396,9 @@ def test_cleaning_keeps_calls_and_scrubs_argument_values_like_the_request():
     kept = clean_rows([Row(row, "x:1")], dict(CLEAN_DEFAULTS), report)
     assert len(kept) == 1, report.dropped
     user, answer = kept[0].data["messages"]
-    assert user["content"] == "Text <PHONE> that I am late"
-    assert answer["tool_calls"][0]["function"]["arguments"] == {"minutes": 5, "to": "<PHONE>"}
+    # normalised; the number is what the call passes, so it is the row's data, not PII to scrub (README "Cleaning")
+    assert user["content"] == "Text +44 20 7946 0958 that I am late"
+    assert answer["tool_calls"][0]["function"]["arguments"] == {"minutes": 5, "to": "+44 20 7946 0958"}
 
 
 @pytest.mark.parametrize(
