@@ -33,7 +33,13 @@ from common.preference import plain_row_problem, preference_example, write_prefe
 from common.prepare import Recipe, prepare
 from common.tracking import plot_loss
 from common.training import callbacks, dpo_config
-from common.trl_patches import CachedReference, PretokenizedPairs, StopOnNonFiniteLoss, compose
+from common.trl_patches import (
+    CachedReference,
+    LabelledPositionsHead,
+    PretokenizedPairs,
+    StopOnNonFiniteLoss,
+    compose,
+)
 
 PARAMS = dict(
     model="outputs/sft_chat/final",  # the default sft_chat.py run's output; or any hub id or local folder
@@ -153,7 +159,9 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     # Trainer: TRL's DPOTrainer on the pairs as prepared, stopped on a non-finite loss; full fine-tuning reads the
     # reference log-probs from ref_cache_dir, or computes them once and stores them there (common/trl_patches.py)
     args = dpo_config(params, evals)
-    Trainer = compose(trainer_class or DPOTrainer, StopOnNonFiniteLoss, PretokenizedPairs, CachedReference)
+    Trainer = compose(
+        trainer_class or DPOTrainer, StopOnNonFiniteLoss, LabelledPositionsHead, PretokenizedPairs, CachedReference
+    )
     trainer = Trainer(
         model=model,
         args=args,

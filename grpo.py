@@ -36,7 +36,7 @@ from common.prompts import prompt_example, prompt_problem, write_prompt_preview
 from common.rewards import Reward, load_rewards
 from common.tracking import plot_loss
 from common.training import callbacks, grpo_config
-from common.trl_patches import RenderedPrompts, StopOnNonFiniteLoss, compose
+from common.trl_patches import LabelledPositionsHead, RenderedPrompts, StopOnNonFiniteLoss, compose
 
 PARAMS = dict(
     model="outputs/sft_chat_warmup/final",  # the warm-up run's output (configs/recipes/grpo-warmup.yaml), or any model
@@ -177,7 +177,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     # the rewards, stopped on a non-finite loss (common/trl_patches.py)
     rewards = [Reward(spec, fn, tokenizer) for spec, fn in zip(params["rewards"], functions, strict=True)]
     args = grpo_config(params)
-    Trainer = compose(trainer_class or GRPOTrainer, StopOnNonFiniteLoss, RenderedPrompts)
+    Trainer = compose(trainer_class or GRPOTrainer, StopOnNonFiniteLoss, LabelledPositionsHead, RenderedPrompts)
     trainer = Trainer(
         model=model,
         reward_funcs=rewards,

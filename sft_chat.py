@@ -35,7 +35,7 @@ from common.params import Rules, resolve, save_params
 from common.prepare import Recipe, prepare
 from common.tracking import plot_loss
 from common.training import callbacks, sft_config
-from common.trl_patches import StopOnNonFiniteLoss, compose
+from common.trl_patches import LabelledPositionsHead, StopOnNonFiniteLoss, compose
 
 PARAMS = dict(
     model="builtin:tiny",  # a hub id, a local folder, or builtin:tiny (random init, tokenizer in common/)
@@ -150,7 +150,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
 
     # Trainer: TRL's SFTTrainer on the prepared examples, stopped on a non-finite loss (common/trl_patches.py)
     args = sft_config(params, train_set, eval_set, packing)
-    Trainer = compose(trainer_class or SFTTrainer, StopOnNonFiniteLoss)
+    Trainer = compose(trainer_class or SFTTrainer, StopOnNonFiniteLoss, LabelledPositionsHead)
     trainer = Trainer(
         model=model,
         args=args,

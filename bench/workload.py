@@ -318,6 +318,8 @@ def side_by_side(script: str, variants: tuple, ours: str, rows: int, kind: str, 
     parser.add_argument("--shape", default="4m", choices=SHAPES)
     parser.add_argument("--tiny", action="store_true", help="16 rows, a 60k-parameter model, one run each")
     parser.add_argument("--ours", default="", help=f"PARAMS overrides for {ours}.py, e.g. 'grad_accum=1'")
+    parser.add_argument("--model", default="", help="a pretrained model folder instead of the random Llama")
+    parser.add_argument("--data", default="", help="with --model: the first --rows rows of this file, not random words")
     parser.add_argument("--workdir", default=f"outputs/bench/{kind}")
     parser.add_argument("--run", choices=variants, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -325,6 +327,8 @@ def side_by_side(script: str, variants: tuple, ours: str, rows: int, kind: str, 
     if args.tiny:
         args.rows, args.median, args.max_length, args.shape, args.repeats = 16, 40, 128, "tiny", 1
     data, model_dir = os.path.join(args.workdir, "rows.jsonl"), os.path.join(args.workdir, "model")
+    if args.model:
+        model_dir = os.path.expanduser(args.model)
 
     if args.run:
         import_libraries(ours)
@@ -333,10 +337,15 @@ def side_by_side(script: str, variants: tuple, ours: str, rows: int, kind: str, 
         return finish(args.run, args.out, started, args.rows)
 
     os.makedirs(args.workdir, exist_ok=True)
-    write_jsonl(data, make_rows(args.rows, args.median, args.max_length - 24))
-    build_model(model_dir, args.shape, args.max_length)
+    if args.data:
+        with open(args.data, encoding="utf-8") as f:
+            write_jsonl(data, [json.loads(line) for line, _ in zip(f, range(args.rows), strict=False)])
+    else:
+        write_jsonl(data, make_rows(args.rows, args.median, args.max_length - 24))
+    if not args.model:
+        build_model(model_dir, args.shape, args.max_length)
     peak = matmul_peak_gflops()
-    extra = ["--rows", str(args.rows), "--max_length", str(args.max_length), "--ours", args.ours]
+    extra = ["--rows", str(args.rows), "--max_length", str(args.max_length), "--ours", args.ours, "--model", args.model]
     results = alternate(
         os.path.abspath(script),
         args.variants.split(","),
@@ -349,7 +358,8 @@ def side_by_side(script: str, variants: tuple, ours: str, rows: int, kind: str, 
     params = model_parameters(model_dir)
     print_table(
         summarise(results, params, peak, baseline=args.variants.split(",")[0]),
-        f"{kind}: {args.rows} rows (median {args.median} tokens), {params / 1e6:.1f}M-parameter Llama, "
+        f"{kind}: {args.rows} rows ({args.data or f'median {args.median} tokens'}), "
+        f"{params / 1e6:.1f}M-parameter {args.model or 'Llama'}, "
         f"max_length={args.max_length}; fp32 matmul peak {peak:.0f} GFLOP/s ({os.cpu_count()} cores); "
         f"{args.repeats} runs each, alternating",
     )

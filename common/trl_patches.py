@@ -17,6 +17,7 @@ import json
 import os
 
 import torch
+import trl.trainer.utils as trl_utils
 from accelerate.utils import broadcast_object_list
 from trl import DPOTrainer, GRPOTrainer
 from trl.trainer.utils import RepeatSampler
@@ -55,6 +56,27 @@ class StopOnNonFiniteLoss:
                 "(lower learning_rate or check the data, then resume=true)"
             )
         return loss
+
+
+_TRL_COMPACT = trl_utils._use_triton  # trl==1.16.0: true on CUDA and XPU when Triton is installed
+
+
+def _compact_on_cpu_too(device) -> bool:
+    return device.type == "cpu" or _TRL_COMPACT(device)
+
+
+class LabelledPositionsHead:
+    """TRL's fused LM head (add_fused_lm_head, used by SFTTrainer, DPOTrainer and GRPOTrainer) projects only the
+    positions that have a label on CUDA and XPU, but every position elsewhere, so that compilers for other devices
+    (Neuron) see fixed tile shapes. Eager CPU compiles nothing, so there the prompt positions are pure waste: with a
+    49k-token vocabulary the head is a fifth of a step and most tokens of a chat row are prompt (BENCHMARKS.md).
+    Makes that choice (`compact = _use_triton(device)`, read from trl.trainer.utils at each call, and only there)
+    true on CPU too; the log-probs and gradients are the same. Patches the module function
+    trl.trainer.utils._use_triton, not a method."""
+
+    def __init__(self, *args, **kwargs):
+        trl_utils._use_triton = _compact_on_cpu_too
+        super().__init__(*args, **kwargs)
 
 
 class PretokenizedPairs:

@@ -74,3 +74,44 @@ def test_patches_are_all_in_one_module():
         text = path.read_text(encoding="utf-8")
         for hook in hooks:
             assert f"def {hook}(" not in text, f"{path} overrides {hook} outside common/trl_patches.py"
+
+
+def test_the_fused_head_projects_only_labelled_positions_on_cpu_with_the_same_result(monkeypatch):
+    """LabelledPositionsHead relies on add_fused_lm_head choosing its compact path through trl.trainer.utils'
+    _use_triton (trl==1.16.0); when TRL moves that choice, the head gets every position again and this fails."""
+    import inspect
+
+    import torch
+    import trl.trainer.utils as trl_utils
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+
+    assert "compact = _use_triton(hidden_states.device)" in inspect.getsource(trl_utils.add_fused_lm_head)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+    )
+    ids = torch.randint(0, 300, (2, 24))
+    labels = ids.clone()
+    labels[:, :17] = -100  # a prompt of 17 tokens: 7 labelled next-token positions per row, 14 in all
+    rows_projected = []
+    apply = ChunkedLogProbFunction.apply
+    monkeypatch.setattr(
+        ChunkedLogProbFunction, "apply", lambda hidden, *a: rows_projected.append(len(hidden)) or apply(hidden, *a)
+    )
+
+    def log_probs_and_grad():
+        torch.manual_seed(1)
+        model = LlamaForCausalLM(config)
+        trl_utils.add_fused_lm_head(model)
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.log_probs.sum().backward()
+        return out.log_probs.detach(), model.lm_head.weight.grad
+
+    every_position = log_probs_and_grad()
+    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # undone after the test
+    compose(object, trl_patches.LabelledPositionsHead)()  # what a script's trainer does when it is built
+    labelled_only = log_probs_and_grad()
+    assert rows_projected == [2 * 23, 14]
+    assert torch.allclose(every_position[0], labelled_only[0], atol=1e-6)
+    assert torch.allclose(every_position[1], labelled_only[1], atol=1e-6)
