@@ -10,18 +10,10 @@ from dataclasses import dataclass, field
 
 import datasets
 
-from common.errors import UserError
+from common.errors import RowProblem, UserError
+from common.layouts import merge_note, read_row
 
 FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-SHAREGPT_ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "system": "system",
-    "observation": "tool",
-    "tool": "tool",
-}
 
 
 @dataclass
@@ -41,6 +33,14 @@ class DataReport:
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
 
+    def note_reading(self, path: str, summary: dict, empty_turns: int) -> None:
+        """How a source's rows were read (common.layouts.merge_note's summary) and the empty turns removed."""
+        if summary.get("layouts") or summary.get("ignored_columns"):
+            self.counts.setdefault("reading", {})[path] = summary
+        if empty_turns:
+            key = "empty_assistant_turns_removed"
+            self.counts[key] = self.counts.get(key, 0) + empty_turns
+
     def as_dict(self) -> dict:
         return {"sources": self.sources, "dropped": self.dropped, **self.counts}
 
@@ -51,11 +51,20 @@ class DataReport:
 
 
 def load_sources(sources, report: DataReport, key: str = "data", seed: int = 0) -> list[Row]:
-    """Rows of every source in order, in memory (held-out sets; training data goes through common.prepare). An
-    entry is a path, a hub dataset id, or {path, split, fields, weight}; with weights, the sources are mixed."""
+    """Rows of every source in order, in memory (held-out sets; training data goes through common.prepare), read
+    as common.prepare reads them (common/layouts.py), how in report.counts["reading"]. An entry is a path, a hub
+    dataset id, or {path, split, fields, ignore, weight}; with weights, the sources are mixed."""
     loaded, weights = [], []
     for spec, weight in source_specs(sources, key):
-        rows = [Row(_rename(r.data, spec.get("fields")), r.where) for r in _read(spec["path"], spec.get("split"))]
+        rows, summary, empty_turns = [], {}, 0
+        for row in _read(spec["path"], spec.get("split")):
+            try:
+                data, note = read_row(row.data, spec, None)
+            except RowProblem as e:
+                raise UserError(f"{row.where}: {e}") from None
+            rows.append(Row(data, row.where))
+            summary, empty_turns = merge_note(summary, note), empty_turns + note["empty_turns"]
+        report.note_reading(spec["path"], summary, empty_turns)
         report.sources[spec["path"]] = len(rows)
         loaded.append((spec["path"], rows))
         weights.append(weight)
@@ -66,7 +75,8 @@ def load_sources(sources, report: DataReport, key: str = "data", seed: int = 0) 
 
 def source_specs(sources, key: str = "data") -> list[tuple[dict, object]]:
     """(spec, weight) of each source named by a PARAMS key: a path, a hub dataset id, or {path, split, fields,
-    weight}; the weight as _weight reads it."""
+    ignore, weight}; the weight as _weight reads it. fields maps the script's names to the source's columns,
+    ignore lists columns the user knows the script drops (common/layouts.py)."""
     if isinstance(sources, (str, dict)):
         sources = [sources]
     if not sources:
@@ -76,11 +86,20 @@ def source_specs(sources, key: str = "data") -> list[tuple[dict, object]]:
         if not isinstance(source, (str, dict)):
             raise UserError(f"{key}: a source is a path or a mapping like {{path: ..., weight: ...}}, got {source!r}")
         spec = {"path": source} if isinstance(source, str) else dict(source)
-        unknown = set(spec) - {"path", "split", "fields", "weight"}
+        unknown = set(spec) - {"path", "split", "fields", "ignore", "weight"}
         if unknown or not isinstance(spec.get("path"), str):
             raise UserError(
-                f"{key}: a source must be a path or a dict with path, split, fields, weight; got {source!r}"
+                f"{key}: a source must be a path or a dict with path, split, fields, ignore, weight; got {source!r}"
             )
+        fields, ignore = spec.get("fields"), spec.get("ignore")
+        if fields is not None and not (isinstance(fields, dict) and all(isinstance(v, str) for v in fields.values())):
+            raise UserError(
+                f"{key}: fields of {spec['path']} maps the script's names to your columns, like "
+                f"{{messages: conversations, role: from}}; got {fields!r}"
+            )
+        spec["ignore"] = [ignore] if isinstance(ignore, str) else ignore or []
+        if not (isinstance(spec["ignore"], list) and all(isinstance(c, str) for c in spec["ignore"])):
+            raise UserError(f"{key}: ignore of {spec['path']} is a list of column names, like [label]; got {ignore!r}")
         specs.append((spec, _weight(spec.get("weight"), key, spec["path"])))
     return specs
 
@@ -167,12 +186,17 @@ def _read(path: str, split: str | None) -> list[Row]:
         return _read_jsonl(path)
     if os.path.isfile(path) and path.endswith(".json"):
         with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+            text = f.read()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            if e.msg == "Extra data" and _is_object(text.split("\n", 1)[0]):
+                return _read_jsonl(path)  # JSON Lines under a .json name, which datasets reads too
+            raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        if isinstance(data, dict):
+            return [Row(data, f"{path}: row 1")]  # one conversation, as axolotl's fixtures are
         if not isinstance(data, list):
-            raise UserError(f"{path}: expected a JSON list of rows")
+            raise UserError(f"{path}: expected a JSON list of rows or one row object")
         return [Row(r, f"{path}: row {i + 1}") for i, r in enumerate(data)]
     name = path if os.path.exists(path) else f"{path}[{split or 'train'}]"
     return [Row(r, f"{name}: row {i + 1}") for i, r in enumerate(_arrow_source(path, split))]
@@ -216,14 +240,22 @@ def read_in_batches(path: str, split: str | None, size: int = 10_000):
         raise UserError(f"{path}: no rows in this data file")
 
 
-def parse_row(text: str, where: str, fields: dict | None):
-    """A row read by read_in_batches as the script sees it (ShareGPT mapped, fields renamed), or raises UserError
-    for malformed JSON with the row's file and line."""
+def parse_row(text: str, where: str, spec: dict, schema: str | None) -> tuple[object, dict]:
+    """A row read by read_in_batches in the schema's form, with what reading it noted (common.layouts.read_row,
+    which raises RowProblem for a row it cannot read faithfully); UserError for malformed JSON with the row's file
+    and line."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-    return _rename(data, fields)
+    return read_row(data, spec, schema)
+
+
+def _is_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def _arrow_source(path: str, split: str | None):
@@ -256,37 +288,6 @@ def _read_jsonl(path: str) -> list[Row]:
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{number}: malformed JSON ({e.msg} at column {e.colno})") from None
     return rows
-
-
-def _rename(row, fields: dict | None):
-    """Apply a field mapping; ShareGPT `conversations/from/value` becomes `messages/role/content`."""
-    if not isinstance(row, dict):
-        return row
-    fields = dict(fields or {})
-    if "conversations" in row and "messages" not in row:
-        fields = {"messages": "conversations", "role": "from", "content": "value", **fields}
-    row = dict(row)
-    for target, source in fields.items():
-        if target not in ("role", "content") and source in row:
-            row[target] = row.pop(source)
-    role, content = fields.get("role", "role"), fields.get("content", "content")
-    if (role, content) != ("role", "content") and isinstance(row.get("messages"), list):
-        row["messages"] = [_message(m.get(role), m.get(content)) if isinstance(m, dict) else m for m in row["messages"]]
-    return row
-
-
-def _message(role, content) -> dict:
-    """A ShareGPT turn as an OpenAI message. A `function_call` turn (LLaMA-Factory) holds a JSON call
-    {"name", "arguments"} or a list of them and becomes an assistant turn of tool calls; a value that is not
-    JSON stays as it is, for the row check to reject with the row's file and line."""
-    if role != "function_call":
-        return {"role": SHAREGPT_ROLES.get(role, role), "content": content}
-    try:
-        calls = json.loads(content) if isinstance(content, str) else content
-    except json.JSONDecodeError:
-        return {"role": "assistant", "content": "", "tool_calls": content}
-    calls = calls if isinstance(calls, list) else [calls]
-    return {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": c} for c in calls]}
 
 
 def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:

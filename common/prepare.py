@@ -23,6 +23,7 @@ from common.data import DataReport, Row, mixed_indices, parse_row, read_in_batch
 from common.data_cache import cache_key, is_stored, open_split, read_meta, say_new_entry, store
 from common.distributed import is_main, wait_for_everyone
 from common.errors import Dropped, RowProblem, UserError
+from common.layouts import SCHEMAS, merge_note, reading_lines, unread_columns, unread_problem
 
 ROWS_PER_PROCESS = 2000  # fewer rows a process than this, and starting the process costs more than it saves
 BATCH = 1000
@@ -77,6 +78,8 @@ def prepare(params: dict, recipe: Recipe, tokenizer, report: DataReport) -> Prep
         extra = recipe.on_tool_names(meta["tool_names"], report)
     train, evals = open_split(folder, "train"), open_split(folder, "eval")
     if is_main():
+        for line in reading_lines(meta["report"]["counts"].get("reading", {})):
+            print(line, flush=True)
         table = meta["cleaning_table"]
         print(f"{table}\n" if table else "", end="")
         examples = meta["report"]["counts"].get("train_rows", len(train))
@@ -202,7 +205,8 @@ class _Preparation:
         """The rows parsed, hooked, checked and (with a cleaner) rewritten and hashed, one output row per row read.
         Malformed JSON stops the run with its file:line; so does a bad row under on_bad_rows=error."""
 
-        check = _Check([spec.get("fields") for spec, _ in specs], self.recipe.problem, self.recipe.hook, cleaner)
+        schema = SCHEMAS.get(self.recipe.name)
+        check = _Check([spec for spec, _ in specs], schema, self.recipe.problem, self.recipe.hook, cleaner)
         checked = self._map(
             self._read(specs, key), check, f"check-{key}", remove_columns=["text"], features=check.features()
         )
@@ -210,11 +214,26 @@ class _Preparation:
         if pc.any(malformed).as_py():
             first = pc.index(malformed, True).as_py()
             raise UserError(checked[first]["malformed"])
+        self._note_reading(checked, specs)
         hooked_none = int(pc.sum(checked.data.column("hooked_none")).as_py() or 0)
         if hooked_none:
             self.report.drop("row_hook returned None", hooked_none)
         self._bad_rows(checked, "bad")
         return checked
+
+    def _note_reading(self, checked, specs: list) -> None:
+        """How each source's rows were read and the columns the script ignores (the rows' distinct notes merged per
+        source, for prepare to print once), and the empty assistant turns removed, into the report."""
+
+        notes = checked.data.column("notes")
+        summaries = {}
+        for text in pc.unique(pc.filter(notes, pc.not_equal(notes, ""))).to_pylist():
+            source, note = json.loads(text)
+            summaries[source] = merge_note(summaries.get(source, {}), note)
+        removed = np.asarray(checked.data.column("empty_turns"))
+        sources = np.asarray(checked.data.column("source"))
+        for i, (spec, _) in enumerate(specs):
+            self.report.note_reading(spec["path"], summaries.get(i, {}), int(removed[sources == i].sum()))
 
     def _bad_rows(self, ds, column: str):
         """Which rows have a reason in `column`. Under on_bad_rows=error the first, in file order, stops the run with
@@ -370,10 +389,11 @@ class _Preparation:
 
 
 class _Check:
-    """Per batch of read rows: parse, hook, check against the schema, and clean (RowCleaner). Picklable."""
+    """Per batch of read rows: parse and read into the schema (common/layouts.py), hook, check the columns the script
+    ignores and the row against the schema, and clean (RowCleaner). Picklable."""
 
-    def __init__(self, fields, problem, hook, cleaner):
-        self.fields, self.problem, self.hook, self.cleaner = fields, problem, hook, cleaner
+    def __init__(self, specs: list, schema: str | None, problem, hook, cleaner):
+        self.specs, self.schema, self.problem, self.hook, self.cleaner = specs, schema, problem, hook, cleaner
 
     @staticmethod
     def features():
@@ -392,6 +412,8 @@ class _Check:
                 "bands": Sequence(Value("int64")),
                 "contaminated": Value("int32"),
                 "tool_names": Sequence(Value("string")),
+                "notes": Value("string"),
+                "empty_turns": Value("int64"),
             }
         )
 
@@ -411,6 +433,8 @@ class _Check:
                 "bands",
                 "contaminated",
                 "tool_names",
+                "notes",
+                "empty_turns",
             )
         }
         for text, where, source in zip(batch["text"], batch["where"], batch["source"], strict=False):
@@ -425,16 +449,25 @@ class _Check:
                 "contaminated": -1,
                 "row": "",
                 "tool_names": [],
+                "notes": "",
+                "empty_turns": 0,
             }
+            spec, data, note = self.specs[source], None, {}
             try:
-                data = parse_row(text, where, self.fields[source])
+                data, note = parse_row(text, where, spec, self.schema)
             except UserError as e:
-                data, result["malformed"] = None, str(e)
+                result["malformed"] = str(e)
+            except RowProblem as e:
+                result["bad"] = str(e)
             if data is not None and self.hook is not None:
                 data = self.hook(data)
                 result["hooked_none"] = data is None
-            if data is not None and not result["malformed"]:
+            if isinstance(data, dict):  # the columns are the script's once a row hook has had them
+                note["ignored"] = unread_columns(data, self.schema)
+            if data is not None and not result["bad"]:
                 result["bad"] = (self.problem(data) if isinstance(data, dict) else "row must be a JSON object") or ""
+                if isinstance(data, dict) and not result["bad"]:  # a row of the schema that means more than it says
+                    result["bad"] = unread_problem(data, note["ignored"], spec["ignore"]) or ""
                 if not result["bad"]:
                     if self.cleaner is not None:
                         cleaned = self.cleaner(data)
@@ -442,6 +475,10 @@ class _Check:
                         result.update(cleaned)
                     result["row"] = json.dumps(data, ensure_ascii=False)
                     result["tool_names"] = tool_names(data.get("tools"))
+            if note.get("layouts") or note.get("ignored"):  # the same text for most rows of a source
+                kept = {k: note[k] for k in ("layouts", "roles", "ignored") if k in note}
+                result["notes"] = json.dumps([source, kept], sort_keys=True)
+            result["empty_turns"] = note.get("empty_turns", 0)
             for k, v in result.items():
                 out[k].append(v)
         return out

@@ -375,6 +375,66 @@ CASES = [
         rows("s.jsonl", {"conversations": [{"from": "robot", "value": "x"}]}),
         "s.jsonl:2:",
     ),
+    # rows from other tools that a text script would silently damage (tests/test_layouts.py has the layouts read)
+    (
+        "sft_chat.py",
+        "image-text row (mllm_demo)",
+        rows("i.jsonl", {"messages": CHAT["messages"], "images": ["mllm_demo_data/1.jpg"]}),
+        "i.jsonl:2: 'images' is not empty: a multimodal row",
+    ),
+    (
+        "synth_data.py",
+        "image placeholder in a seed",
+        rows("i.jsonl", {"messages": [{"role": "user", "content": "<image>Who is this?"}]}),
+        "i.jsonl:2: messages[0] holds an <image> placeholder",
+    ),
+    (
+        "sft_chat.py",
+        "image content part",
+        rows(
+            "p.jsonl",
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "image_url"}]},
+                    {"role": "assistant", "content": "y"},
+                ]
+            },
+        ),
+        "p.jsonl:2: messages[0] content[1] is of type 'image_url'",
+    ),
+    (
+        "sft_chat.py",
+        "KTO undesirable row",
+        rows("k.jsonl", {**CHAT, "label": False}),
+        "k.jsonl:2: 'label' is false (a KTO undesirable example)",
+    ),
+    (
+        "sft_chat.py",
+        "empty answer between two user turns",
+        rows("e.jsonl", {"messages": [ASK, {"role": "assistant", "content": ""}, *CHAT["messages"]]}),
+        "e.jsonl:2: messages[1] is an empty assistant turn between two user turns",
+    ),
+    (
+        "sft_completion.py",
+        "alpaca history",
+        rows("a.jsonl", {"instruction": "p", "input": "", "output": "c", "history": [["q", "a"]]}),
+        "a.jsonl:2: 'history' is not empty and this script does not read it",
+    ),
+    (
+        "sft_completion.py",
+        "alpaca input a mapping leaves out",
+        lambda p, s: [
+            f"data=[{{path: {write_jsonl(p / 'a.jsonl', [{'instruction': 'p', 'input': 'i', 'output': 'c'}])}, "
+            "fields: {prompt: instruction, completion: output}}]"
+        ],
+        "a.jsonl:1: 'input' is not empty and this script does not read it",
+    ),
+    (
+        "sft_chat.py",
+        "ignore that is not a list of columns",
+        lambda p, s: [f"data=[{{path: {write_jsonl(p / 'g.jsonl', [CHAT])}, ignore: 5}}]"],
+        "ignore of ",
+    ),
     (
         "sft_completion.py",
         "both forms",
