@@ -23,7 +23,7 @@ from common.pii import SECRET, scrub
 # Defaults, and why:
 CLEAN_DEFAULTS = dict(
     enabled=True,
-    normalize=True,  # NFC and whitespace runs: the same text typed two ways is one text
+    normalize=True,  # NFC, line ends, trailing spaces, long blank runs; never indentation or tool data (normalize)
     pii=True,  # e-mail, phone, IP and API-key patterns become placeholders
     min_chars=1,  # on the row's trained text (answers, completions, text)
     max_chars=0,  # 0: no limit
@@ -57,7 +57,9 @@ REFUSALS = (  # worded like these, a row with tools declines what its tools cann
     "i'm unable to help",
     "i cannot help with that",
 )
-SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")
+SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")  # what dedup folds (_fold), never the text itself
+LINE_END_SPACES = " \t\u00a0\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u200b\u3000"
+FENCE = re.compile(r"[ \t]*(`{3,}|~{3,})")  # a Markdown code fence opens or closes a code block
 
 
 TEXT_KEYS = ("messages", "text", "prompt", "completion", "chosen", "rejected")
@@ -86,40 +88,77 @@ def _turn_text(message: dict) -> str:
     return "\n".join([message.get("content") or "", *calls]).strip()
 
 
-def _rewrite(row: dict, fn, tool_data: bool = True) -> dict:
-    """The row with fn applied to each text (an assistant turn's reasoning_content too); turns left empty are
-    dropped from message lists. tool_data: also to what calls pass (their arguments' string values) and what tools
-    returned (tool turns)."""
-    row = dict(row)
+def _rewrite(row: dict, fn, whole=None) -> dict:
+    """The row with fn applied to each text it trains or conditions on (an assistant turn's reasoning_content too);
+    whole, when given, instead of fn on a text that is a whole field (`text`, `prompt`, `completion`, `chosen` or
+    `rejected` as a string). Turns left empty are dropped from message lists. What calls pass (their arguments) and
+    what tools returned (tool turns, never dropped) stay exactly as they are: a change there trains a wrong call or
+    a wrong reading of a result."""
+    row, whole = dict(row), whole or fn
     for key in ("messages", "prompt", "chosen", "rejected"):
         if isinstance(row.get(key), list):
             turns = [
-                {
+                m
+                if m["role"] == "tool"
+                else {
                     **m,
-                    "content": fn(m.get("content") or "") if tool_data or m["role"] != "tool" else m["content"],
+                    "content": fn(m.get("content") or ""),
                     **(
                         {"reasoning_content": fn(m["reasoning_content"])}
                         if isinstance(m.get("reasoning_content"), str)
                         else {}
                     ),
-                    **(
-                        {"tool_calls": [map_strings(c, fn) for c in m["tool_calls"]]}
-                        if m.get("tool_calls") and tool_data
-                        else {}
-                    ),
                 }
                 for m in row[key]
             ]
-            row[key] = [m for m in turns if m["content"] or m.get("tool_calls")]
+            row[key] = [m for m in turns if m["role"] == "tool" or m["content"] or m.get("tool_calls")]
     for key in ("text", "prompt", "completion", "chosen", "rejected"):
         if isinstance(row.get(key), str):
-            row[key] = fn(row[key])
+            row[key] = whole(row[key])
     return row
 
 
-def normalize(text: str) -> str:
+def normalize(text: str, edges: bool = False) -> str:
+    """The text with what carries no meaning made canonical, and nothing else: Unicode NFC, CRLF and CR line ends
+    to LF, whitespace at the end of each line dropped, more than two blank lines in a row made two, and blank lines
+    at the start and end dropped. Leading indentation and runs of spaces and tabs inside a line are kept (Python and
+    YAML blocks, aligned comments, padded Markdown tables), and inside a fenced code block (``` or ~~~) every line
+    stays as it is. edges: keep the whitespace that starts and ends the text too (a whole `prompt` or `completion`
+    field: they are joined with no separator, so a space or newline where they meet is data). Dedup folds runs of
+    spaces itself (_fold), so the same text typed two ways is still one text to it."""
     text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-    lines = [SPACES.sub(" ", line).strip() for line in text.split("\n")]
+    if edges:
+        core = text.strip()
+        start, end = len(text) - len(text.lstrip()), len(text.rstrip())
+        return text[:start] + normalize(core) + text[end:] if core else ""
+    lines, fence, blanks = [], None, 0
+    for line in text.split("\n"):
+        opens = FENCE.match(line)
+        if fence is None:
+            line = line.rstrip(LINE_END_SPACES)
+            blanks = blanks + 1 if not line else 0
+            if blanks > 2:
+                continue
+            if opens:
+                fence = opens[1]
+        elif opens and opens[1][0] == fence[0] and len(opens[1]) >= len(fence) and not line[opens.end() :].strip():
+            fence = None  # the closing fence: as long as the opening one or longer, and nothing after it
+        lines.append(line)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    start = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
+    return "\n".join(lines[start:])
+
+
+def _fold(text: str) -> str:
+    """A text as dedup compares it: normalised, runs of spaces and tabs inside a line made one space, each line's
+    end trimmed, runs of blank lines made one, the whole trimmed. Leading indentation stays (it is a Python or YAML
+    block's extent), so two programs that differ in it are two texts; the same prose typed two ways is one."""
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    lines = []
+    for line in text.split("\n"):
+        body = line.lstrip(" \t")
+        lines.append(line[: len(line) - len(body)] + SPACES.sub(" ", body).strip())
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
@@ -143,7 +182,7 @@ def _scrubbed(data: dict) -> tuple[dict, int, str | None]:
     tool_data = _tool_data(data)
     if any(SECRET.search(text) for text in tool_data):
         return data, 0, "secret in a tool call or tool result"
-    scrubbed = _rewrite(data, partial(scrub, keep="\n".join(tool_data)), tool_data=False)
+    scrubbed = _rewrite(data, partial(scrub, keep="\n".join(tool_data)))
     return scrubbed, sum(a[1] != b[1] for a, b in zip(fields(data), fields(scrubbed), strict=False)), None
 
 
@@ -174,23 +213,25 @@ def _dedup_view(row: dict) -> tuple[str, str, bytes]:
     and calls); and a digest of what near duplicates must share exactly: the tools, system prompts and calls (a tool
     list or system prompt is long and shared, so as words it would hide a different condition; a call differing in
     one argument is a different answer). Ids and columns outside the schema are left out: copies of a row differ in
-    them."""
+    them. Texts and argument strings are compared folded (_fold), so the same text typed with other runs of spaces
+    is the same; near dedup reads words, which whitespace never changes."""
     parts, texts, shared = {"tools": normalize_tools(row.get("tools"))}, [], [normalize_tools(row.get("tools"))]
     for key in TEXT_KEYS:
         value = row.get(key)
         if isinstance(value, str):
-            parts[key] = value
+            parts[key] = _fold(value)
             texts.append(value)
         elif isinstance(value, list):
             parts[key] = []
             for m in value:
                 # reasoning_content and a leading <think> block are one thing written two ways
                 reasoning, content = split_reasoning(m) if m["role"] == "assistant" else ("", m.get("content") or "")
-                reasoning = reasoning.strip()
-                turn_calls = [[c["function"]["name"], arguments_of(c)] for c in m.get("tool_calls") or []]
-                parts[key].append([m["role"], m.get("name") or "", reasoning, content, turn_calls])
+                reasoning, folded = reasoning.strip(), _fold(content)
+                turn_calls = [map_strings(c, _fold)["function"] for c in m.get("tool_calls") or []]
+                turn_calls = [[f["name"], f["arguments"]] for f in turn_calls]
+                parts[key].append([m["role"], m.get("name") or "", _fold(reasoning), folded, turn_calls])
                 texts += [reasoning, _turn_text({"content": content, "tool_calls": m.get("tool_calls")})]
-                shared += [content] if m["role"] == "system" else turn_calls
+                shared += [folded] if m["role"] == "system" else turn_calls
     exact = json.dumps(parts, ensure_ascii=False, sort_keys=True)
     return exact, " ".join(t for t in texts if t), hashlib.blake2b(json.dumps(shared).encode(), digest_size=16).digest()
 
@@ -274,7 +315,7 @@ class RowCleaner:
 
     def __call__(self, data: dict) -> dict:
         settings = self.settings
-        row = _rewrite(data, normalize) if settings["normalize"] else data
+        row = _rewrite(data, normalize, partial(normalize, edges=True)) if settings["normalize"] else data
         pii, reason = 0, None
         if settings["pii"]:
             row, pii, reason = _scrubbed(row)
@@ -314,7 +355,7 @@ class RowCleaner:
         """The index of the first eval set sharing an n-gram with the row (see _eval_grams), or -1."""
 
         n, found = self.settings["ngram"], []
-        for words in (_words(normalize(t)) for t in texts):
+        for words in (_words(unicodedata.normalize("NFC", t)) for t in texts):
             keys = _word_keys(words)
             if 0 < len(words) < n:
                 found.append(_gram_keys(keys, len(words)))
@@ -419,7 +460,7 @@ def _eval_grams(eval_inputs: dict, n: int) -> tuple[dict, set]:
     grams, lengths = {}, {n}
     for name, texts in eval_inputs.items():
         found = [np.zeros(0, dtype=np.uint64)]
-        for words in filter(None, (_words(normalize(t)) for t in texts)):
+        for words in filter(None, (_words(unicodedata.normalize("NFC", t)) for t in texts)):
             found.append(_gram_keys(_word_keys(words), min(n, len(words))))
             if len(words) >= SHORT_INPUT_WORDS:
                 lengths.add(min(n, len(words)))

@@ -42,9 +42,13 @@ def test_planted_corpus_counts_exactly_and_keeps_every_clean_row():
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("cafe\u0301  au\tlait \n\n\n\nok ", "café au lait\n\nok"),  # NFC, spaces, blank lines
-        ("\r\nline\r\n", "line"),
+        ("cafe\u0301  au\tlait", "café  au\tlait"),  # NFC; runs of spaces and tabs inside a line stay
+        ("def f():\r\n    return 1\r\n", "def f():\n    return 1"),  # CRLF to LF; indentation stays
+        ("\n\n    indented first line  \nnext\t \n\n", "    indented first line\nnext"),  # edges, line ends
+        ("a\n\n\nb\n \n\n\n\nc", "a\n\n\nb\n\n\nc"),  # two blank lines stay (PEP 8), more become two
+        ("x\n```diff\n a  \n \n\n\n\n\n-b\n```\n\n\n\n\ny", "x\n```diff\n a  \n \n\n\n\n\n-b\n```\n\n\ny"),
     ],
+    ids=["nfc keeps runs", "crlf keeps indentation", "edges and line ends", "blank runs", "fenced code untouched"],
 )
 def test_normalize(text, expected):
     assert normalize(text) == expected
@@ -174,11 +178,9 @@ def _clean(*rows, **settings):
 
 
 def _as_cleaned(row, replace=None):
-    """The row as cleaning writes it (arguments as a dict: the same JSON value), with texts replaced."""
+    """The row as cleaning writes it: the same, with texts replaced (calls and tool results are never rewritten)."""
     row = json.loads(json.dumps(row))
     for message in row.get("messages", []):
-        for call in message.get("tool_calls") or []:
-            call["function"]["arguments"] = json.loads(call["function"]["arguments"])
         for before, after in (replace or {}).items():
             message["content"] = message["content"].replace(before, after)
     return row
@@ -443,4 +445,103 @@ def _chat(*turns, tools=None):
 def test_filters_read_what_is_trained_as_good(row, dropped):
     kept, report = _clean(row)
     assert len(kept) == (0 if dropped else 1)
+    assert report.dropped == ({f"cleaning: {dropped}": 1} if dropped else {})
+
+
+# What other tools write reaches the model as they wrote it: indentation and runs of spaces are meaning in code,
+# YAML and tables, and what calls pass and tools return is data. Each row must come out of the cleaner unchanged.
+PYTHON = (
+    "Here is a function that returns the mean of a list, with a loop you can follow step by step:\n\n"
+    "```python\n"
+    "def mean(values):\n"
+    "    total = 0           # running sum\n"
+    "    for value in values:\n"
+    "        total += value  # one value at a time\n"
+    "    return total / len(values)\n"
+    "```"
+)
+YAML = (
+    'services:\n  api:\n    image: acme/api:1.4\n    ports:\n      - "8080:80"\n    environment:\n      LOG:  debug\n'
+)
+TABLE = (
+    "The forecast for tomorrow:\n\n"
+    "| city   | sky      | high (°C) |\n"
+    "|--------|----------|----------:|\n"
+    "| Paris  | sunny    |        21 |\n"
+    "| Oslo   | rain     |         9 |"
+)
+FORECAST = json.dumps({"city": "Oslo", "days": [{"sky": "rain", "high": 9}, {"sky": "cloudy", "high": 11}]}, indent=2)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        _chat("Write a Python function that returns the mean of a list.", PYTHON),
+        {"prompt": "Write the Compose service for our API, logging at debug level:\n", "completion": YAML},
+        _chat("What's the weather in Paris and Oslo tomorrow?", TABLE),
+        _tool_row(
+            "Save a note: Milk,  eggs, then on a new line: and bread.",
+            _call("save_note", {"text": "Milk,  eggs\nand bread"}),
+            '{"saved": true}',
+            "Saved your note.",
+        ),
+        _tool_row(
+            "Forecast for Oslo, two days?", _call("get_forecast", {"city": "Oslo"}), FORECAST, "Rain, then clouds."
+        ),
+        _tool_row("Clear my cart.", _call("clear_cart", {}), "", "Your cart is empty now."),
+    ],
+    ids=[
+        "python indentation and aligned comments",
+        "yaml completion after a prompt ending in a newline",
+        "markdown table with padded cells",
+        "call argument with two spaces and a newline",
+        "pretty-printed json tool result",
+        "empty tool result",
+    ],
+)
+def test_default_cleaning_passes_code_tables_calls_and_results_through_unchanged(row):
+    kept, report = _clean(row)
+    assert kept == [row] and not report.dropped
+
+
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        (
+            _chat("Fix this:\r\nx =  1\r\n", "Indent it:\r\n```\r\n    x = 1\r\n```"),
+            _chat("Fix this:\nx =  1", "Indent it:\n```\n    x = 1\n```"),
+        ),
+        (_chat("Spell cafe\u0301  for me.", "    cafe\u0301"), _chat("Spell café  for me.", "    café")),
+    ],
+    ids=["crlf", "nfd"],
+)
+def test_default_cleaning_normalises_line_ends_and_unicode_and_keeps_the_rest(row, expected):
+    kept, _ = _clean(row)
+    assert kept == [expected]
+
+
+@pytest.mark.parametrize(
+    "first, second, dropped",
+    [
+        (
+            _chat("How  do I  reset my   password?", "Open  Settings,   then  Account."),
+            _chat("How do I reset my password?", "Open Settings, then Account."),
+            "exact duplicate",
+        ),
+        (
+            _chat("Sum a list.", PYTHON),
+            _chat("Sum a list.", PYTHON.replace("# running", "#     running")),
+            "exact duplicate",
+        ),
+        (
+            _chat("Sum a list.", PYTHON),
+            _chat("Sum a list.", PYTHON.replace("    return", "        return")),  # returns inside the loop
+            "near duplicate",  # another program, not an exact copy; an edit this small is near, like a word's
+        ),
+    ],
+    ids=["runs of spaces", "a comment aligned otherwise", "other indentation: not exact, near"],
+)
+def test_dedup_folds_runs_of_spaces_in_its_key_and_keeps_the_first_row_as_written(first, second, dropped):
+    kept, report = _clean(first, second)
+    assert kept == ([first] if dropped else [first, second])
     assert report.dropped == ({f"cleaning: {dropped}": 1} if dropped else {})

@@ -396,8 +396,9 @@ def test_cleaning_keeps_calls_and_the_values_they_pass_where_the_request_has_the
     kept = clean_rows([Row(row, "x:1")], dict(CLEAN_DEFAULTS), report)
     assert len(kept) == 1, report.dropped
     user, answer = kept[0].data["messages"]
-    # normalised; the number is what the call passes, so it is the row's data, not PII to scrub (README "Cleaning")
-    assert user["content"] == "Text +44 20 7946 0958 that I am late"
+    # as typed (normalising keeps runs of spaces); the number is what the call passes, so it is the row's data, not
+    # PII to scrub (README "Cleaning")
+    assert user["content"] == "Text  +44 20 7946 0958 that I am late"
     assert answer["tool_calls"][0]["function"]["arguments"] == {"minutes": 5, "to": "+44 20 7946 0958"}
 
 
