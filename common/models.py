@@ -54,10 +54,25 @@ def load_model(name: str, dtype: str = "auto", seed: int = 0, trust_remote_code:
     return model
 
 
-def add_pad_token(tokenizer, stop_ids: list[int]) -> None:
-    """A dedicated pad token when there is none or it is a stop token: a collator that masks padding would
-    then mask every EOS too, and the model would never learn to stop."""
-    if tokenizer.pad_token is None or tokenizer.pad_token_id in stop_ids:
+def add_pad_token(tokenizer, stop_ids: list[int], chat_ids=()) -> None:
+    """A pad token that is not a stop token: a collator that masks padding would then mask every EOS too, and
+    the model would never learn to stop. An existing special token the chat never uses (not a stop, BOS or UNK,
+    not one of chat_ids, absent from the chat template; one named like a pad first) is reused: a new token would
+    grow the embedding (a copy of the 49k x 576 matrix on SmolLM2, 218 MB) and, under LoRA, make the whole
+    embedding train. Padded positions carry no loss and no attention, so which token fills them changes nothing."""
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id not in stop_ids:
+        return
+    taken = {*stop_ids, *chat_ids, tokenizer.bos_token_id, tokenizer.unk_token_id}
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    unused = [
+        t.content
+        for i, t in sorted(tokenizer.added_tokens_decoder.items())
+        if t.special and i not in taken and t.content not in template
+    ]
+    unused.sort(key=lambda content: "pad" not in content.lower())  # stable: id order within each group
+    if unused:
+        tokenizer.pad_token = unused[0]
+    else:
         tokenizer.add_special_tokens({"pad_token": PAD})
 
 

@@ -1,8 +1,10 @@
+import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from common.chat.tokenizer import prepare_tokenizer
+from common.chat.tokenizer import end_of_turn_ids, prepare_tokenizer
 from common.models import BUILTIN, add_pad_token, resize_embeddings
+from tests.real_tokenizers import SHARED_FAMILIES, load
 
 
 def test_resize_to_multiple_of_64_with_mean_rows():
@@ -41,3 +43,16 @@ def test_pad_token_is_never_a_stop_token():
     before = len(tok)
     add_pad_token(tok, [tok.eos_token_id])  # a dedicated pad token is kept
     assert len(tok) == before and tok.pad_token == "<pad>"
+
+
+@pytest.mark.parametrize("family", [*SHARED_FAMILIES, "trl-llama3_2", "trl-gemma3"])
+def test_a_real_tokenizer_pads_with_a_token_it_already_has_and_the_chat_never_uses(family, tmp_path):
+    """No new token, so no embedding copy and no fully trained embedding under LoRA; never a stop, never a token
+    the chat template writes."""
+    tokenizer = load(family, tmp_path)
+    before = len(tokenizer)
+    spec = prepare_tokenizer(tokenizer, "native")
+    assert spec.new_token_ids == [] and len(tokenizer) == before
+    assert tokenizer.pad_token_id not in end_of_turn_ids(tokenizer, "native", spec)
+    assert tokenizer.pad_token not in tokenizer.chat_template
+    assert tokenizer.pad_token_id not in (tokenizer.bos_token_id, tokenizer.unk_token_id)

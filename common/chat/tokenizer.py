@@ -21,8 +21,8 @@ NATIVE_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|
 
 def prepare_tokenizer(tokenizer, chat_format: str, chat_template: str = "", reasoning: str = "keep") -> ChatSpec:
     """Give the tokenizer its chat template (ours with chat tokens, or the native one a run trains with), and a
-    dedicated pad token (never eos). The spec's new_token_ids are the added tokens, whose embedding rows must be
-    initialised and trained."""
+    pad token that is never a stop token (common.models.add_pad_token). The spec's new_token_ids are the added
+    tokens, whose embedding rows must be initialised and trained."""
     before = len(tokenizer)
     if chat_format == "special_tokens":
         if chat_template:
@@ -38,7 +38,7 @@ def prepare_tokenizer(tokenizer, chat_format: str, chat_template: str = "", reas
     else:
         source = use_training_template(tokenizer, chat_template, reasoning)
     spec = chat_spec(tokenizer, source, reasoning)
-    add_pad_token(tokenizer, end_of_turn_ids(tokenizer, chat_format, spec))
+    add_pad_token(tokenizer, end_of_turn_ids(tokenizer, chat_format, spec), chat_ids=range(before, len(tokenizer)))
     spec.new_token_ids = list(range(before, len(tokenizer)))
     return spec
 
