@@ -108,8 +108,9 @@ def test_the_fused_head_projects_only_labelled_positions_on_cpu_with_the_same_re
         out.log_probs.sum().backward()
         return out.log_probs.detach(), model.lm_head.weight.grad
 
+    # TRL's own choice first: a script run earlier in this process may have patched it
+    monkeypatch.setattr(trl_utils, "_use_triton", trl_patches._TRL_COMPACT)
     every_position = log_probs_and_grad()
-    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # undone after the test
     compose(object, trl_patches.LabelledPositionsHead)()  # what a script's trainer does when it is built
     labelled_only = log_probs_and_grad()
     assert rows_projected == [2 * 23, 14]
