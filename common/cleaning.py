@@ -31,8 +31,8 @@ CLEAN_DEFAULTS = dict(
     max_tokens=0,
     phrases=True,  # drop answers with boilerplate or refusal phrases (BOILERPLATE, REFUSALS, extra_phrases)
     extra_phrases=[],
-    max_repeated_lines=0.3,  # Gopher: drop text whose duplicate lines are more than 30% of its lines
-    max_symbol_ratio=0.1,  # Gopher: drop text with more than 0.1 '#' or '...' per word
+    max_repeated_lines=0.3,  # Gopher: drop text whose duplicate prose lines are more than 30% of them
+    max_symbol_ratio=0.1,  # Gopher: drop text with more than 0.1 '#' or '...' in its prose per word
     exact_dedup=True,
     near_dedup=True,
     shingle=5,  # words per shingle: 5-grams separate paraphrase from copy on texts of ~100+ words
@@ -60,6 +60,8 @@ REFUSALS = (  # worded like these, a row with tools declines what its tools cann
 SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")  # what dedup folds (_fold), never the text itself
 LINE_END_SPACES = " \t\u00a0\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u200b\u3000"
 FENCE = re.compile(r"[ \t]*(`{3,}|~{3,})")  # a Markdown code fence opens or closes a code block
+HEADING = re.compile(r" {0,3}#{1,6}(?=[ \t]|$)")  # a Markdown heading's opening marker
+HEADING_END = re.compile(r"[ \t]+#+[ \t]*$")  # and its optional closing sequence
 
 
 TEXT_KEYS = ("messages", "text", "prompt", "completion", "chosen", "rejected")
@@ -68,14 +70,17 @@ TRAINED_KEYS = ("messages", "text", "completion", "chosen")  # rejected is train
 
 def fields(row: dict) -> list[tuple[str, str, bool]]:
     """(path, text, trained) for every text in a row of any schema; trained marks what the model learns to write:
-    `text`, `completion`, and the assistant turns of `messages` and `chosen`."""
+    `text`, `completion`, and the assistant turns of `messages` (those not marked `train: false`) and `chosen`."""
     out = []
     for key in TEXT_KEYS:
         value, trained = row.get(key), key in TRAINED_KEYS
         if isinstance(value, str):
             out.append((key, value, trained))
         elif isinstance(value, list):
-            out += [(f"{key}.{i}", _turn_text(m), trained and m["role"] == "assistant") for i, m in enumerate(value)]
+            out += [
+                (f"{key}.{i}", _turn_text(m), trained and m["role"] == "assistant" and m.get("train") is not False)
+                for i, m in enumerate(value)
+            ]
     return out
 
 
@@ -131,23 +136,35 @@ def normalize(text: str, edges: bool = False) -> str:
         core = text.strip()
         start, end = len(text) - len(text.lstrip()), len(text.rstrip())
         return text[:start] + normalize(core) + text[end:] if core else ""
-    lines, fence, blanks = [], None, 0
-    for line in text.split("\n"):
-        opens = FENCE.match(line)
-        if fence is None:
+    lines, blanks = [], 0
+    for line, place in zip(text.split("\n"), _fences(text), strict=True):
+        if place != "code":
             line = line.rstrip(LINE_END_SPACES)
             blanks = blanks + 1 if not line else 0
             if blanks > 2:
                 continue
-            if opens:
-                fence = opens[1]
-        elif opens and opens[1][0] == fence[0] and len(opens[1]) >= len(fence) and not line[opens.end() :].strip():
-            fence = None  # the closing fence: as long as the opening one or longer, and nothing after it
         lines.append(line)
     while lines and not lines[-1].strip():
         lines.pop()
     start = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
     return "\n".join(lines[start:])
+
+
+def _fences(text: str) -> list[str]:
+    """Each line's place among Markdown code fences: "prose", "opening" (a fence that opens a code block) or
+    "code" (inside a block, its closing fence too). A block closes at a fence of the same character, as long or
+    longer, with nothing after it; one never closed runs to the end (CommonMark)."""
+    places, fence = [], None
+    for line in text.split("\n"):
+        found = FENCE.match(line)
+        if fence is None:
+            fence = found[1] if found else None
+            places.append("opening" if found else "prose")
+            continue
+        if found and found[1][0] == fence[0] and len(found[1]) >= len(fence) and not line[found.end() :].strip():
+            fence = None
+        places.append("code")
+    return places
 
 
 def _fold(text: str) -> str:
@@ -191,20 +208,33 @@ def _words(text: str) -> list[str]:
 
 
 def quality_problem(text: str, settings: dict, has_tools: bool = False) -> str | None:
-    """Why a trained text fails the filters (Gopher-style rules and phrases), or None. has_tools: the row has tools,
-    so a refusal phrase declines a request its tools cannot serve, which a specialist must learn."""
+    """Why a trained text fails the filters (Gopher-style rules and phrases), or None. The Gopher rules read prose:
+    lines outside fenced code blocks, for repetition only those with a letter or digit, and for symbols without a
+    Markdown heading's markers (words are counted in the whole text). has_tools: the row has tools, so a refusal
+    phrase declines a request its tools cannot serve, which a specialist must learn."""
     lowered = text.lower()
     if settings["phrases"]:
         phrases = (*BOILERPLATE, *(() if has_tools else REFUSALS), *(p.lower() for p in settings["extra_phrases"]))
         if any(phrase in lowered for phrase in phrases):
             return "refusal or boilerplate phrase"
-    lines = [line for line in text.split("\n") if line.strip()]
+    prose = [line for line, place in zip(text.split("\n"), _fences(text), strict=True) if place == "prose"]
+    # Repetition is judged on prose: code repeats lines by nature (`}`, `end`, a fence), and so does markup (`---`)
+    lines = [line for line in prose if any(c.isalnum() for c in line)]
     if len(lines) >= 3 and 1 - len(set(lines)) / len(lines) > settings["max_repeated_lines"]:
         return "repeated lines"
-    words = max(1, len(_words(text)))
-    if (text.count("#") + text.count("...") + text.count("…")) / words > settings["max_symbol_ratio"]:
+    # Symbols too: `#` starts a Python comment in code and a heading in Markdown, neither of them noise
+    symbols = sum(_symbols(line) for line in prose)
+    if symbols / max(1, len(_words(text))) > settings["max_symbol_ratio"]:
         return "symbol ratio"
     return None
+
+
+def _symbols(line: str) -> int:
+    """The `#` and ellipses of a prose line, a Markdown heading's markers left out."""
+    heading = HEADING.match(line)
+    if heading:
+        line = HEADING_END.sub("", line[heading.end() :])
+    return line.count("#") + line.count("...") + line.count("…")
 
 
 def _dedup_view(row: dict) -> tuple[str, str, bytes]:
@@ -212,9 +242,10 @@ def _dedup_view(row: dict) -> tuple[str, str, bytes]:
     its texts as one text (near dedup: the system prompt, requests, tool results, each answer's reasoning, content
     and calls); and a digest of what near duplicates must share exactly: the tools, system prompts and calls (a tool
     list or system prompt is long and shared, so as words it would hide a different condition; a call differing in
-    one argument is a different answer). Ids and columns outside the schema are left out: copies of a row differ in
-    them. Texts and argument strings are compared folded (_fold), so the same text typed with other runs of spaces
-    is the same; near dedup reads words, which whitespace never changes."""
+    one argument is a different answer), and which turns are marked `train: false`. Ids and columns outside the
+    schema are left out: copies of a row differ in them. Texts and argument strings are compared folded (_fold), so
+    the same text typed with other runs of spaces is the same; near dedup reads words, which whitespace never
+    changes."""
     parts, texts, shared = {"tools": normalize_tools(row.get("tools"))}, [], [normalize_tools(row.get("tools"))]
     for key in TEXT_KEYS:
         value = row.get(key)
@@ -223,15 +254,16 @@ def _dedup_view(row: dict) -> tuple[str, str, bytes]:
             texts.append(value)
         elif isinstance(value, list):
             parts[key] = []
-            for m in value:
+            for i, m in enumerate(value):
                 # reasoning_content and a leading <think> block are one thing written two ways
                 reasoning, content = split_reasoning(m) if m["role"] == "assistant" else ("", m.get("content") or "")
                 reasoning, folded = reasoning.strip(), _fold(content)
                 turn_calls = [map_strings(c, _fold)["function"] for c in m.get("tool_calls") or []]
                 turn_calls = [[f["name"], f["arguments"]] for f in turn_calls]
-                parts[key].append([m["role"], m.get("name") or "", _fold(reasoning), folded, turn_calls])
+                untrained = m.get("train") is False
+                parts[key].append([m["role"], m.get("name") or "", _fold(reasoning), folded, turn_calls, untrained])
                 texts += [reasoning, _turn_text({"content": content, "tool_calls": m.get("tool_calls")})]
-                shared += [folded] if m["role"] == "system" else turn_calls
+                shared += ([folded] if m["role"] == "system" else turn_calls) + ([[key, i]] if untrained else [])
     exact = json.dumps(parts, ensure_ascii=False, sort_keys=True)
     return exact, " ".join(t for t in texts if t), hashlib.blake2b(json.dumps(shared).encode(), digest_size=16).digest()
 

@@ -35,7 +35,7 @@ class DataReport:
 
     def note_reading(self, path: str, summary: dict, empty_turns: int) -> None:
         """How a source's rows were read (common.layouts.merge_note's summary) and the empty turns removed."""
-        if summary.get("layouts") or summary.get("ignored_columns"):
+        if summary.get("layouts") or summary.get("ignored_columns") or summary.get("ignored_turn_keys"):
             self.counts.setdefault("reading", {})[path] = summary
         if empty_turns:
             key = "empty_assistant_turns_removed"
@@ -291,12 +291,13 @@ def _read_jsonl(path: str) -> list[Row]:
 
 
 def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
-    """A seeded random eval split of `fraction` of the rows (at least one row when fraction > 0)."""
+    """A seeded random eval split of `fraction` of the rows: at least one row when fraction > 0, and at least one
+    row left to train on (a large fraction of a few rows would round to all of them)."""
     if fraction <= 0 or len(rows) < 2:
         return rows, []
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
-    n_eval = max(1, int(round(len(rows) * fraction)))
+    n_eval = min(len(rows) - 1, max(1, int(round(len(rows) * fraction))))
     held = set(order[:n_eval])
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 

@@ -8,11 +8,15 @@ A source's explicit `fields` mapping is applied first and always wins; then each
   turn is instruction + "\n" + input, as LLaMA-Factory joins them.
 - content given as a list of OpenAI text parts, concatenated as the API does; any other part refuses the row.
 - a `system` column beside a conversation with no system turn becomes its first turn.
+- marks that say whether a turn is trained (axolotl's `weight: 0|1`, its `train` or `training` flag): an assistant
+  turn of a chat row marked untrained keeps `train: false`, which common/chat/masks.py reads (no loss on it); a mark
+  the script cannot honour (a weight of 0.5, a trained user turn, an untrained preference answer) refuses the row.
 An empty assistant turn is removed and counted; one that leaves two user turns side by side refuses the row.
 
 Afterwards (past any row hook) the columns the script does not read are noted, to be named once per source; a
 row whose meaning depends on one (a KTO `label` of false, images, an alpaca `input`) is refused unless the
-source lists the column under `ignore`.
+source lists the column under `ignore`. The keys of a chat or preference turn beyond what the scripts read are
+named once per source the same way.
 """
 
 import json
@@ -37,12 +41,15 @@ SHAREGPT_ROLES = {
 MEDIA = ("images", "image", "videos", "video", "audios", "audio")
 PLACEHOLDERS = {"<image>": ("images", "image"), "<video>": ("videos", "video"), "<audio>": ("audios", "audio")}
 LISTS = ("messages", "prompt", "chosen", "rejected")  # the fields that may hold messages
+TURN_KEYS = {"role", "content", "tool_calls", "reasoning_content", "name", "tool_call_id"}  # what a turn holds
+MARKS = ("weight", "train", "training")  # whether a turn is trained (axolotl: weight, message_field_training)
+PARTIAL = "train_detail"  # axolotl: the character spans of a turn that are trained
 
 
 def read_row(row, spec: dict, schema: str | None) -> tuple[object, dict]:
-    """The row in the schema's form and what reading it noted ({"layouts", "roles", "empty_turns"}); raises
+    """The row in the schema's form and what reading it noted ({"layouts", "roles", "empty_turns", "turn_keys"}); raises
     RowProblem with the reason when the row cannot be read without losing what it means."""
-    note = {"layouts": [], "roles": {}, "empty_turns": 0}
+    note = {"layouts": [], "roles": {}, "empty_turns": 0, "turn_keys": []}
     if not isinstance(row, dict):
         return row, note  # the row check refuses it
     fields = spec.get("fields") or {}
@@ -62,6 +69,12 @@ def read_row(row, spec: dict, schema: str | None) -> tuple[object, dict]:
             value = [value]  # LLaMA-Factory's preference answer: one message
         if isinstance(value, list):
             row[key] = [_turn(m, f"{key}[{i}]", fields, note) for i, m in enumerate(value)]
+    if schema in ("chat", "preference"):
+        ignore = set(spec.get("ignore") or ())
+        for key in ("messages",) if schema == "chat" else ("prompt", "chosen", "rejected"):
+            if isinstance(row.get(key), list):
+                row[key] = [_marked(m, key, i, ignore, note) for i, m in enumerate(row[key])]
+        note["turn_keys"] = sorted(set(note["turn_keys"]))
     if schema != "completion":
         _system_column(row)
     for key in ("messages", "prompt"):
@@ -113,6 +126,7 @@ def merge_note(summary: dict, note: dict) -> dict:
         "layouts": sorted({*summary.get("layouts", []), *note.get("layouts", [])}),
         "roles": dict(sorted({**summary.get("roles", {}), **note.get("roles", {})}.items())),
         "ignored_columns": sorted({*summary.get("ignored_columns", []), *note.get("ignored", [])}),
+        "ignored_turn_keys": sorted({*summary.get("ignored_turn_keys", []), *note.get("turn_keys", [])}),
     }
 
 
@@ -125,6 +139,8 @@ def reading_lines(reading: dict) -> list[str]:
             lines.append(f"{path}: read as {', '.join(summary['layouts'])}" + (f" (roles {roles})" if roles else ""))
         if summary["ignored_columns"]:
             lines.append(f"{path}: ignoring columns {', '.join(summary['ignored_columns'])}")
+        if summary.get("ignored_turn_keys"):
+            lines.append(f"{path}: ignoring per-turn keys {', '.join(summary['ignored_turn_keys'])}")
     return lines
 
 
@@ -162,7 +178,8 @@ def _turn(message, at: str, fields: dict, note: dict):
     role_key = fields.get("role") or ("from" if "from" in message and "role" not in message else "role")
     content_key = fields.get("content") or ("value" if "value" in message and "content" not in message else "content")
     if (role_key, content_key) != ("role", "content"):
-        message = _sharegpt_turn(message.get(role_key), message.get(content_key))
+        rest = {k: v for k, v in message.items() if k not in (role_key, content_key)}  # a weight, a name
+        message = {**rest, **_sharegpt_turn(message.get(role_key), message.get(content_key))}
         if "ShareGPT" not in note["layouts"]:
             note["layouts"].append("ShareGPT")
         name = message.pop("from")
@@ -173,6 +190,60 @@ def _turn(message, at: str, fields: dict, note: dict):
         if isinstance(message["content"], str) and "text parts" not in note["layouts"]:
             note["layouts"].append("text parts")
     return message
+
+
+def _marked(message, key: str, i: int, ignore: set, note: dict):
+    """A chat or preference turn with its training marks read (MARKS, PARTIAL; those the source ignores dropped)
+    and its other keys noted. Loss is taken on assistant turns only, so a mark can only take it away: from a chat
+    turn it does (`train: false` stays on the turn for the mask), from a preference answer (trained whole) it
+    cannot, and a mark that trains a system, user or tool turn asks for what no script does; those are refused."""
+    if not isinstance(message, dict):
+        return message  # the row check refuses it
+    message, at = dict(message), f"{key}[{i}]"
+    for ignored in [k for k in (*MARKS, PARTIAL) if k in ignore and message.get(k) is not None]:
+        del message[ignored]
+        note["turn_keys"].append(ignored)
+    trained, mark_key, mark = _trained(message, at)
+    if message.pop(PARTIAL, None):
+        raise RowProblem(
+            f"{at} has {PARTIAL}: training part of a turn is not supported; list '{PARTIAL}' under the source's "
+            "ignore to train the whole turn"
+        )
+    note["turn_keys"] += [k for k, v in message.items() if v is not None and k not in TURN_KEYS]
+    role, hint = message.get("role"), f"list '{mark_key}' under the source's ignore to train as if unmarked"
+    if trained and role in ("system", "user", "tool"):
+        raise RowProblem(f"{at} is a {role} turn marked {mark}, and only assistant turns are trained; {hint}")
+    if trained is False and role == "assistant" and key in ("chosen", "rejected"):
+        raise RowProblem(f"{at} is marked {mark}, and a preference answer is trained whole; {hint}")
+    if trained is False and role == "assistant" and key == "messages":
+        message["train"] = False
+    return message
+
+
+def _trained(message: dict, at: str) -> tuple[bool | None, str, str]:
+    """Whether a turn's marks say it is trained (None: no mark), and the first mark's key and the mark as written
+    (`weight: 0`); the marks are taken off the turn. A weight other than 0 or 1, a flag other than true or false,
+    and marks that disagree refuse the row."""
+    said = {}
+    for key in MARKS:
+        value = message.pop(key, None)
+        if value is None:
+            continue
+        if key == "weight" and (isinstance(value, bool) or value not in (0, 1)):
+            raise RowProblem(
+                f"{at} has weight {json.dumps(value)}: a weighted loss is not supported (a turn's weight is 0 or "
+                "1); list 'weight' under the source's ignore to train the turn as if unmarked"
+            )
+        if key != "weight" and not isinstance(value, bool):
+            raise RowProblem(
+                f"{at} has {key} {json.dumps(value)}: it must be true or false; list '{key}' under the source's "
+                "ignore to train the turn as if unmarked"
+            )
+        said[key] = (bool(value), f"{key}: {json.dumps(value)}")
+    if len({trained for trained, _ in said.values()}) > 1:
+        marks = ", ".join(mark for _, mark in said.values())
+        raise RowProblem(f"{at} has marks that disagree ({marks}); keep one")
+    return next(((trained, key, mark) for key, (trained, mark) in said.items()), (None, "", ""))
 
 
 def _sharegpt_turn(name, content) -> dict:

@@ -126,11 +126,12 @@ class _Preparation:
         cleaner = self._cleaner()
         specs = source_specs(params["data"])
         train = self._checked(specs, "data", cleaner)
-        indices = self._mixed(train, self._cleaned(train, cleaner), specs)
+        indices = self._mixed(train, self._left(train, self._cleaned(train, cleaner), specs, "data"), specs)
         if params.get("eval_data"):
             eval_specs = source_specs(params["eval_data"], "eval_data")
             eval_rows = self._checked(eval_specs, "eval_data", None)
-            eval_indices = self._mixed(eval_rows, self._passed(eval_rows), eval_specs)
+            kept = self._left(eval_rows, self._passed(eval_rows), eval_specs, "eval_data")
+            eval_indices = self._mixed(eval_rows, kept, eval_specs)
         else:
             indices, eval_indices = split_eval(indices, params.get("eval_fraction", 0.0), params["seed"])
             eval_rows = train
@@ -150,6 +151,45 @@ class _Preparation:
         table = cleaning_table(self.report.counts["cleaning"], self.report.dropped, None) if cleaner else ""
         report = {"sources": self.report.sources, "dropped": self.report.dropped, "counts": self.report.counts}
         return {"report": report, "tool_names": names, "cleaning_table": table}, self.extra
+
+    def _left(self, checked, kept, specs: list, key: str):
+        """kept, when rows are left: some in all, and some of each source with a weight (mixing takes a share of
+        its rows). Otherwise the run stops with one line saying what took the rows, rather than failing later or
+        training on a mix without that source."""
+
+        sources = np.asarray(checked.data.column("source"))
+        left = np.bincount(sources[kept], minlength=len(specs))
+        for i, (spec, weight) in enumerate(specs):
+            if weight is not None and not left[i]:
+                where = f"{key} (the source weighted {spec['weight']!r})"
+                raise UserError(self._nothing_left(checked, sources == i, where, [spec["path"]]))
+        if not len(kept):
+            raise UserError(self._nothing_left(checked, sources >= 0, key, [spec["path"] for spec, _ in specs]))
+        return kept
+
+    def _nothing_left(self, checked, rows, key: str, paths: list) -> str:
+        """One line on why none of the rows (a boolean mask) is left: how many were read, and what took them: bad
+        rows (with the first in file order), the row hook, cleaning (with its reasons when it had all the rows)."""
+
+        column, total = checked.data.column, int(rows.sum())
+        bad = np.asarray(pc.not_equal(column("bad"), "")) & rows
+        first = checked[int(np.argmax(bad))] if bad.any() else None
+        first = f"first: {first['where']}: {first['bad']}" if first else ""
+        if bad.sum() == total:
+            return f"no rows left in {key}: every row of {', '.join(paths)} was bad ({total}; {first})"
+        hooked = int((np.asarray(column("hooked_none")) & rows).sum())
+        cleaned = total - int(bad.sum()) - hooked
+        parts = [f"bad: {int(bad.sum())} ({first})"] if first else []
+        parts += [f"dropped by the row_hook: {hooked}"] if hooked else []
+        if cleaned:
+            reasons = [
+                f"{reason.removeprefix('cleaning: ')}: {n}"
+                for reason, n in self.report.dropped.items()
+                if reason.startswith("cleaning: ") and rows.all()
+            ]
+            parts.append(f"removed by cleaning: {cleaned}" + (f" ({', '.join(reasons)})" if reasons else ""))
+        read = f"{total} row{'s' if total > 1 else ''} of {', '.join(paths)}"
+        return f"no rows left in {key}: of {read}, " + ", ".join(parts)
 
     def _mixed(self, checked, kept, specs: list) -> list[int]:
         """The kept rows' indices, source by source, mixed by the sources' weights."""
@@ -475,8 +515,8 @@ class _Check:
                         result.update(cleaned)
                     result["row"] = json.dumps(data, ensure_ascii=False)
                     result["tool_names"] = tool_names(data.get("tools"))
-            if note.get("layouts") or note.get("ignored"):  # the same text for most rows of a source
-                kept = {k: note[k] for k in ("layouts", "roles", "ignored") if k in note}
+            if note.get("layouts") or note.get("ignored") or note.get("turn_keys"):  # the same for most rows
+                kept = {k: note[k] for k in ("layouts", "roles", "ignored", "turn_keys") if k in note}
                 result["notes"] = json.dumps([source, kept], sort_keys=True)
             result["empty_turns"] = note.get("empty_turns", 0)
             for k, v in result.items():

@@ -129,6 +129,11 @@ def rows(name, *bad, key="data"):
     return lambda p, script: [f"{key}={write_jsonl(p / name, [GOOD[script], *bad])}"]
 
 
+def skipped(name, *bad, key="data"):
+    """A data file of bad rows alone, read with on_bad_rows=skip: nothing is left to run on."""
+    return lambda p, script: [f"{key}={write_jsonl(p / name, list(bad))}", "on_bad_rows=skip"]
+
+
 def written(path, text) -> str:
     path.write_text(text)
     return str(path)
@@ -272,6 +277,16 @@ CASES = [
         "no training rows left",
     ),
     *[(s, "unknown file type", file("d.txt", "hello\n"), "d.txt") for s in ("sft_chat.py", "dpo.py")],
+    *[
+        (s, "every row bad, skipped", skipped("b.jsonl", {"foo": 1}, ["x"]), "b.jsonl was bad (2; first: ")
+        for s in GOOD
+    ],
+    (
+        "sft_chat.py",
+        "every eval row bad, skipped",
+        lambda p, s: [*rows("g.jsonl")(p, s), *skipped("e.jsonl", {"foo": 1}, key="eval_data")(p, s)],
+        "no rows left in eval_data: every row of ",
+    ),
     # rows: every schema, the bad row is on line 2
     *[(s, "malformed JSON", rows("m.jsonl", '{"oops'), "m.jsonl:2: malformed JSON") for s in GOOD],
     *[
@@ -407,6 +422,12 @@ CASES = [
         "KTO undesirable row",
         rows("k.jsonl", {**CHAT, "label": False}),
         "k.jsonl:2: 'label' is false (a KTO undesirable example)",
+    ),
+    (
+        "sft_chat.py",
+        "a weighted turn (axolotl)",
+        rows("w.jsonl", {"messages": [ASK, {"role": "assistant", "content": "ok", "weight": 0.5}]}),
+        "w.jsonl:2: messages[1] has weight 0.5: a weighted loss is not supported",
     ),
     (
         "sft_chat.py",

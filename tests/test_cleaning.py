@@ -5,7 +5,14 @@ import re
 import pytest
 
 import common.prepare
-from common.cleaning import CLEAN_DEFAULTS, clean_rows, cleaning_table, eval_set_inputs, normalize
+from common.cleaning import (
+    CLEAN_DEFAULTS,
+    clean_rows,
+    cleaning_table,
+    eval_set_inputs,
+    normalize,
+    quality_problem,
+)
 from common.data import DataReport, Row, load_sources
 from common.errors import UserError
 from common.prepare import read_rows
@@ -324,6 +331,13 @@ def _with_reasoning(row, reasoning, as_think_block=False):
     return row
 
 
+def _untrained_call(row):
+    """The same row with its call turn marked train: false: the reply after the result alone is trained."""
+    row = json.loads(json.dumps(row))
+    next(m for m in row["messages"] if m["role"] == "assistant")["train"] = False
+    return row
+
+
 def _copy(row, **columns):
     """The same row as another export writes it: other call ids, its own id column."""
     return {**json.loads(json.dumps(row).replace("call_0", "call_9f3k")), **columns}
@@ -351,6 +365,7 @@ def _copy(row, **columns):
             ),
             None,
         ),
+        (_ticket(), _untrained_call(_ticket()), None),  # the same conversation, another turn trained
     ],
     ids=[
         "a copy with other ids",
@@ -361,6 +376,7 @@ def _copy(row, **columns):
         "a one-word edit",
         "another call",
         "other tools and another call",
+        "a turn marked train: false",
     ],
 )
 def test_dedup_compares_everything_trained_or_conditioning_it(first, second, dropped):
@@ -428,6 +444,17 @@ def _chat(*turns, tools=None):
         ),
         # every assistant turn of a chat row is trained (sft_chat.py's loss_on=all_assistant), an early one too
         (_chat("How do I open the settings?", REPEATED, "And dark mode?", "Tap Appearance."), "repeated lines"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "How do I open the settings?"},
+                    {"role": "assistant", "content": REPEATED, "train": False},  # context, not trained
+                    {"role": "user", "content": "And dark mode?"},
+                    {"role": "assistant", "content": "Tap Appearance."},
+                ]
+            },
+            None,
+        ),
     ],
     ids=[
         "rejected says as an AI",
@@ -440,12 +467,68 @@ def _chat(*turns, tools=None):
         "boilerplate with tools",
         "a pair declining a tool request",
         "an early trained turn repeats lines",
+        "a turn marked train: false repeats lines",
     ],
 )
 def test_filters_read_what_is_trained_as_good(row, dropped):
     kept, report = _clean(row)
     assert len(kept) == (0 if dropped else 1)
     assert report.dropped == ({f"cleaning: {dropped}": 1} if dropped else {})
+
+
+COUNTED = """## Count words in a file
+
+```python
+from collections import Counter  # counts hashable items
+
+# read the whole file as text
+text = open("book.txt").read()
+# split on whitespace, lower-cased
+words = text.lower().split()
+# the ten most common words
+print(Counter(words).most_common(10))
+```
+
+## Why Counter
+
+`Counter` is a dict subclass: `counts["the"]` is one word's count."""
+
+
+@pytest.mark.parametrize(
+    "text, dropped",
+    [
+        ("```\nx = 1\n```", None),  # the two fences are no repeated lines
+        ("Before:\n```\nx = 1\n```\nAfter:\n```\nx = 2\n```", None),
+        ("func a() {\n\treturn\n}\nfunc b() {\n\treturn\n}", None),  # unfenced: `}` is punctuation alone
+        ("Part one\n---\nPart two\n---\nPart three\n---", None),  # rules: punctuation alone
+        ("```\nagain\nagain\nagain\n```", None),  # code may repeat itself
+        (REPEATED, "repeated lines"),
+        ("```sh\nmake\n```\n" + REPEATED, "repeated lines"),  # the prose around code is still judged
+        (COUNTED, None),  # a comment on every line and two headings: Markdown and Python, not noise
+        ("# Usage #\n\nRun `make`, then `make install`.", None),  # a heading's closing sequence is markup too
+        ("Rest parameters:\n```js\nconst f = (...args) => g(...args);\nconst h = (...xs) => k(...xs);\n```", None),
+        ("Loving it #summer #beach #sun #fun #tbt", "symbol ratio"),  # hashtags in prose
+        ("# # # # # # # # lorem ipsum", "symbol ratio"),  # only the heading's own marker is markup
+        ("Well... maybe... I guess... not sure...", "symbol ratio"),
+    ],
+    ids=[
+        "a bare fence pair",
+        "two short blocks",
+        "closing braces unfenced",
+        "horizontal rules",
+        "repeated code",
+        "repeated prose",
+        "repeated prose after code",
+        "markdown and python comments",
+        "a closed heading",
+        "ellipses in code",
+        "hashtags",
+        "hashes after a heading marker",
+        "ellipses in prose",
+    ],
+)
+def test_quality_filters_judge_prose_not_code_or_markup(text, dropped):
+    assert quality_problem(text, CLEAN_DEFAULTS) == dropped
 
 
 # What other tools write reaches the model as they wrote it: indentation and runs of spaces are meaning in code,

@@ -155,6 +155,12 @@ def test_eval_split_is_seeded_and_disjoint():
     assert split_eval(rows, 0.0, seed=1) == (rows, [])
 
 
+@pytest.mark.parametrize("n, fraction, held", [(2, 0.75, 1), (3, 0.9, 2), (4, 0.01, 1), (1, 0.5, 0)])
+def test_eval_split_leaves_a_row_to_train_on(n, fraction, held):
+    train, evals = split_eval(list(range(n)), fraction, seed=0)
+    assert len(evals) == held and len(train) == n - held
+
+
 def _sources(tmp_path, sizes=(1000, 1000)):
     return [
         write_jsonl(tmp_path / f"s{i}.jsonl", [{"text": f"s{i} row {j}"} for j in range(n)])

@@ -11,15 +11,19 @@ from functools import partial
 
 import pytest
 
+from common.chat.masks import chat_example, spans
 from common.chat.rows import chat_row_problem
+from common.chat.tokenizer import prepare_tokenizer
 from common.cleaning import CLEAN_DEFAULTS
 from common.completion_format import completion_row_problem
 from common.data import DataReport, load_sources
-from common.errors import UserError
+from common.errors import Dropped, UserError
+from common.models import load_tokenizer
 from common.preference import plain_row_problem
 from common.prepare import Recipe, prepare
 from common.prompts import prompt_problem
 from tests.conftest import write_jsonl
+from tests.real_tokenizers import load
 
 PROBLEMS = {
     "sft_chat": chat_row_problem,
@@ -112,6 +116,16 @@ AXOLOTL = {  # axolotl's tests/fixtures/conversation.json: one object in a .json
     "conversations": [
         {"from": "human", "value": "How do I reverse a list in Python?"},
         {"from": "gpt", "value": "Use reversed(xs) or xs[::-1]."},
+    ]
+}
+
+WEIGHTED = {  # axolotl's ShareGPT with per-turn weights: the first answer is context, not to be learned
+    "conversations": [
+        {"from": "system", "value": "You answer in one word.", "weight": 0},
+        {"from": "human", "value": "Capital of France?", "weight": 0},
+        {"from": "gpt", "value": "Lyon.", "weight": 0},
+        {"from": "human", "value": "Are you sure?", "weight": 0},
+        {"from": "gpt", "value": "Paris.", "weight": 1},
     ]
 }
 
@@ -260,6 +274,72 @@ ACCEPTED = [
         ["ignoring columns label"],
     ),
     (
+        "axolotl's per-turn weights",
+        "sft_chat",
+        WEIGHTED,
+        {},
+        {
+            "messages": [
+                {"role": "system", "content": "You answer in one word."},
+                user("Capital of France?"),
+                {"role": "assistant", "content": "Lyon.", "train": False},
+                user("Are you sure?"),
+                assistant("Paris."),
+            ]
+        },
+        ["read as ShareGPT (roles gpt -> assistant, human -> user)"],
+    ),
+    *[
+        (
+            f"a {key} flag",
+            "sft_chat",
+            {
+                "messages": [
+                    user("Hi"),
+                    {**assistant("Hello!"), key: False},
+                    user("Bye"),
+                    {**assistant("Bye!"), key: True},
+                ]
+            },
+            {},
+            {"messages": [user("Hi"), {**assistant("Hello!"), "train": False}, user("Bye"), assistant("Bye!")]},
+            [],
+        )
+        for key in ("train", "training")
+    ],
+    (
+        "a weight the user drops",
+        "sft_chat",
+        {"messages": [user("Hi"), {**assistant("Hello!"), "weight": 0.5}]},
+        {"ignore": ["weight"]},
+        {"messages": [user("Hi"), assistant("Hello!")]},
+        ["ignoring per-turn keys weight"],
+    ),
+    (
+        "keys no script reads",
+        "sft_chat",
+        {"messages": [{**user("Hi"), "lang": "en"}, {**assistant("Hello!"), "score": 5, "refusal": None}]},
+        {},
+        {"messages": [{**user("Hi"), "lang": "en"}, {**assistant("Hello!"), "score": 5, "refusal": None}]},
+        ["ignoring per-turn keys lang, score"],
+    ),
+    (
+        "an untrained turn in a preference prompt",  # a prompt is never trained: the mark agrees
+        "dpo",
+        {
+            "prompt": [user("Hi"), {**assistant("Hello!"), "weight": 0}, user("Bye")],
+            "chosen": [{**assistant("Bye!"), "weight": 1}],
+            "rejected": [assistant("No.")],
+        },
+        {},
+        {
+            "prompt": [user("Hi"), assistant("Hello!"), user("Bye")],
+            "chosen": [assistant("Bye!")],
+            "rejected": [assistant("No.")],
+        },
+        [],
+    ),
+    (
         "a system column",
         "grpo",
         {"system": "Answer in French.", "messages": [user("Hello?"), assistant("Bonjour.")], "answer": "Bonjour."},
@@ -310,8 +390,14 @@ def test_layouts_are_read_into_the_scripts_schema(tmp_path, capsys, script, row,
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(path)]
     assert printed == [f"{path}: {line}" for line in lines]  # once for the source, not per row
     assert (path in report.counts.get("reading", {})) == bool(lines)
-    if script != "sft_completion":  # the in-memory reader (held-out and eval sets) maps them the same way
+    if script != "sft_completion" and not _marks_in(row):  # the in-memory reader (held-out sets) maps them the same
         assert load_sources([{"path": path, **options}], DataReport())[0].data == expected
+
+
+def _marks_in(row: dict) -> bool:
+    """Whether a row's turns say which are trained: only a training script's reading takes that in."""
+    turns = [m for value in row.values() if isinstance(value, list) for m in value if isinstance(m, dict)]
+    return any({"weight", "train", "training"} & set(m) for m in turns)
 
 
 def test_json_files_hold_a_list_one_object_or_json_lines(tmp_path):
@@ -384,6 +470,48 @@ REFUSED = [
         None,
     ),
     ("alpaca history for completion", "sft_completion", ALPACA_CHAT, "'history' is not empty", ["history", "system"]),
+    (
+        "a weighted loss",
+        "sft_chat",
+        {"messages": [user("Hi"), {**assistant("Hello!"), "weight": 0.5}]},
+        "messages[1] has weight 0.5: a weighted loss is not supported",
+        ["weight"],
+    ),
+    (
+        "a trained user turn (axolotl trains inputs marked so)",
+        "sft_chat",
+        {"conversations": [{"from": "human", "value": "Hi", "weight": 1}, {"from": "gpt", "value": "Hello!"}]},
+        "messages[0] is a user turn marked weight: 1, and only assistant turns are trained",
+        ["weight"],
+    ),
+    (
+        "an untrained preference answer",
+        "dpo",
+        {"prompt": "Hi", "chosen": [{**assistant("Hello!"), "train": False}], "rejected": [assistant("Go away.")]},
+        "chosen[0] is marked train: false, and a preference answer is trained whole",
+        ["train"],
+    ),
+    (
+        "marks that disagree",
+        "sft_chat",
+        {"messages": [user("Hi"), {**assistant("Hello!"), "weight": 0, "train": True}]},
+        "messages[1] has marks that disagree (weight: 0, train: true)",
+        ["weight", "train"],
+    ),
+    (
+        "a flag that is not a boolean",
+        "sft_chat",
+        {"messages": [user("Hi"), {**assistant("Hello!"), "training": "no"}]},
+        'messages[1] has training "no": it must be true or false',
+        ["training"],
+    ),
+    (
+        "part of a turn trained (axolotl's train_detail)",
+        "sft_chat",
+        {"messages": [user("Hi"), {**assistant("Hello!"), "train_detail": [{"begin_offset": 0, "end_offset": 4}]}]},
+        "messages[1] has train_detail: training part of a turn is not supported",
+        ["train_detail"],
+    ),
     (
         "an empty answer between two questions (axolotl's conversation.missingturns.json)",
         "sft_chat",
@@ -465,3 +593,71 @@ def test_empty_answers_are_removed_and_counted(tmp_path, clean):
 def test_bad_source_options(source, message):
     with pytest.raises(UserError, match=message):
         load_sources([source], DataReport())
+
+
+@pytest.fixture(scope="module")
+def chat_formats(tmp_path_factory):
+    """(tokenizer, chat spec) of the built-in special-tokens format and of Qwen2.5's own template."""
+    builtin = load_tokenizer("builtin:tiny")
+    qwen = load("qwen2.5", tmp_path_factory.mktemp("real_tokenizers"))
+    return {
+        "special_tokens": (builtin, prepare_tokenizer(builtin, "special_tokens")),
+        "qwen2.5": (qwen, prepare_tokenizer(qwen, "native")),
+    }
+
+
+ANSWERS = [
+    {"role": "system", "content": "You answer in one word."},
+    user("Capital of France?"),
+    assistant("Lyon."),
+    user("Are you sure?"),
+    assistant("Paris."),
+]
+
+
+def marked(key, value, turns=(2,)):
+    """The conversation with `key: value` on the given turns."""
+    return {"messages": [{**m, key: value} if i in turns else m for i, m in enumerate(ANSWERS)]}
+
+
+MARKED = {  # the first answer marked untrained, as each tool writes it
+    "axolotl weight 0 (ShareGPT)": WEIGHTED,
+    "weight 0": marked("weight", 0),
+    "train false": marked("train", False),
+    "training false": marked("training", False),
+}
+
+
+@pytest.mark.parametrize("form", MARKED)
+@pytest.mark.parametrize("chat_format", ["special_tokens", "qwen2.5"])
+def test_a_turn_marked_untrained_takes_no_loss_and_the_others_do(tmp_path, chat_formats, chat_format, form):
+    tokenizer, spec = chat_formats[chat_format]
+    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": ANSWERS}, MARKED[form]])
+    unmarked, marked_row = prepared_rows(tmp_path, "sft_chat", [path])
+    [plain], _ = chat_example(tokenizer, spec, "all_assistant", unmarked)
+    [example], _ = chat_example(tokenizer, spec, "all_assistant", marked_row)
+    assert example["input_ids"] == plain["input_ids"]  # a mark changes the loss, never the text
+    lyon, paris = spans([int(label != -100) for label in plain["labels"]])
+    assert "Lyon." in tokenizer.decode(plain["input_ids"][slice(*lyon)])
+    assert "Paris." in tokenizer.decode(plain["input_ids"][slice(*paris)])
+    assert example["labels"] == [-100 if lyon[0] <= i < lyon[1] else x for i, x in enumerate(plain["labels"])]
+
+
+@pytest.mark.parametrize(
+    "loss_on, row, reason",
+    [
+        ("all_assistant", marked("weight", 0, turns=(2, 4)), "no assistant turn to train: each is marked train: false"),
+        ("last_assistant", marked("train", False, turns=(4,)), "no assistant turn to train: the last is marked"),
+    ],
+    ids=["every answer", "the last answer, under loss_on=last_assistant"],
+)
+def test_a_row_with_no_turn_left_to_train_is_dropped_and_counted(tmp_path, chat_formats, loss_on, row, reason):
+    tokenizer, spec = chat_formats["special_tokens"]
+    [read] = prepared_rows(tmp_path / "one", "sft_chat", [write_jsonl(tmp_path / "r.jsonl", [row])])
+    with pytest.raises(Dropped, match=reason):
+        chat_example(tokenizer, spec, loss_on, read)
+    recipe = Recipe("sft_chat", chat_row_problem, partial(chat_example, tokenizer, spec, loss_on))
+    report = DataReport()
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": ANSWERS}, row])
+    assert len(prepare(params_for(tmp_path, [data]), recipe, tokenizer, report).train) == 1
+    assert [(r.startswith(reason), n) for r, n in report.dropped.items()] == [(True, 1)]

@@ -121,6 +121,70 @@ def test_a_bad_row_deep_in_a_large_file_is_named_by_its_line(tmp_path, monkeypat
     assert len(kept.train) == 29_999 and report.dropped == {"bad row: unrenderable": 1}
 
 
+def _drop(row: dict):
+    return None
+
+
+NOTHING_LEFT = [
+    # (id, {file: rows}, settings (files named by their stem), the whole error line ({stem}: the file's path))
+    (
+        "every row bad",
+        {"a": [{"j": 1}, {"j": 2}]},
+        {"data": ["a"]},
+        "no rows left in data: every row of {a} was bad (2; first: {a}:1: row has no 'i')",
+    ),
+    (
+        "bad rows and cleaning",
+        {"a": [{"j": 1}, {"i": 0}, {"i": 1}]},
+        {"data": ["a"], "clean": dict(CLEAN_DEFAULTS)},
+        "no rows left in data: of 3 rows of {a}, bad: 1 (first: {a}:1: row has no 'i'), removed by cleaning: 2 "
+        "(empty after normalisation: 2)",
+    ),
+    (
+        "cleaning alone, under on_bad_rows=error",
+        {"a": [{"i": 0}]},
+        {"data": ["a"], "clean": dict(CLEAN_DEFAULTS), "on_bad_rows": "error"},
+        "no rows left in data: of 1 row of {a}, removed by cleaning: 1 (empty after normalisation: 1)",
+    ),
+    (
+        "the row hook",
+        {"a": [{"i": 0}, {"i": 1}]},
+        {"data": ["a"], "hook": _drop},
+        "no rows left in data: of 2 rows of {a}, dropped by the row_hook: 2",
+    ),
+    (
+        "a weighted source",  # mixing takes half of its rows; the other source's rows alone are not that mix
+        {"a": [{"i": 0}], "b": [{"j": 1}]},
+        {"data": [{"path": "a", "weight": 0.5}, {"path": "b", "weight": 0.5}]},
+        "no rows left in data (the source weighted 0.5): every row of {b} was bad (1; first: {b}:1: row has no 'i')",
+    ),
+    (
+        "eval_data",
+        {"a": [{"i": 0}], "e": [{"j": 1}]},
+        {"data": ["a"], "eval_data": ["e"]},
+        "no rows left in eval_data: every row of {e} was bad (1; first: {e}:1: row has no 'i')",
+    ),
+]
+
+
+@pytest.mark.parametrize("files, settings, line", [c[1:] for c in NOTHING_LEFT], ids=[c[0] for c in NOTHING_LEFT])
+def test_no_rows_left_is_one_line_that_says_what_took_them(tmp_path, files, settings, line):
+    paths = {name: write_rows(tmp_path / f"{name}.jsonl", rows) for name, rows in files.items()}
+
+    def located(sources):
+        return [{**s, "path": paths[s["path"]]} if isinstance(s, dict) else paths[s] for s in sources]
+
+    settings = {"on_bad_rows": "skip", "eval_data": [], **settings}
+    hook = settings.pop("hook", None)
+    sources = {key: located(settings.pop(key)) for key in ("data", "eval_data")}
+    params = params_for(tmp_path, "", **settings) | sources
+    recipe = Recipe("test", _problem, partial(_given, examples_of(2)), hook=hook)
+    with pytest.raises(UserError) as error:
+        prepare(params, recipe, load_tokenizer("builtin:tiny"), DataReport())
+    assert str(error.value) == line.format(**paths)
+    assert os.listdir(tmp_path / "cache") == []
+
+
 def test_an_empty_data_file_is_named(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")

@@ -14,24 +14,32 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from common.chat.reasoning import with_reasoning
 from common.chat.template import FIX, PROBES, ChatSpec, chat_spec, prepare_messages
 from common.chat.tools import calls_text, normalize_message, normalize_tools
-from common.errors import RowProblem
+from common.errors import Dropped, RowProblem
 
 
 def tokenize_chat(
     tokenizer, messages: list[dict], loss_on: str = "all_assistant", spec: ChatSpec | None = None, tools=None
 ) -> tuple[list[int], list[int]]:
     """input_ids and labels for one (checked) conversation and its tools; labels are -100 except on the trained
-    assistant tokens (reasoning, content, tool calls, end of turn)."""
+    assistant tokens (reasoning, content, tool calls, end of turn) of the turns trained_turns selects."""
     spec = spec or chat_spec(tokenizer, "")
     tools = normalize_tools(tools)
+    trained = trained_turns(messages, loss_on)
     messages = rendered_messages(messages, spec, tools)
     input_ids, mask = render_with_mask(tokenizer, messages, spec, tools)
     turns = [m for m in messages if m["role"] == "assistant"]
-    _turn_spans(mask, turns)
-    if loss_on == "last_assistant":
-        mask, turns = _last_span_only(mask), turns[-1:]
-    _check_trained_text(tokenizer, input_ids, mask, turns)
+    found, mask = _turn_spans(mask, turns), [0] * len(mask)
+    for (start, end), keep in zip(found, trained, strict=True):
+        mask[start:end] = [int(keep)] * (end - start)
+    _check_trained_text(tokenizer, input_ids, mask, [t for t, keep in zip(turns, trained, strict=True) if keep])
     return input_ids, [t if m else -100 for t, m in zip(input_ids, mask, strict=False)]
+
+
+def trained_turns(messages: list[dict], loss_on: str) -> list[bool]:
+    """Which assistant turns take loss: every one or the last (loss_on), less those marked `train: false` (other
+    tools' marks, read into it by common/layouts.py)."""
+    trained = [m.get("train") is not False for m in messages if m["role"] == "assistant"]
+    return [False] * (len(trained) - 1) + trained[-1:] if loss_on == "last_assistant" else trained
 
 
 def rendered_messages(messages: list[dict], spec: ChatSpec, tools: list) -> list[dict]:
@@ -155,12 +163,6 @@ def _turn_spans(mask: list[int], turns: list[dict]) -> list[tuple[int, int]]:
     return found
 
 
-def _last_span_only(mask: list[int]) -> list[int]:
-    found = spans(mask)
-    start, end = found[-1] if found else (0, 0)
-    return [1 if start <= i < end else 0 for i in range(len(mask))]
-
-
 def _check_trained_text(tokenizer, input_ids: list[int], mask: list[int], turns: list[dict]) -> None:
     """Every trained turn's reasoning, answer (stripped) and calls (names and plain string values) appear in the
     trained tokens, turn after turn, reasoning first. A turn's answer and calls may come in either order (Gemma 4
@@ -199,8 +201,12 @@ def _check_trained_text(tokenizer, input_ids: list[int], mask: list[int], turns:
 
 def chat_example(tokenizer, spec: ChatSpec, loss_on: str, row: dict) -> tuple[list[dict], dict]:
     """A checked chat row as its one example, and the counts it adds to the report (system turns folded into the
-    user turn, reasoning turns); raises RowProblem when the template cannot render it exactly."""
+    user turn, reasoning turns); raises RowProblem when the template cannot render it exactly, Dropped when no turn
+    it would train is left unmarked."""
     messages = row["messages"]
+    if not any(trained_turns(messages, loss_on)):
+        which = "the last" if loss_on == "last_assistant" else "each"
+        raise Dropped(f"no assistant turn to train: {which} is marked train: false")
     input_ids, labels = tokenize_chat(tokenizer, messages, loss_on, spec, row.get("tools"))
     counts = {}
     if spec.fold_system and len(messages) > 1 and messages[0]["role"] == "system":
