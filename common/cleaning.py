@@ -131,7 +131,7 @@ def normalize(text: str, edges: bool = False) -> str:
     stays as it is. edges: keep the whitespace that starts and ends the text too (a whole `prompt` or `completion`
     field: they are joined with no separator, so a space or newline where they meet is data). Dedup folds runs of
     spaces itself (_fold), so the same text typed two ways is still one text to it."""
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = _canonical(text)
     if edges:
         core = text.strip()
         start, end = len(text) - len(text.lstrip()), len(text.rstrip())
@@ -148,6 +148,11 @@ def normalize(text: str, edges: bool = False) -> str:
         lines.pop()
     start = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
     return "\n".join(lines[start:])
+
+
+def _canonical(text: str) -> str:
+    """Unicode NFC, and CRLF and CR line ends as LF: the same text typed two ways as one."""
+    return unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _fences(text: str) -> list[str]:
@@ -171,7 +176,7 @@ def _fold(text: str) -> str:
     """A text as dedup compares it: normalised, runs of spaces and tabs inside a line made one space, each line's
     end trimmed, runs of blank lines made one, the whole trimmed. Leading indentation stays (it is a Python or YAML
     block's extent), so two programs that differ in it are two texts; the same prose typed two ways is one."""
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = _canonical(text)
     lines = []
     for line in text.split("\n"):
         body = line.lstrip(" \t")
@@ -246,7 +251,8 @@ def _dedup_view(row: dict) -> tuple[str, str, bytes]:
     schema are left out: copies of a row differ in them. Texts and argument strings are compared folded (_fold), so
     the same text typed with other runs of spaces is the same; near dedup reads words, which whitespace never
     changes."""
-    parts, texts, shared = {"tools": normalize_tools(row.get("tools"))}, [], [normalize_tools(row.get("tools"))]
+    tools = normalize_tools(row.get("tools"))
+    parts, texts, shared = {"tools": tools}, [], [tools]
     for key in TEXT_KEYS:
         value = row.get(key)
         if isinstance(value, str):

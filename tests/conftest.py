@@ -140,6 +140,29 @@ def write_jsonl(path, rows):
     return str(path)
 
 
+def prepare_params(tmp_path, data: list, **more) -> dict:
+    """PARAMS for common.prepare.prepare alone: the data sources given, no held-out data, cleaning off, one process,
+    the cache under tmp_path; `more` overrides any of them."""
+    from common.cleaning import CLEAN_DEFAULTS
+
+    return {
+        "data": data,
+        "eval_data": [],
+        "eval_fraction": 0.0,
+        "test_data": "",
+        "max_length": 512,
+        "packing": False,
+        "batch_size": None,
+        "seed": 0,
+        "on_bad_rows": "error",
+        "num_proc": 1,
+        "clean": dict(CLEAN_DEFAULTS, enabled=False),
+        "data_cache_dir": str(tmp_path / "cache"),
+        "progress_bar": False,
+        **more,
+    }
+
+
 def read_jsonl(path):
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -22,7 +22,7 @@ from common.models import load_tokenizer
 from common.preference import plain_row_problem
 from common.prepare import Recipe, prepare
 from common.prompts import prompt_problem
-from tests.conftest import write_jsonl
+from tests.conftest import prepare_params, write_jsonl
 from tests.real_tokenizers import load
 
 PROBLEMS = {
@@ -353,22 +353,6 @@ ACCEPTED = [
 ]
 
 
-def params_for(tmp_path, data, **more) -> dict:
-    return {
-        "data": data,
-        "eval_data": [],
-        "eval_fraction": 0.0,
-        "max_length": 512,
-        "seed": 0,
-        "on_bad_rows": "error",
-        "num_proc": 1,
-        "clean": dict(CLEAN_DEFAULTS, enabled=False),
-        "data_cache_dir": str(tmp_path / "cache"),
-        "progress_bar": False,
-        **more,
-    }
-
-
 def _as_row(row: dict):
     return [{"row": json.dumps(row, ensure_ascii=False)}], {}
 
@@ -376,7 +360,7 @@ def _as_row(row: dict):
 def prepared_rows(tmp_path, script, data, report=None, **more) -> list[dict]:
     """The rows as the script's examples() gets them, read through common.prepare under its recipe name."""
     recipe = Recipe(script, PROBLEMS[script], _as_row, columns=("row", "where"))
-    done = prepare(params_for(tmp_path, data, **more), recipe, None, report or DataReport())
+    done = prepare(prepare_params(tmp_path, data, **more), recipe, None, report or DataReport())
     return [json.loads(row) for row in done.train["row"]]
 
 
@@ -659,5 +643,5 @@ def test_a_row_with_no_turn_left_to_train_is_dropped_and_counted(tmp_path, chat_
     recipe = Recipe("sft_chat", chat_row_problem, partial(chat_example, tokenizer, spec, loss_on))
     report = DataReport()
     data = write_jsonl(tmp_path / "d.jsonl", [{"messages": ANSWERS}, row])
-    assert len(prepare(params_for(tmp_path, [data]), recipe, tokenizer, report).train) == 1
+    assert len(prepare(prepare_params(tmp_path, [data]), recipe, tokenizer, report).train) == 1
     assert [(r.startswith(reason), n) for r, n in report.dropped.items()] == [(True, 1)]

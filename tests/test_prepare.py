@@ -13,6 +13,7 @@ from common.data import DataReport
 from common.errors import RowProblem, UserError
 from common.models import load_tokenizer
 from common.prepare import Recipe, prepare
+from tests.conftest import prepare_params
 
 
 def _given(examples: list, row: dict):
@@ -26,25 +27,6 @@ def _problem(row: dict):
     return None if isinstance(row.get("i"), int) else "row has no 'i'"
 
 
-def params_for(tmp_path, data, **overrides) -> dict:
-    return {
-        "data": [str(data)],
-        "eval_data": [],
-        "eval_fraction": 0.0,
-        "test_data": "",
-        "max_length": 512,
-        "packing": False,
-        "batch_size": None,
-        "seed": 0,
-        "on_bad_rows": "error",
-        "num_proc": 1,
-        "clean": dict(CLEAN_DEFAULTS, enabled=False),
-        "data_cache_dir": str(tmp_path / "cache"),
-        "progress_bar": False,
-        **overrides,
-    }
-
-
 def write_rows(path, rows) -> str:
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(row if isinstance(row, str) else json.dumps(row) + "\n" for row in rows)
@@ -52,12 +34,12 @@ def write_rows(path, rows) -> str:
 
 
 def prepared(tmp_path, examples, report=None, rows=None, **overrides):
-    """The prepared data of (input_ids, labels) examples, one row each, under params_for's settings."""
+    """The prepared data of (input_ids, labels) examples, one row each, under prepare_params's settings."""
     os.makedirs(tmp_path, exist_ok=True)
     data = write_rows(tmp_path / "rows.jsonl", rows or [{"i": i} for i in range(len(examples))])
     recipe = Recipe("test", _problem, partial(_given, examples), packing=overrides.get("packing", False))
     return prepare(
-        params_for(tmp_path, data, **overrides), recipe, load_tokenizer("builtin:tiny"), report or DataReport()
+        prepare_params(tmp_path, [data], **overrides), recipe, load_tokenizer("builtin:tiny"), report or DataReport()
     )
 
 
@@ -177,7 +159,7 @@ def test_no_rows_left_is_one_line_that_says_what_took_them(tmp_path, files, sett
     settings = {"on_bad_rows": "skip", "eval_data": [], **settings}
     hook = settings.pop("hook", None)
     sources = {key: located(settings.pop(key)) for key in ("data", "eval_data")}
-    params = params_for(tmp_path, "", **settings) | sources
+    params = prepare_params(tmp_path, [], **settings) | sources
     recipe = Recipe("test", _problem, partial(_given, examples_of(2)), hook=hook)
     with pytest.raises(UserError) as error:
         prepare(params, recipe, load_tokenizer("builtin:tiny"), DataReport())
@@ -190,7 +172,7 @@ def test_an_empty_data_file_is_named(tmp_path):
     empty.write_text("\n")
     with pytest.raises(UserError, match=rf"^{empty}: no rows in this data file$"):
         prepare(
-            params_for(tmp_path, empty),
+            prepare_params(tmp_path, [str(empty)]),
             Recipe("test", _problem, partial(_given, [])),
             load_tokenizer("builtin:tiny"),
             DataReport(),
