@@ -90,11 +90,11 @@ def resume_point(output_dir: str) -> str | None:
     return found[-1] if found else None
 
 
-def start_run(params: dict, defaults: dict) -> str | None:
-    """A training script's prologue: check the model folder (a default that another script's run writes) and the
-    held-out files, join the process group and print the real launch, then prepare output_dir. Returns the
-    checkpoint to resume from."""
-    check_model_folder(params["model"], defaults["model"])
+def start_run(params: dict, defaults: dict, model_key: str = "model") -> str | None:
+    """A training script's prologue: check the model folder (a default that another script's run writes; model_key
+    names it) and the held-out files, join the process group and print the real launch, then prepare output_dir.
+    Returns the checkpoint to resume from."""
+    check_model_folder(params[model_key], defaults[model_key], model_key)
     launch = describe()  # every rank joins the process group here
     if is_main():
         print(launch, flush=True)
@@ -104,11 +104,11 @@ def start_run(params: dict, defaults: dict) -> str | None:
     return prepare_output_dir(params["output_dir"], params["resume"], params["overwrite"])
 
 
-def check_model_folder(model: str, default: str) -> None:
+def check_model_folder(model: str, default: str, key: str = "model") -> None:
     """A script whose default model is another script's output stops, when that folder is missing, with the
     command that makes it."""
     if model == default and model in MADE_BY and not os.path.isdir(model):
-        raise UserError(f"model folder not found: {model} (run `{MADE_BY[model]}` first, or set model=)")
+        raise UserError(f"model folder not found: {model} (run `{MADE_BY[model]}` first, or set {key}=)")
 
 
 def dry_run(output_dir: str, tokenizer, report, write_preview) -> None:

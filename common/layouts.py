@@ -24,7 +24,13 @@ import json
 from common.errors import RowProblem
 
 # The recipe (script) names whose rows have a schema; any other (synth_data's, a test's) keeps rows whole
-SCHEMAS = {"sft_chat": "chat", "sft_completion": "completion", "dpo": "preference", "grpo": "prompt"}
+SCHEMAS = {
+    "sft_chat": "chat",
+    "sft_completion": "completion",
+    "dpo": "preference",
+    "grpo": "prompt",
+    "distill": "prompt",
+}
 # The columns a schema reads; the prompt schema reads them all (grpo hands the whole row to its rewards)
 READS = {
     "chat": {"messages", "tools"},

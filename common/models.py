@@ -121,3 +121,37 @@ def apply_lora(model, lora: dict, new_token_ids: list[int]):
         return get_peft_model(model, config)
     except ValueError as e:
         raise UserError(f"lora: {str(e).splitlines()[0]}") from None
+
+
+def pruned(model, keep: int):
+    """The model with `keep` of its decoder layers, evenly spaced from the first to the last (DistilBERT keeps every
+    other layer; Minitron's depth pruning keeps layers across the depth): a student that starts from the teacher's
+    own weights. Each kept layer is renumbered, so its attention reads and writes its own slot of the KV cache."""
+    decoder = model.get_decoder()
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise UserError(f"prune: {type(model).__name__} keeps no `layers` list in its decoder; use a student model")
+    total = len(layers)
+    if not 1 <= keep < total:
+        raise UserError(f"prune:{keep}: the teacher has {total} layers; keep between 1 and {total - 1}")
+    kept = [round(i * (total - 1) / (keep - 1)) for i in range(keep)] if keep > 1 else [0]
+    decoder.layers = torch.nn.ModuleList(layers[i] for i in kept)
+    for new, layer in enumerate(decoder.layers):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new
+    config = model.config.get_text_config()
+    config.num_hidden_layers = keep
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i] for i in kept]
+    return model
+
+
+def check_same_vocabulary(student, teacher, student_name: str, teacher_name: str) -> None:
+    """The teacher grades the student's tokens by their ids: both tokenizers must map every token to the same id."""
+    if student.get_vocab() != teacher.get_vocab():
+        raise UserError(
+            f"the student's tokenizer ({student_name}, {len(student)} tokens) and the teacher's ({teacher_name}, "
+            f"{len(teacher)} tokens) have different vocabularies; distillation here needs one vocabulary "
+            "(a student made with student_init=prune:N always has it)"
+        )

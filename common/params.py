@@ -96,7 +96,7 @@ def apply_overrides(defaults: dict, argv: list[str], rules: Rules | None = None)
         if isinstance(_default(defaults, key), str) and isinstance(value, (dict, list)):
             value = text  # YAML reads "Q: {prompt}" as a mapping; a string key means the text itself
         _set(params, defaults, key, value, "", rules)
-    for key in ("model", "judge_model"):
+    for key in ("model", "judge_model", "teacher"):
         if isinstance(params.get(key), str):
             params[key] = named_model(params[key])
     return params

@@ -1,5 +1,5 @@
-"""Trainer settings: PARAMS to TRL's SFTConfig, DPOConfig and GRPOConfig, with precision and device choices made
-explicit, and the callbacks every run logs with. The trainers themselves are built in the scripts
+"""Trainer settings: PARAMS to TRL's SFTConfig, DPOConfig, GRPOConfig and DistillationConfig, with precision and
+device choices made explicit, and the callbacks every run logs with. The trainers themselves are built in the scripts
 (common/trl_patches.py).
 
 TRL's own defaults (bf16 on, gradient checkpointing on) are wrong for CPU runs, so every one that
@@ -10,7 +10,7 @@ import os
 
 import pyarrow.compute as pc
 import torch
-from trl import DPOConfig, GRPOConfig, SFTConfig
+from trl import DistillationConfig, DPOConfig, GRPOConfig, SFTConfig
 
 from common.distributed import is_main
 from common.errors import UserError
@@ -144,3 +144,22 @@ def grpo_config(params: dict) -> GRPOConfig:
         )
     except ValueError as e:
         raise UserError(f"GRPO settings: {str(e).splitlines()[0]}") from None
+
+
+def distill_config(params: dict) -> DistillationConfig:
+    """DistillationConfig from PARAMS: one sampled answer per prompt, scored by the teacher, dropout off in both."""
+    args = trainer_args(params, False)
+    del args["max_length"]
+    try:
+        return DistillationConfig(
+            **args,
+            beta=params["beta"],
+            temperature=params["temperature"],
+            top_p=params["top_p"],
+            max_completion_length=params["max_completion_length"],
+            remove_unused_columns=False,
+            shuffle_dataset=True,
+            disable_dropout=True,
+        )
+    except ValueError as e:
+        raise UserError(f"distillation settings: {str(e).splitlines()[0]}") from None

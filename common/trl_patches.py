@@ -19,7 +19,7 @@ import os
 import torch
 import trl.trainer.utils as trl_utils
 from accelerate.utils import broadcast_object_list
-from trl import DPOTrainer, GRPOTrainer
+from trl import DistillationTrainer, DPOTrainer, GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from common.checkpoint import checkpoints
@@ -162,11 +162,11 @@ class _EpochShuffled(RepeatSampler):
 
 
 class RenderedPrompts:
-    """GRPOTrainer reads each prompt as the text common.prompts rendered (the row's own tools with it), tokenized
-    as it is: a chat template's text holds its own special tokens (TRL's text path would add a second BOS;
-    add_special_tokens=True for a model without a chat template), and TRL's chat path would render one tool list
-    for every prompt. Overrides GRPOTrainer._tokenize_prompts (called by _generate) and
-    GRPOTrainer._get_train_sampler (called by Trainer.get_train_dataloader), whose order becomes resumable."""
+    """GRPOTrainer and DistillationTrainer (built alike) read each prompt as the text common.prompts rendered (the
+    row's own tools with it), tokenized as it is: a chat template's text holds its own special tokens (TRL's text
+    path would add a second BOS; add_special_tokens=True for a model without a chat template), and TRL's chat path
+    would render one tool list for every prompt. Overrides _tokenize_prompts (called by _generate) and
+    _get_train_sampler (called by Trainer.get_train_dataloader), whose order becomes resumable."""
 
     def __init__(self, *args, add_special_tokens: bool, **kwargs):
         self.add_special_tokens = add_special_tokens
@@ -200,4 +200,6 @@ OVERRIDDEN = [
     (CachedReference, DPOTrainer, "_precompute_ref_logps", ("self", "dataset", "name", "batch_size"), "__init__"),
     (RenderedPrompts, GRPOTrainer, "_tokenize_prompts", ("self", "prompts"), "_generate"),
     (RenderedPrompts, GRPOTrainer, "_get_train_sampler", ("self", "dataset"), "get_train_dataloader"),
+    (RenderedPrompts, DistillationTrainer, "_tokenize_prompts", ("self", "prompts"), "_generate"),
+    (RenderedPrompts, DistillationTrainer, "_get_train_sampler", ("self", "dataset"), "get_train_dataloader"),
 ]

@@ -121,7 +121,14 @@ TOOL_PAIRS = [  # (what is wrong, pair, the reason given)
         "rejected[0] tool_calls[0] calls 'stop_music', which is not in the row's tools",
     ),
 ]
-GOOD = {"sft_chat.py": CHAT, "sft_completion.py": COMPLETION, "dpo.py": PAIR, "synth_data.py": CHAT, "grpo.py": CHAT}
+GOOD = {
+    "sft_chat.py": CHAT,
+    "sft_completion.py": COMPLETION,
+    "dpo.py": PAIR,
+    "synth_data.py": CHAT,
+    "grpo.py": CHAT,
+    "distill.py": CHAT,
+}
 
 
 def rows(name, *bad, key="data"):
@@ -303,6 +310,41 @@ CASES = [
         "prompt ends with the answer",
         rows("a.jsonl", {"messages": [{"role": "assistant", "content": "hi"}]}),
         "a.jsonl:2: the prompt must end with a non-empty user turn or a tool result",
+    ),
+    # distill.py: the teacher, the student, their vocabularies, the prompt budget
+    ("distill.py", "no prompt", rows("n.jsonl", {"text": "x"}), "n.jsonl:2: row has neither 'messages' nor 'prompt'"),
+    ("distill.py", "teacher folder missing", ["teacher=./no/such/teacher"], "teacher: model folder not found"),
+    (
+        "distill.py",
+        "teacher folder without weights",
+        lambda p, script: [f"teacher={p}"],
+        "teacher: cannot load the tokenizer of model",
+    ),
+    ("distill.py", "teacher with no weights", ["teacher=common/builtin_tiny"], "teacher: cannot load model"),
+    (
+        "distill.py",
+        "another vocabulary",
+        ["student_init=builtin:tiny"],
+        "the student's tokenizer (builtin:tiny, 954 tokens) and the teacher's",
+    ),
+    ("distill.py", "prune: not a number", ["student_init=prune:half"], "prune:N takes a whole number of layers"),
+    (
+        "distill.py",
+        "prune: too many layers",
+        ["student_init=prune:4"],
+        "the teacher has 4 layers; keep between 1 and 3",
+    ),
+    ("distill.py", "beta out of range", ["beta=2"], "beta=2.0 must be in [0, 1]"),
+    (
+        "distill.py",
+        "every prompt longer than the budget",
+        lambda p, script: [
+            f"data={write_jsonl(p / 'long.jsonl', [LONG_PROMPT] * 3)}",
+            "clean.enabled=false",
+            "max_length=40",
+            "max_completion_length=32",
+        ],
+        "no prompts left in data (prompt longer than max_length - max_completion_length = 8 tokens: 3)",
     ),
     (
         "synth_data.py",
@@ -562,6 +604,7 @@ BASE = {
     ],
     "synth_data.py": lambda p, model: [f"model={model}", "progress_bar=false", "test_data="],
     "grpo.py": lambda p, model: [f"model={model}", "progress_bar=false", "test_data=", "max_steps=1"],
+    "distill.py": lambda p, model: [f"teacher={model}", "progress_bar=false", "test_data=", "max_steps=1"],
 }
 
 
@@ -571,11 +614,13 @@ BASE = {
 def test_bad_input_is_one_line_and_exit_2(request, tmp_path, monkeypatch, script, args, message):
     monkeypatch.setenv("OPENAI_API_KEY", "")
     args = args(tmp_path, script) if callable(args) else args
-    model = request.getfixturevalue("sft_model") if script in ("dpo.py", "synth_data.py", "grpo.py") else None
+    model = (
+        request.getfixturevalue("sft_model") if script in ("dpo.py", "synth_data.py", "grpo.py", "distill.py") else None
+    )
     base = [
         a
         for a in BASE[script](tmp_path, model)
-        if not (a.startswith("model=") and any(x.startswith("model=") for x in args))
+        if not any(a.startswith(key) and any(x.startswith(key) for x in args) for key in ("model=", "teacher="))
     ]
     out = tmp_path / "out"
     result = run_in_process(script, *base, *args, f"output_dir={out}")
