@@ -27,17 +27,15 @@ from functools import partial
 
 from trl import DistillationTrainer
 
-from common.chat.template import rejects_system
 from common.checkpoint import dry_run, export_final, start_run, stop_ids
 from common.cleaning import CLEAN_DEFAULTS
 from common.data import DataReport
 from common.distributed import is_main, shutdown, wait_for_everyone
 from common.errors import UserError, exit_on_user_error
-from common.evaluate import held_out, saved_template
+from common.evaluate import held_out
 from common.models import apply_lora, check_same_vocabulary, load_model, load_tokenizer, pruned
 from common.params import Rules, resolve, save_params
-from common.prepare import Recipe, prepare
-from common.prompts import prompt_example, prompt_problem, write_prompt_preview
+from common.prompts import prepared_prompts, write_prompt_preview
 from common.tracking import plot_loss
 from common.training import callbacks, distill_config
 from common.trl_patches import RenderedPrompts, StopOnNonFiniteLoss, compose
@@ -143,22 +141,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     # Data: prompts checked, cleaned and rendered once with the student's chat template and each row's tools, as
     # grpo.py renders them (common/prompts.py)
     report = DataReport()
-    max_prompt = params["max_length"] - params["max_completion_length"]
-    if max_prompt < 1:
-        raise UserError(
-            f"max_length={params['max_length']} leaves no room for a prompt beside "
-            f"max_completion_length={params['max_completion_length']}"
-        )
-    template = saved_template(student)
-    examples = partial(prompt_example, tokenizer, template, rejects_system(tokenizer), max_prompt)
-    recipe = Recipe(
-        "distill", prompt_problem, examples, hook=row_hook, columns=("prompt", "row", "where"), keys=DATA_KEYS
-    )
-    prompts = prepare({**params, "model": student, "eval_data": []}, recipe, tokenizer, report).train
-    if not len(prompts):
-        reasons = ", ".join(f"{reason}: {n}" for reason, n in report.dropped.items())
-        raise UserError(f"no prompts left in data ({reasons or 'none given'})")
-    report.counts["train_prompts"] = len(prompts)
+    prompts, template = prepared_prompts(params, "distill", DATA_KEYS, student, tokenizer, report, row_hook)
     if is_main():
         save_params(params, out)
         report.write(out)

@@ -22,17 +22,15 @@ from functools import partial
 import torch
 from trl import GRPOTrainer
 
-from common.chat.template import rejects_system
 from common.checkpoint import dry_run, export_final, start_run, stop_ids
 from common.cleaning import CLEAN_DEFAULTS
 from common.data import DataReport
 from common.distributed import is_main, shutdown
 from common.errors import UserError, exit_on_user_error
-from common.evaluate import held_out, saved_template
+from common.evaluate import held_out
 from common.models import apply_lora, load_model, load_tokenizer
 from common.params import Rules, resolve, save_params
-from common.prepare import Recipe, prepare
-from common.prompts import prompt_example, prompt_problem, write_prompt_preview
+from common.prompts import prepared_prompts, write_prompt_preview
 from common.rewards import Reward, load_rewards
 from common.tracking import plot_loss
 from common.training import callbacks, grpo_config
@@ -138,19 +136,7 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     # on every core (common/prepare.py); each keeps its source row for the rewards
     report = DataReport()
     tokenizer = load_tokenizer(params["model"], params["trust_remote_code"])
-    max_prompt = params["max_length"] - params["max_completion_length"]
-    if max_prompt < 1:
-        raise UserError(
-            f"max_length={params['max_length']} leaves no room for a prompt beside "
-            f"max_completion_length={params['max_completion_length']}"
-        )
-    template = saved_template(params["model"])
-    examples = partial(prompt_example, tokenizer, template, rejects_system(tokenizer), max_prompt)
-    recipe = Recipe("grpo", prompt_problem, examples, hook=row_hook, columns=("prompt", "row", "where"), keys=DATA_KEYS)
-    prompts = prepare({**params, "eval_data": []}, recipe, tokenizer, report).train
-    if not len(prompts):
-        raise UserError("no prompts left after checks (see data_report.json)")
-    report.counts["train_prompts"] = len(prompts)
+    prompts, template = prepared_prompts(params, "grpo", DATA_KEYS, params["model"], tokenizer, report, row_hook)
     if is_main():
         save_params(params, out)
         report.write(out)

@@ -7,13 +7,16 @@ prepared example keeps the row itself, so each reward sees the row its prompt ca
 
 import json
 import os
+from functools import partial
 
 from jinja2 import TemplateError
 
 from common.chat.rows import validate_messages
-from common.chat.template import fold_system, render
+from common.chat.template import fold_system, rejects_system, render
 from common.chat.tools import normalize_tools, tool_names, tools_problem
-from common.errors import Dropped, RowProblem
+from common.errors import Dropped, RowProblem, UserError
+from common.evaluate import saved_template
+from common.prepare import Recipe, prepare
 
 ANSWER = {"role": "assistant", "content": ""}  # stands for the answer to come where a check wants an assistant turn
 
@@ -80,6 +83,28 @@ def prompt_example(tokenizer, template: str, fold: bool, max_prompt_tokens: int,
     if length > max_prompt_tokens:
         raise Dropped(f"prompt longer than max_length - max_completion_length = {max_prompt_tokens} tokens")
     return [{"prompt": text, "row": json.dumps(row, ensure_ascii=False)}], {"prompt_tokens": length}
+
+
+def prepared_prompts(params: dict, script: str, keys: tuple, model: str, tokenizer, report, row_hook=None):
+    """The prompts of a run that generates (grpo.py, distill.py): params["data"] checked, cleaned and rendered once
+    with model's chat template (its prompt_template.json without one) and each row's tools, in Arrow on every core
+    (common/prepare.py); each keeps its source row. Returns (prompts, the prompt template). No prompt left, or no
+    room for one beside max_completion_length, is one line."""
+    max_prompt = params["max_length"] - params["max_completion_length"]
+    if max_prompt < 1:
+        raise UserError(
+            f"max_length={params['max_length']} leaves no room for a prompt beside "
+            f"max_completion_length={params['max_completion_length']}"
+        )
+    template = saved_template(model)
+    examples = partial(prompt_example, tokenizer, template, rejects_system(tokenizer), max_prompt)
+    recipe = Recipe(script, prompt_problem, examples, hook=row_hook, columns=("prompt", "row", "where"), keys=keys)
+    prompts = prepare({**params, "model": model, "eval_data": []}, recipe, tokenizer, report).train
+    if not len(prompts):
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in report.dropped.items())
+        raise UserError(f"no prompts left in data ({reasons or 'none given'})")
+    report.counts["train_prompts"] = len(prompts)
+    return prompts, template
 
 
 def write_prompt_preview(tokenizer, prompts, output_dir: str, n: int = 16) -> None:
