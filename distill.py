@@ -4,6 +4,7 @@ every token of that answer.
     accelerate launch sft_chat.py && accelerate launch distill.py     # example task: the teacher pruned to half
     accelerate launch distill.py --config configs/recipes/smollm2-135m-distill.yaml   # a real teacher, a third of it
     accelerate launch distill.py teacher=my_org/teacher student_init=my_org/small data=my_prompts.jsonl
+    accelerate launch distill.py teacher=http://127.0.0.1:8000/v1 student_init=my_org/small   # vllm serve's teacher
     accelerate launch distill.py beta=0                                 # forward KL instead of reverse KL
     accelerate launch --config_file configs/accelerate/zero3.yaml --num_processes 8 distill.py   # 8 GPUs
     accelerate launch --config_file configs/accelerate/ddp.yaml distill.py   # two CPU processes
@@ -15,9 +16,10 @@ tokenizer has the teacher's vocabulary. Each step the student samples one answer
 student's chat template (the row's tools with it) as grpo.py renders prompts; the teacher reads exactly those ids
 after the same prompt ids, and the loss is TRL's generalized JSD between the two next-token distributions over the
 answer's tokens only (its end-of-turn token included): beta=1 is reverse KL, so the student learns from its own
-mistakes. Held-out exact match of the teacher, and of the student before and after, is printed. Outputs:
-params.yaml, data_report.json, metrics.jsonl (loss, entropy, completion lengths), loss.png, student_init/,
-checkpoint-N/, final/.
+mistakes. A teacher behind vLLM's OpenAI-compatible server (teacher=URL) sends its top teacher_top_k log-probs per
+position instead (common/teacher_server.py; the loss in README "distill"). Held-out exact match of the teacher, and
+of the student before and after, is printed. Outputs: params.yaml, data_report.json, metrics.jsonl (loss, entropy,
+completion lengths), loss.png, student_init/, checkpoint-N/, final/.
 """
 
 import os
@@ -36,12 +38,14 @@ from common.evaluate import held_out
 from common.models import apply_lora, check_same_vocabulary, load_model, load_tokenizer, pruned
 from common.params import Rules, resolve, save_params
 from common.prompts import prepared_prompts, write_prompt_preview
+from common.teacher_server import TeacherServer
 from common.tracking import plot_loss
 from common.training import callbacks, distill_config
-from common.trl_patches import RenderedPrompts, StopOnNonFiniteLoss, compose
+from common.trl_patches import RenderedPrompts, ServerTeacher, StopOnNonFiniteLoss, compose
 
 PARAMS = dict(
-    teacher="outputs/sft_chat/final",  # the model that grades: a folder or hub id (default: sft_chat.py's output)
+    teacher="outputs/sft_chat/final",  # the model that grades: a folder, a hub id, or a server URL (README "distill")
+    teacher_top_k=20,  # a teacher server's log-probs per position (vLLM's --max-logprobs); the rest is one bucket
     student_init="prune:2",  # prune:N (the teacher with N layers; the built-in has 4), or a model with its vocabulary
     data=["data/examples/chat_train.jsonl"],  # chat rows (the last assistant turn is left out) or {"prompt"} rows
     test_data="data/examples/chat_test.jsonl",  # held-out exact match of teacher, student before and after ("" skips)
@@ -93,6 +97,7 @@ RULES = Rules(
         "beta": (lambda v: 0 <= v <= 1, "must be in [0, 1] (1: reverse KL, 0: forward KL)"),
         "temperature": (lambda v: v > 0, "must be > 0"),
         "max_completion_length": (lambda v: v >= 1, "must be >= 1"),
+        "teacher_top_k": (lambda v: v >= 1, "must be >= 1"),
     },
 )
 # The keys besides data, cleaning, max_length and seed that change the prepared prompts (a change re-prepares them)
@@ -123,20 +128,37 @@ def student_folder(params: dict, resume_from: str | None) -> str:
     return folder
 
 
+def teacher_and_student(params: dict, resume_from: str | None):
+    """(the teacher: a frozen local model or a TeacherServer, the student's folder, its tokenizer), checked to share
+    one vocabulary."""
+    name, remote = params["teacher"], params["trust_remote_code"]
+    if name.startswith(("http://", "https://")):
+        if params["student_init"].startswith("prune:"):
+            raise UserError("student_init=prune:N needs the teacher's weights: with a teacher server, name a student")
+        if params["temperature"] != 1:
+            raise UserError(f"temperature={params['temperature']}: a teacher server's log-probs are at temperature 1")
+        teacher = TeacherServer(name, params["teacher_top_k"])
+        tokenizer = load_tokenizer(params["student_init"], remote)
+        teacher.check_vocabulary(tokenizer, params["student_init"])
+        return teacher, params["student_init"], tokenizer
+    try:
+        teacher_tokenizer = load_tokenizer(name, remote)
+        teacher = load_model(name, params["dtype"], params["seed"], remote, frozen=True)
+    except UserError as e:
+        raise UserError(f"teacher: {e}") from None
+    student = student_folder(params, resume_from)
+    tokenizer = load_tokenizer(student, remote)
+    check_same_vocabulary(tokenizer, teacher_tokenizer, student, name)
+    return teacher, student, tokenizer
+
+
 @exit_on_user_error
 def main(params: dict, trainer_class=None, row_hook=None) -> None:
     out, remote = params["output_dir"], params["trust_remote_code"]
     resume_from = start_run(params, PARAMS, model_key="teacher")
 
     # Student and teacher: one vocabulary, or the teacher's grades would name other tokens
-    try:
-        teacher_tokenizer = load_tokenizer(params["teacher"], remote)
-        teacher = load_model(params["teacher"], params["dtype"], params["seed"], remote, frozen=True)
-    except UserError as e:
-        raise UserError(f"teacher: {e}") from None
-    student = student_folder(params, resume_from)
-    tokenizer = load_tokenizer(student, remote)
-    check_same_vocabulary(tokenizer, teacher_tokenizer, student, params["teacher"])
+    teacher, student, tokenizer = teacher_and_student(params, resume_from)
 
     # Data: prompts checked, cleaned and rendered once with the student's chat template and each row's tools, as
     # grpo.py renders them (common/prompts.py)
@@ -152,16 +174,16 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     lora = params["lora"]["enabled"]
     model = load_model(student, params["dtype"], params["seed"], remote, frozen=lora)
     stops = stop_ids(model, tokenizer)
-    if not resume_from:
+    if not resume_from and not isinstance(teacher, TeacherServer):
         held_out("teacher", teacher, tokenizer, params["test_data"], template, rows=params["test_rows"])
         held_out("before", model, tokenizer, params["test_data"], template, rows=params["test_rows"])
     if lora:
         model = apply_lora(model, params["lora"], [])
 
     # Trainer: TRL's DistillationTrainer on the rendered prompts (a resumable prompt order), stopped on a
-    # non-finite loss (common/trl_patches.py)
+    # non-finite loss, its teacher's numbers from a server when it is one (common/trl_patches.py)
     args = distill_config(params)
-    Trainer = compose(trainer_class or DistillationTrainer, StopOnNonFiniteLoss, RenderedPrompts)
+    Trainer = compose(trainer_class or DistillationTrainer, StopOnNonFiniteLoss, RenderedPrompts, ServerTeacher)
     trainer = Trainer(
         model=model,
         teacher_model=teacher,

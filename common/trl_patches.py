@@ -20,11 +20,13 @@ import torch
 import trl.trainer.utils as trl_utils
 from accelerate.utils import broadcast_object_list
 from trl import DistillationTrainer, DPOTrainer, GRPOTrainer
+from trl.experimental.server_distillation.server_distillation_trainer import _add_tail_bucket, _jsd_divergence
 from trl.trainer.utils import RepeatSampler
 
 from common.checkpoint import checkpoints
 from common.distributed import is_main, wait_for_everyone
 from common.errors import RunStopped
+from common.teacher_server import TeacherServer
 
 
 def compose(trainer_class, *mixins):
@@ -188,6 +190,60 @@ class RenderedPrompts:
         )
 
 
+class ServerTeacher:
+    """DistillationTrainer with teacher_model a common.teacher_server.TeacherServer: the teacher's log-probs come
+    from the server, not from a local forward pass. The server returns its top-k tokens at each answer position and
+    the log-prob of the token the student wrote; the loss is TRL's generalized JSD (trl.experimental's
+    server-distillation helpers) over k+2 buckets: those top-k tokens, the student's own token when it is not among
+    them, and one tail bucket holding the rest of each distribution's mass. With k the whole vocabulary it is the
+    local teacher's loss (tests/test_distill.py). Loss and entropy are reduced as the local path reduces them (sum
+    over answer tokens / num_items_in_batch). Overrides DistillationTrainer._compute_loss, which compute_loss calls
+    inside the student's DDP/FSDP wrapper; a local teacher_model goes on to TRL's own."""
+
+    def __init__(self, *args, teacher_model=None, **kwargs):
+        served = isinstance(teacher_model, TeacherServer)
+        self.teacher_server = teacher_model if served else None
+        super().__init__(*args, teacher_model=None if served else teacher_model, **kwargs)
+
+    def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
+        if self.teacher_server is None:
+            return super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        answer_ids, answer_mask = inputs["completion_ids"], inputs["completion_mask"]
+        loss_mask = answer_mask if "tool_mask" not in inputs else answer_mask * inputs["tool_mask"]
+        width = answer_ids.size(1)
+        # Each row as the student wrote it, padding removed (prompts are padded on the left, answers on the right)
+        rows = [
+            p[pm.bool()].tolist() + a[am.bool()].tolist()
+            for p, pm, a, am in zip(prompt_ids, prompt_mask, answer_ids, answer_mask, strict=True)
+        ]
+        top_ids, top_logps, actual_logps = (
+            t.to(answer_ids.device)
+            for t in self.teacher_server.answer_logprobs(rows, prompt_mask.sum(1).tolist(), width)
+        )
+        logits = unwrapped_student(
+            input_ids=torch.cat([prompt_ids, answer_ids], 1),
+            attention_mask=torch.cat([prompt_mask, answer_mask], 1),
+            logits_to_keep=width + 1,
+            use_cache=False,
+        ).logits[:, :-1]
+        # Answer positions only: a padding position has no teacher numbers, and its -inf would turn gradients to NaN
+        valid = loss_mask.bool()
+        student = logits[valid].float().log_softmax(-1)
+        top_ids, top_logps, actual_logps, own = top_ids[valid], top_logps[valid], actual_logps[valid], answer_ids[valid]
+        support = torch.cat([top_ids, own.unsqueeze(-1)], -1)
+        own_listed = (top_ids == own.unsqueeze(-1)).any(-1, keepdim=True)
+        support_mask = torch.cat([top_logps > float("-inf"), ~own_listed], -1)
+        teacher_support = torch.cat([top_logps, actual_logps.unsqueeze(-1)], -1).masked_fill(~support_mask, -torch.inf)
+        student_support = student.gather(-1, support).masked_fill(~support_mask, -torch.inf)
+        student_buckets, bucket_mask = _add_tail_bucket(student_support, support_mask)
+        teacher_buckets, _ = _add_tail_bucket(teacher_support, support_mask)
+        per_token = _jsd_divergence(student_buckets, teacher_buckets, self.beta, bucket_mask).sum(-1)
+        n_valid = valid.sum()
+        loss = per_token.sum() / (num_items_in_batch if num_items_in_batch is not None else n_valid.clamp(min=1))
+        return loss, -(student.exp() * student).sum().detach(), n_valid
+
+
 # (mixin, TRL class, private hook, its parameters in trl==1.16.0, the TRL method that calls it)
 OVERRIDDEN = [
     (
@@ -202,4 +258,11 @@ OVERRIDDEN = [
     (RenderedPrompts, GRPOTrainer, "_get_train_sampler", ("self", "dataset"), "get_train_dataloader"),
     (RenderedPrompts, DistillationTrainer, "_tokenize_prompts", ("self", "prompts"), "_generate"),
     (RenderedPrompts, DistillationTrainer, "_get_train_sampler", ("self", "dataset"), "get_train_dataloader"),
+    (
+        ServerTeacher,
+        DistillationTrainer,
+        "_compute_loss",
+        ("self", "unwrapped_student", "inputs", "num_items_in_batch"),
+        "compute_loss",
+    ),
 ]

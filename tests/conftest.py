@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import subprocess
@@ -82,6 +83,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def teacher_server(folder, *flags):
+    """tests/teacher_server.py (vLLM's completions protocol over a real transformers model) serving folder on a free
+    port while the block runs: its /v1 URL."""
+    import openai
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "tests/teacher_server.py", str(folder), str(port), *flags], cwd=ROOT)
+    url = f"http://127.0.0.1:{port}/v1"
+    client = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+    try:
+        for _ in range(240):
+            try:
+                client.models.list()
+                break
+            except openai.APIConnectionError:
+                assert server.poll() is None, "the teacher server exited"
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait()
 
 
 class OpenAIStub(BaseHTTPRequestHandler):

@@ -5,9 +5,13 @@ The runs go through the scripts' own entry points (resolve, then main) in this p
 costs no interpreter starts; they stop before any training.
 """
 
-import pytest
+import contextlib
 
-from tests.conftest import FAST, assert_one_line_exit_2, free_port, run_in_process, write_jsonl
+import pytest
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from common.models import BUILTIN, load_tokenizer
+from tests.conftest import FAST, assert_one_line_exit_2, free_port, run_in_process, teacher_server, write_jsonl
 
 CHAT = {
     "messages": [
@@ -630,3 +634,40 @@ def test_bad_input_is_one_line_and_exit_2(request, tmp_path, monkeypatch, script
 
 def test_the_matrix_is_wide():
     assert len(CASES) >= 40 and {c[0] for c in CASES} == set(GOOD)
+
+
+# distill.py's teacher server: (what is wrong, the server's flags (None: no server listens), arguments, the reason)
+SERVER_CASES = [
+    ("server down", None, [], "cannot connect"),
+    ("server returns no log-probs", ["--no-logprobs"], [], "returns no log-probs for the prompt"),
+    ("server caps log-probs below teacher_top_k", ["--max-logprobs", "5"], [], "greater than max allowed: 5"),
+    ("prune:N with a server", ["--max-logprobs", "5"], ["student_init=prune:2"], "prune:N needs the teacher's weights"),
+    ("temperature with a server", ["--max-logprobs", "5"], ["temperature=0.7"], "temperature=0.7: a teacher server"),
+]
+
+
+@pytest.mark.parametrize("flags, args, message", [c[1:] for c in SERVER_CASES], ids=[c[0] for c in SERVER_CASES])
+def test_a_bad_teacher_server_is_one_line_and_exit_2(tmp_path, sft_model, flags, args, message):
+    base = [f"student_init={sft_model}", "teacher_top_k=20", "progress_bar=false", "test_data=", "max_steps=1"]
+    out = tmp_path / "out"
+    with contextlib.ExitStack() as stack:
+        url = (
+            f"http://127.0.0.1:{free_port()}/v1"
+            if flags is None
+            else stack.enter_context(teacher_server(sft_model, *flags))
+        )
+        result = run_in_process("distill.py", *base, f"teacher={url}", *args, f"output_dir={out}")
+    assert_one_line_exit_2(result, message, out)
+
+
+def test_a_teacher_server_with_another_vocabulary_is_one_line_and_exit_2(tmp_path, sft_model):
+    """The server's tokenizer (the built-in one) lacks the student's chat tokens."""
+    teacher = tmp_path / "teacher"
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(BUILTIN["builtin:tiny"])).save_pretrained(teacher)
+    load_tokenizer("builtin:tiny").save_pretrained(teacher)
+    out = tmp_path / "out"
+    with teacher_server(teacher) as url:
+        result = run_in_process(
+            "distill.py", f"teacher={url}", f"student_init={sft_model}", "test_data=", f"output_dir={out}"
+        )
+    assert_one_line_exit_2(result, "tokenize text differently", out)

@@ -13,7 +13,7 @@ from trl.experimental.gkd import GKDTrainer
 
 from common.models import BUILTIN, load_tokenizer, pruned
 from common.trl_patches import RenderedPrompts, StopOnNonFiniteLoss, compose
-from tests.conftest import ROOT, read_jsonl, run_script, weights
+from tests.conftest import ROOT, read_jsonl, run_script, teacher_server, weights
 
 SCRIPT = "distill.py"
 FAST = ["max_steps=2", "logging_steps=1", "save_steps=2", "progress_bar=false", "batch_size=4", "test_data="]
@@ -224,3 +224,84 @@ def test_dry_run_previews_the_prompts_and_trains_nothing(tmp_path, sft_model):
     preview = read_jsonl(out / "data_preview.jsonl")
     assert preview and all(row["prompt"].endswith("<assistant>") for row in preview)
     assert not (out / "final").exists() and not list(out.glob("checkpoint-*"))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A saved random tiny teacher, tiny(2), served by tests/teacher_server.py with every token's log-prob:
+    (URL, the teacher folder, vocabulary size)."""
+    folder = tmp_path_factory.mktemp("teacher")
+    tiny(2).save_pretrained(folder)
+    tokenizer = load_tokenizer("builtin:tiny")
+    tokenizer.save_pretrained(folder)
+    with teacher_server(folder, "--max-logprobs", str(len(tokenizer))) as url:
+        yield url, folder, len(tokenizer)
+
+
+def server_trainer_for(tmp_path, beta: float, url: str, top_k: int):
+    """trainer_for's student with the same teacher, served: the class distill.py composes."""
+    from common.teacher_server import TeacherServer
+    from common.trl_patches import ServerTeacher
+
+    args = DistillationConfig(
+        output_dir=str(tmp_path), use_cpu=True, bf16=False, beta=beta, report_to=[], activation_checkpointing=False
+    )
+    Trainer = compose(DistillationTrainer, StopOnNonFiniteLoss, RenderedPrompts, ServerTeacher)
+    return Trainer(
+        model=tiny(1),
+        teacher_model=TeacherServer(url, top_k),
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": ["a"]}),
+        processing_class=load_tokenizer("builtin:tiny"),
+        add_special_tokens=True,
+    )
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.0, 0.5])
+def test_a_server_teacher_with_every_token_gives_the_local_loss(tmp_path, served, beta):
+    url, _, vocabulary = served
+    local = trainer_for(tmp_path, beta)
+    batch = fixed_batch(local.processing_class.pad_token_id)
+    expected, _, counted = local._compute_loss(local.model, batch, None)
+    expected.backward()
+    whole = server_trainer_for(tmp_path, beta, url, vocabulary)
+    loss, entropy, n_valid = whole._compute_loss(whole.model, batch, None)
+    loss.backward()
+    assert n_valid.item() == counted.item() == 11
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    for (name, a), b in zip(local.model.named_parameters(), whole.model.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+    # Top 5 of 1,024 tokens: the rest merged into one bucket can only lower a divergence (data processing), and
+    # only answer tokens count (one answer token alone carries a share of the whole)
+    top5 = server_trainer_for(tmp_path, beta, url, 5)
+    coarse, _, _ = top5._compute_loss(top5.model, batch, None)
+    assert 0 < coarse.item() < loss.item()
+    alone = torch.zeros_like(batch["completion_mask"])
+    alone[1, 2] = 1
+    one, _, counted_one = top5._compute_loss(top5.model, {**batch, "tool_mask": alone}, None)
+    assert counted_one.item() == 1 and one.item() > 0
+
+
+@pytest.mark.e2e
+def test_distill_with_a_server_teacher_runs_as_with_the_local_one(tmp_path, served):
+    """The same student and teacher, the teacher once local and once served with every token: the same answers are
+    sampled (same seed) and graded alike, step by step."""
+    url, teacher, vocabulary = served
+    student = tmp_path / "student"
+    tiny(1).save_pretrained(student)
+    load_tokenizer("builtin:tiny").save_pretrained(student)
+    rows = [{"prompt": r["messages"][-2]["content"]} for r in read_jsonl(f"{ROOT}/data/examples/chat_train.jsonl")[:16]]
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = [*FAST, f"student_init={student}", f"data={data}", "max_steps=2", "save_steps=10"]
+    local = run_script(SCRIPT, *common, f"teacher={teacher}", f"output_dir={tmp_path / 'local'}")
+    assert local.returncode == 0, local.stderr[-3000:]
+    remote = run_script(
+        SCRIPT, *common, f"teacher={url}", f"teacher_top_k={vocabulary}", f"output_dir={tmp_path / 'served'}"
+    )
+    assert remote.returncode == 0, remote.stderr[-3000:]
+    logged = [[m for m in read_jsonl(tmp_path / run / "metrics.jsonl") if "loss" in m] for run in ("local", "served")]
+    assert [m["completions/mean_length"] for m in logged[0]] == [m["completions/mean_length"] for m in logged[1]]
+    for a, b in zip(*logged, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+    assert (tmp_path / "served" / "final" / "model.safetensors").exists()
