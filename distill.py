@@ -174,8 +174,9 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     lora = params["lora"]["enabled"]
     model = load_model(student, params["dtype"], params["seed"], remote, frozen=lora)
     stops = stop_ids(model, tokenizer)
-    if not resume_from and not isinstance(teacher, TeacherServer):
-        held_out("teacher", teacher, tokenizer, params["test_data"], template, rows=params["test_rows"])
+    if not resume_from:
+        if not isinstance(teacher, TeacherServer):  # a served teacher is not evaluated here
+            held_out("teacher", teacher, tokenizer, params["test_data"], template, rows=params["test_rows"])
         held_out("before", model, tokenizer, params["test_data"], template, rows=params["test_rows"])
     if lora:
         model = apply_lora(model, params["lora"], [])

@@ -641,8 +641,9 @@ SERVER_CASES = [
     ("server down", None, [], "cannot connect"),
     ("server returns no log-probs", ["--no-logprobs"], [], "returns no log-probs for the prompt"),
     ("server caps log-probs below teacher_top_k", ["--max-logprobs", "5"], [], "greater than max allowed: 5"),
-    ("prune:N with a server", ["--max-logprobs", "5"], ["student_init=prune:2"], "prune:N needs the teacher's weights"),
-    ("temperature with a server", ["--max-logprobs", "5"], ["temperature=0.7"], "temperature=0.7: a teacher server"),
+    # refused before any request: no server needs to listen
+    ("prune:N with a server", None, ["student_init=prune:2"], "prune:N needs the teacher's weights"),
+    ("temperature with a server", None, ["temperature=0.7"], "temperature=0.7: a teacher server"),
 ]
 
 
