@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -154,7 +155,15 @@ def exact_match_of(
             "the held-out rows call tools, but the saved tokenizer has no response_template to read "
             "calls back with (transformers' parse_response)"
         )
-    answers = generate_answers(model, tokenizer, prompts, tools=[e.tools for e in examples], raw=calls, stops=stops)
+    answers = generate_answers(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=answer_budget(tokenizer, [e.reference for e in examples]),
+        tools=[e.tools for e in examples],
+        raw=calls,
+        stops=stops,
+    )
     hits = [_hit(tokenizer, answer, e, calls) for answer, e in zip(answers, examples, strict=False)]
     for answer, e, hit in list(zip(answers, examples, hits, strict=False))[:show]:
         shown = e.prompt[-1]["content"] if isinstance(e.prompt, list) else e.prompt
@@ -171,6 +180,18 @@ def exact_match_of(
         for name, results in sorted(by_function.items()):
             print(f"  {name}: {sum(results) / len(results):.1%} of {len(results)}")
     return sum(hits) / max(1, len(hits))
+
+
+def answer_budget(tokenizer, references: list, most: int = 128, slack: int = 16) -> int:
+    """Tokens to generate for exact match: an answer much longer than the longest reference cannot equal it, so
+    the longest reference plus `slack` tokens (for whitespace and another split), at most `most`. A base model's
+    prose otherwise runs to the limit on every row and the evaluation costs a fraction of the training. Calls
+    (graded as parsed messages) and templates that may open an answer with a reasoning block keep `most`."""
+    reasons = "<think>" in tokenizer.get_vocab() or "think" in str(tokenizer.chat_template or "")
+    if reasons or not references or not all(isinstance(r, str) for r in references):
+        return most
+    longest = max(len(tokenizer(r.strip(), add_special_tokens=False)["input_ids"]) for r in references)
+    return min(most, longest + slack)
 
 
 def _hit(tokenizer, answer: str, example: Example, parse: bool) -> bool:
@@ -239,9 +260,11 @@ def held_out(
             line += f", reward accuracy {grew:.1%} (margin grew)"
         print(f"{line} on {path} ({len(margins)} pairs)", flush=True)
     if exact_match_data:
-        examples = read_examples(exact_match_data, rows)
+        examples, start = read_examples(exact_match_data, rows), time.perf_counter()
         accuracy = results["exact_match"] = exact_match_of(model, tokenizer, examples, show, template, stops)
-        print(f"{stage}: held-out exact match {accuracy:.1%} on {exact_match_data} ({len(examples)} rows)", flush=True)
+        seconds = time.perf_counter() - start  # printed so that its cost next to training's is plain
+        line = f"{stage}: held-out exact match {accuracy:.1%} on {exact_match_data}"
+        print(f"{line} ({len(examples)} rows, {seconds:.0f} s)", flush=True)
     return results
 
 

@@ -72,7 +72,8 @@ def plot_loss(output_dir: str) -> None:
             ax.plot(*zip(*points, strict=False), label=label, marker="o" if label == "eval" else None)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.legend()
+    if ax.lines:  # a run shorter than logging_steps logged no loss
+        ax.legend()
     ax.grid(alpha=0.3)
     if rewards:
         steps, mean, std = zip(*rewards, strict=False)

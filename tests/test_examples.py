@@ -334,3 +334,29 @@ def test_xlam_experiment_trains_on_xlam_rows(tmp_path):
     report = json.loads((out / "data_report.json").read_text(encoding="utf-8"))
     assert report["cleaning"]["rows_in"] == len(rows) and report["train_trained_tokens"] > 0
     assert (out / "final" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "reference, answer, credit",
+    [
+        ('send_message(contact="Hugo", text="love you")', ' send_message(contact="Hugo", text="love you") ', 1.0),
+        ('send_message(contact="Hugo", text="love you")', "send_message(contact='Hugo', text='love you')", 0.75),
+        ('send_message(contact="Hugo", text="love you")', 'send_message(contact="Hugo", text="love")', 0.5),
+        ('send_message(contact="Hugo", text="love you")', 'send_message(contact="Hugo")', 0.5),
+        ('send_message(contact="Hugo", text="love you")', 'send_message(contact="Hugo", text="love you", x=1)', 7 / 12),
+        ('send_message(contact="Hugo", text="love you")', 'play_music(contact="Hugo")', 0.25),
+        ('send_message(contact="Hugo", text="love you")', "set_timer(minutes=4)", 0.0),
+        ('send_message(contact="Hugo", text="love you")', "Sure! I'll message Hugo.", 0.0),
+        ('send_message(contact="Hugo", text="love you")', "send_message(**kwargs)", 0.0),
+        ('send_message(contact="Hugo", text="love you")', 'send_message("Hugo", "love you")', 0.0),
+        ("set_timer(minutes=45)", "set_timer(minutes=45.0)", 0.75),  # 45 == 45.0 as values, not as text
+        ("I can't do that.", "set_timer(minutes=45)", 0.0),  # a prose reference: exact match or nothing
+    ],
+)
+def test_partial_credit_scores_near_misses_below_the_reference(reference, answer, credit):
+    from common.rewards import load_function
+
+    partial_credit = load_function(f"{EXAMPLES}/verify.py:partial_credit", "rewards")
+    row = {"messages": [{"role": "user", "content": "Message Hugo"}, {"role": "assistant", "content": reference}]}
+    assert partial_credit(row, answer) == pytest.approx(credit)
+    assert partial_credit({"prompt": "p", "completion": reference}, answer) == pytest.approx(credit)

@@ -1,7 +1,10 @@
 """Grader for the example function-calling task: exact string match, or for rows with tools, the right calls.
 
-synth_data.py uses it as its verifier: verifier="data/examples/verify.py:verify".
+synth_data.py uses it as its verifier: verifier="data/examples/verify.py:verify". grpo.py's reward is verify, or
+partial_credit, which also scores a near miss (the right function, some of its arguments).
 """
+
+import ast
 
 from common.chat.tools import arguments_of, call_problem, same_calls, tool_names
 
@@ -18,6 +21,34 @@ def verify(row: dict, answer: str | dict) -> bool:
         return tool_answer_ok(row, answer)
     reference = row["messages"][-1]["content"] if "messages" in row else row["completion"]
     return exact_match(answer, reference)
+
+
+def partial_credit(row: dict, answer: str | dict) -> float:
+    """A reward with credit for near misses: 1.0 for the reference (verify), else for an answer that parses as a call,
+    0.25 for the reference's function name plus 0.5 x the share of the reference's and the answer's arguments that
+    agree; 0.0 for anything else. A group of sampled answers that all miss still ranks the closer ones higher, so
+    fewer groups have no reward spread to learn from (BENCHMARKS.md, "A real model")."""
+    if verify(row, answer):
+        return 1.0
+    if isinstance(answer, dict):
+        return 0.0
+    reference = row["messages"][-1]["content"] if "messages" in row else row["completion"]
+    got, want = _call(answer), _call(reference)
+    if got is None or want is None:
+        return 0.0
+    agree = sum(got[1].get(key, object()) == value for key, value in want[1].items())
+    return 0.25 * (got[0] == want[0]) + 0.5 * agree / max(1, len(want[1]), len(got[1]))
+
+
+def _call(text: str) -> tuple[str, dict] | None:
+    """name(key=literal, ...) as (name, {key: value}), or None when the text is not one such call."""
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.args:
+            return None
+        return node.func.id, {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+    except (SyntaxError, ValueError, TypeError, RecursionError):
+        return None
 
 
 def tool_answer_ok(row: dict, answer: dict) -> bool:
