@@ -19,8 +19,7 @@ def verify(row: dict, answer: str | dict) -> bool:
     For a row with tools the answer is the assistant message, graded by tool_answer_ok."""
     if isinstance(answer, dict):
         return tool_answer_ok(row, answer)
-    reference = row["messages"][-1]["content"] if "messages" in row else row["completion"]
-    return exact_match(answer, reference)
+    return exact_match(answer, _reference(row))
 
 
 def partial_credit(row: dict, answer: str | dict) -> float:
@@ -32,12 +31,16 @@ def partial_credit(row: dict, answer: str | dict) -> float:
         return 1.0
     if isinstance(answer, dict):
         return 0.0
-    reference = row["messages"][-1]["content"] if "messages" in row else row["completion"]
-    got, want = _call(answer), _call(reference)
+    got, want = _call(answer), _call(_reference(row))
     if got is None or want is None:
         return 0.0
     agree = sum(got[1].get(key, object()) == value for key, value in want[1].items())
     return 0.25 * (got[0] == want[0]) + 0.5 * agree / max(1, len(want[1]), len(got[1]))
+
+
+def _reference(row: dict) -> str:
+    """The reference answer of a row without tools: its last assistant turn, or its completion."""
+    return row["messages"][-1]["content"] if "messages" in row else row["completion"]
 
 
 def _call(text: str) -> tuple[str, dict] | None:
