@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from jinja2 import TemplateError
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from common.chat.reasoning import strip_reasoning
@@ -80,10 +80,13 @@ def generate_answers(
     tools: list | None = None,
     raw: bool = False,
     stops: list[int] | None = None,
+    references: list | None = None,
+    answer_tokens: int = 0,
 ) -> list[str]:
     """Greedy answers; a prompt is a list of messages (chat template, with tools[i] when given) or a string
     (tokenized as it is). raw: keep special tokens (a response parser reads them) up to the end of the turn.
-    stops: the ids that end an answer (default: the model's generation_config eos)."""
+    stops: the ids that end an answer (default: the model's generation_config eos). references (with
+    answer_tokens): stop each answer once it can no longer match its reference (HopelessAnswer)."""
     stops = stops or model.generation_config.eos_token_id
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # restored below: training pads on the right
     model.eval()
@@ -97,13 +100,54 @@ def generate_answers(
         batch = tokenizer(
             chunk, padding=True, return_tensors="pt", add_special_tokens=isinstance(prompts[start], str)
         ).to(model.device)
+        width = batch["input_ids"].shape[1]
+        hopeless = references and [
+            HopelessAnswer(tokenizer, references[start:][:batch_size], answer_tokens or max_new_tokens, width, raw)
+        ]
         out = model.generate(  # use_cache: training turns it off
-            **batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True, eos_token_id=stops
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            use_cache=True,
+            eos_token_id=stops,
+            stopping_criteria=StoppingCriteriaList(hopeless or []),
         )
-        for ids in out[:, batch["input_ids"].shape[1] :].tolist():
+        for ids in out[:, width:].tolist():
             answers.append(tokenizer.decode(until_stop(ids, stops), skip_special_tokens=not raw))
     tokenizer.padding_side = side
     return answers
+
+
+class HopelessAnswer(StoppingCriteria):
+    """Stops a row once its answer cannot be graded a hit, so that a base model's prose costs a few tokens, not
+    the whole limit: past `budget` tokens after a leading think block (answer_budget), or, for a text reference
+    graded as text, once the answer's text without whitespace has stopped being a prefix of the reference's.
+    Exact match strips whitespace only, and decoding adds or drops only whitespace where tokens join (a trailing
+    U+FFFD is half a character). An answer inside an unclosed think block goes on, up to max_new_tokens."""
+
+    def __init__(self, tokenizer, references: list, budget: int, prompt_length: int, raw: bool):
+        self.tokenizer, self.budget, self.prompt_length, self.raw = tokenizer, budget, prompt_length, raw
+        self.references = [None if raw or not isinstance(r, str) else "".join(r.split()) for r in references]
+
+    def __call__(self, input_ids, scores, **kwargs):
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=not self.raw)
+        thinking = [_thinking(t.lstrip()) for t in texts]
+        answers = [strip_reasoning(t) for t in texts]
+        lengths = map(len, self.tokenizer(answers, add_special_tokens=False)["input_ids"])
+        hopeless = [
+            not think and (length > self.budget or (r is not None and not r.startswith(_bare(answer))))
+            for think, length, answer, r in zip(thinking, lengths, answers, self.references, strict=True)
+        ]
+        return torch.tensor(hopeless, dtype=torch.bool, device=input_ids.device)
+
+
+def _thinking(text: str) -> bool:
+    """Inside a think block that exact match strips first (or its opening tag, part written)."""
+    return text.startswith("<think>") and "</think>" not in text or "<think>".startswith(text)
+
+
+def _bare(text: str) -> str:
+    return "".join(text.split()).rstrip("\ufffd")
 
 
 def until_stop(ids: list[int], stops) -> list[int]:
@@ -159,12 +203,15 @@ def exact_match_of(
         model,
         tokenizer,
         prompts,
-        max_new_tokens=answer_budget(tokenizer, [e.reference for e in examples]),
         tools=[e.tools for e in examples],
         raw=calls,
         stops=stops,
+        references=[e.reference for e in examples],
+        answer_tokens=answer_budget(tokenizer, prompts, examples),
     )
     hits = [_hit(tokenizer, answer, e, calls) for answer, e in zip(answers, examples, strict=False)]
+    if show and not all(hits[:show]):
+        print("(a miss is shown up to where it could no longer match)")
     for answer, e, hit in list(zip(answers, examples, hits, strict=False))[:show]:
         shown = e.prompt[-1]["content"] if isinstance(e.prompt, list) else e.prompt
         print(f"{'ok  ' if hit else 'MISS'} {shown!r} -> {answer.strip()!r} (expected {_shown(e.reference)!r})")
@@ -182,16 +229,27 @@ def exact_match_of(
     return sum(hits) / max(1, len(hits))
 
 
-def answer_budget(tokenizer, references: list, most: int = 128, slack: int = 16) -> int:
-    """Tokens to generate for exact match: an answer much longer than the longest reference cannot equal it, so
-    the longest reference plus `slack` tokens (for whitespace and another split), at most `most`. A base model's
-    prose otherwise runs to the limit on every row and the evaluation costs a fraction of the training. Calls
-    (graded as parsed messages) and templates that may open an answer with a reasoning block keep `most`."""
-    reasons = "<think>" in tokenizer.get_vocab() or "think" in str(tokenizer.chat_template or "")
-    if reasons or not references or not all(isinstance(r, str) for r in references):
+def answer_budget(tokenizer, prompts: list, examples: list[Example], most: int = 128, slack: int = 16) -> int:
+    """Tokens an answer may take after a leading think block: one much longer than the longest reference cannot
+    match it, so the longest reference plus `slack` tokens (whitespace, another split), at most `most`. A call
+    counts as the template renders it, twice over (other spellings of the same arguments); one the template does
+    not render after the prompt leaves `most`."""
+    return min(
+        most, max(_reference_tokens(tokenizer, p, e, most) for p, e in zip(prompts, examples, strict=True)) + slack
+    )
+
+
+def _reference_tokens(tokenizer, prompt, example: Example, most: int) -> int:
+    if isinstance(example.reference, str):
+        return len(tokenizer(example.reference.strip(), add_special_tokens=False)["input_ids"])
+    try:
+        start = tokenizer.apply_chat_template(prompt, tools=example.tools, add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template([*prompt, example.reference], tools=example.tools, tokenize=False)
+    except TemplateError:
         return most
-    longest = max(len(tokenizer(r.strip(), add_special_tokens=False)["input_ids"]) for r in references)
-    return min(most, longest + slack)
+    if not full.startswith(start):
+        return most
+    return 2 * len(tokenizer(full[len(start) :], add_special_tokens=False)["input_ids"])
 
 
 def _hit(tokenizer, answer: str, example: Example, parse: bool) -> bool:

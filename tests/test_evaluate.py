@@ -1,28 +1,71 @@
-"""common/evaluate.py: how many tokens the held-out evaluation generates."""
+"""common/evaluate.py: how many tokens the held-out evaluation generates, and where it stops an answer early."""
 
 import pytest
+import torch
 from transformers import AutoTokenizer
 
-from common.evaluate import answer_budget, read_examples
+from common.chat.tokenizer import prepare_tokenizer
+from common.evaluate import Example, HopelessAnswer, answer_budget, is_exact_match, read_examples
 from tests.real_tokenizers import shared_folder
 
 HELD_OUT = read_examples("data/examples/chat_test.jsonl", 0)
+TOOL_CALLS = read_examples("data/examples/tools_test.jsonl", 40)
 
 
-@pytest.mark.parametrize(
-    "family, reasons", [("llama3", False), ("phi3", False), ("qwen2.5", False), ("qwen3", True), ("smollm3", True)]
-)
-def test_the_budget_covers_every_reference_and_is_cut_only_where_no_reasoning_block_can_open(
-    family, reasons, tmp_path_factory
-):
+@pytest.mark.parametrize("family", ["llama3", "phi3", "qwen2.5", "qwen3", "smollm3"])
+def test_the_budget_covers_the_longest_reference_text_or_rendered_call(family, tmp_path_factory):
+    """Text: the longest reference plus 16 tokens, reasoning templates too (the budget starts after a think block).
+    Calls: twice the longest call as the template renders it after the prompt, plus 16."""
     tokenizer = AutoTokenizer.from_pretrained(shared_folder(family, str(tmp_path_factory.getbasetemp())))
-    references = [e.reference for e in HELD_OUT]
-    budget = answer_budget(tokenizer, references)
-    longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references)
-    if reasons:  # an answer may start with <think>...</think>: no bound but the limit
-        assert budget == 128
-    else:
-        assert budget == longest + 16 < 128
-    tool_call = {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {}}}]}
-    assert answer_budget(tokenizer, [*references, tool_call]) == 128  # calls are graded parsed, not as text
-    assert answer_budget(tokenizer, ["x" * 2000]) == 128
+    prompts = [e.prompt for e in HELD_OUT]
+    longest = max(len(tokenizer(e.reference, add_special_tokens=False)["input_ids"]) for e in HELD_OUT)
+    assert answer_budget(tokenizer, prompts, HELD_OUT) == longest + 16 < 128
+    assert answer_budget(tokenizer, ["p"], [Example("p", "x" * 2000)]) == 128
+
+    prepare_tokenizer(tokenizer, "special_tokens")  # our template renders calls: <call>name{arguments}<eot>
+    rendered = [
+        tokenizer.apply_chat_template([*e.prompt, e.reference], tools=e.tools, tokenize=False) for e in TOOL_CALLS
+    ]
+    answers = [r.rsplit("<assistant>", 1)[1] for r in rendered]
+    longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+    assert answer_budget(tokenizer, [e.prompt for e in TOOL_CALLS], TOOL_CALLS) == 2 * longest + 16 < 128
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m.role }}{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    )
+    assert answer_budget(tokenizer, [TOOL_CALLS[0].prompt], TOOL_CALLS[:1]) == 128  # the prompt is not its prefix
+
+
+# References with characters that split across byte-level tokens (an emoji, CJK, accents) and punctuation that
+# decoding may join to the word before it.
+UNICODE_REFERENCES = ['play_music(artist="Beyoncé")', "天气 ☀️ 🎵 ok", "No , it isn't ."]
+
+
+@pytest.mark.parametrize("family", ["llama3", "phi3", "qwen2.5"])
+def test_an_answer_is_stopped_only_once_it_can_no_longer_match(family, tmp_path_factory):
+    """Every prefix of a matching answer's tokens (with or without a leading space or newline, cut inside a
+    character too) goes on; an answer that left the reference, or ran past it, stops: cutting never turns a hit
+    into a miss."""
+    tokenizer = AutoTokenizer.from_pretrained(shared_folder(family, str(tmp_path_factory.getbasetemp())))
+    references = [e.reference for e in HELD_OUT[:20]] + UNICODE_REFERENCES
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+
+    def stopped(answers: list[list[int]], budget: int = 128, raw: bool = False) -> list[bool]:
+        width = max(map(len, answers))
+        prompt = torch.zeros((len(answers), 3), dtype=torch.long)  # what the rule skips
+        rows = torch.tensor([a + [tokenizer.eos_token_id] * (width - len(a)) for a in answers])  # as generate pads
+        rule = HopelessAnswer(tokenizer, references[: len(answers)], budget=budget, prompt_length=3, raw=raw)
+        return rule(torch.cat([prompt, rows], 1), None).tolist()
+
+    for lead in ("", " ", "\n"):
+        full = [encode(lead + r) for r in references]
+        for length in range(1, max(map(len, full)) + 1):
+            assert not any(stopped([ids[:length] for ids in full])), (lead, length)
+    assert all(is_exact_match(r + "  \n", r) for r in references)
+    assert not any(stopped([encode(r + "  \n") for r in references]))
+    assert all(stopped([encode("Sure! " + r) for r in references]))
+    assert all(stopped([encode(r + " and more") for r in references]))
+    thinking = encode("<think>" + " and so on" * 100)
+    assert not any(stopped([encode("<th"), thinking, encode("<think>a</think>" + references[2])]))
+    assert all(stopped([encode("<think>a</think>Sure"), encode("<think>a</think>" + references[1] + " more")]))
+    assert stopped([encode(" word" * 30)], budget=29, raw=True) == [True]  # raw (parsed) answers: the budget alone
+    assert stopped([encode(" word" * 29)], budget=29, raw=True) == [False]

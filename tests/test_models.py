@@ -2,12 +2,15 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from common.chat.own_format import add_function_tokens
 from common.chat.tokenizer import end_of_turn_ids, prepare_tokenizer
 from common.models import BUILTIN, add_pad_token, resize_embeddings
 from tests.real_tokenizers import SHARED_FAMILIES, load
 
 
-def test_resize_to_multiple_of_64_with_mean_rows():
+def test_resize_to_multiple_of_64_with_rows_from_the_words_a_token_is_named_by():
+    """`<fn:play_music>` starts as "play music" and `<assistant>` as "assistant" (input and output rows); a token
+    whose name has no words starts at the mean of the old rows."""
     torch.manual_seed(0)
     base = AutoTokenizer.from_pretrained(BUILTIN["builtin:tiny"])
     model = LlamaForCausalLM(
@@ -20,16 +23,22 @@ def test_resize_to_multiple_of_64_with_mean_rows():
             num_key_value_heads=2,
         )
     )
-    old_in = model.get_input_embeddings().weight.detach().clone()
-    old_out = model.get_output_embeddings().weight.detach().clone()
-    new_ids = prepare_tokenizer(base, "special_tokens").new_token_ids
-    assert len(new_ids) == 7  # <system> <user> <assistant> <tool> <call> <eot> <pad>
+    old = {"in": model.get_input_embeddings().weight.detach().clone()}
+    old["out"] = model.get_output_embeddings().weight.detach().clone()
+    spec = prepare_tokenizer(base, "special_tokens")
+    assert len(spec.new_token_ids) == 7  # <system> <user> <assistant> <tool> <call> <eot> <pad>
+    add_function_tokens(base, spec, ["play_music"])
+    base.add_special_tokens({"additional_special_tokens": ["<|_|>"]}, replace_extra_special_tokens=False)
+    new_ids = [*spec.new_token_ids, len(base) - 1]
     resize_embeddings(model, base, new_ids)
-    rows = model.get_input_embeddings().weight
-    assert rows.shape[0] % 64 == 0 and rows.shape[0] >= len(base)
-    assert torch.allclose(rows[new_ids], old_in.mean(0).expand(len(new_ids), -1))
-    assert torch.allclose(model.get_output_embeddings().weight[new_ids], old_out.mean(0).expand(len(new_ids), -1))
-    assert torch.equal(rows[: len(old_in)], old_in)
+    layers = {"in": model.get_input_embeddings().weight, "out": model.get_output_embeddings().weight}
+    assert layers["in"].shape[0] % 64 == 0 and layers["in"].shape[0] >= len(base)
+    for side, rows in layers.items():
+        for token, words in (("<fn:play_music>", " play music"), ("<assistant>", " assistant")):
+            word_ids = base(words, add_special_tokens=False)["input_ids"]
+            assert torch.allclose(rows[base.convert_tokens_to_ids(token)], old[side][word_ids].mean(0))
+        assert torch.allclose(rows[len(base) - 1], old[side].mean(0))
+        assert torch.equal(rows[: len(old[side])], old[side])
 
 
 def test_pad_token_is_never_a_stop_token():
