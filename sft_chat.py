@@ -30,7 +30,7 @@ from common.data import DataReport
 from common.distributed import is_main, shutdown
 from common.errors import UserError, exit_on_user_error
 from common.evaluate import held_out
-from common.models import apply_lora, load_model, load_tokenizer, resize_embeddings
+from common.models import BUILTIN, apply_lora, load_model, load_tokenizer, resize_embeddings
 from common.params import Rules, resolve, save_params
 from common.prepare import Recipe, prepare
 from common.tracking import plot_loss
@@ -136,10 +136,10 @@ def main(params: dict, trainer_class=None, row_hook=None) -> None:
     if params["dry_run"]:
         return dry_run(out, tokenizer, report, partial(write_sft_preview, train_set, tokenizer, packing))
 
-    # Model: new chat tokens get embedding rows at the mean of the old ones; LoRA trains those rows too
+    # Model: new chat tokens get embedding rows from their names' words (the mean when random); LoRA trains them too
     lora = params["lora"]["enabled"]  # LoRA keeps the frozen base in bf16; trained weights stay fp32
     model = load_model(params["model"], params["dtype"], params["seed"], params["trust_remote_code"], frozen=lora)
-    resize_embeddings(model, tokenizer, chat.new_token_ids)
+    resize_embeddings(model, tokenizer, chat.new_token_ids, pretrained=params["model"] not in BUILTIN)
     stops = end_of_turn_ids(tokenizer, params["chat_format"], chat)
     if not resume_from:
         held_out("before", model, tokenizer, params["test_data"], stops=stops, rows=params["test_rows"])

@@ -74,7 +74,7 @@ def run(strategy: str, chats, max_length: int, batch_size: int, epochs: float, e
     ]
     dataset = Dataset.from_list(pack_in_random_order(rows, max_length, 0) if packing else rows)
     model = load_model("builtin:tiny", "float32", seed=0)
-    resize_embeddings(model, tokenizer, new_ids)
+    resize_embeddings(model, tokenizer, new_ids, pretrained=False)
     if packing:
         use_varlen_attention(model)
     args = SFTConfig(

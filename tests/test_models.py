@@ -8,9 +8,10 @@ from common.models import BUILTIN, add_pad_token, resize_embeddings
 from tests.real_tokenizers import SHARED_FAMILIES, load
 
 
-def test_resize_to_multiple_of_64_with_rows_from_the_words_a_token_is_named_by():
-    """`<fn:play_music>` starts as "play music" and `<assistant>` as "assistant" (input and output rows); a token
-    whose name has no words starts at the mean of the old rows."""
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_resize_to_multiple_of_64_with_rows_from_the_words_a_token_is_named_by(pretrained):
+    """In a pretrained model `<fn:play_music>` starts as "play music" and `<assistant>` as "assistant" (input and
+    output rows); a token whose name has no words, and every new token of random weights, at the old rows' mean."""
     torch.manual_seed(0)
     base = AutoTokenizer.from_pretrained(BUILTIN["builtin:tiny"])
     model = LlamaForCausalLM(
@@ -30,13 +31,14 @@ def test_resize_to_multiple_of_64_with_rows_from_the_words_a_token_is_named_by()
     add_function_tokens(base, spec, ["play_music"])
     base.add_special_tokens({"additional_special_tokens": ["<|_|>"]}, replace_extra_special_tokens=False)
     new_ids = [*spec.new_token_ids, len(base) - 1]
-    resize_embeddings(model, base, new_ids)
+    resize_embeddings(model, base, new_ids, pretrained)
     layers = {"in": model.get_input_embeddings().weight, "out": model.get_output_embeddings().weight}
     assert layers["in"].shape[0] % 64 == 0 and layers["in"].shape[0] >= len(base)
     for side, rows in layers.items():
         for token, words in (("<fn:play_music>", " play music"), ("<assistant>", " assistant")):
             word_ids = base(words, add_special_tokens=False)["input_ids"]
-            assert torch.allclose(rows[base.convert_tokens_to_ids(token)], old[side][word_ids].mean(0))
+            start = old[side][word_ids] if pretrained else old[side]
+            assert torch.allclose(rows[base.convert_tokens_to_ids(token)], start.mean(0))
         assert torch.allclose(rows[len(base) - 1], old[side].mean(0))
         assert torch.equal(rows[: len(old[side])], old[side])
 
