@@ -63,6 +63,31 @@ def test_sft_chat_recipe_lifts_held_out_accuracy_and_plain_transformers_agrees(s
     assert abs(checked["exact_match"] * 100 - after) < 1e-6 and checked["stopped"] == 1.0
 
 
+def test_tool_form_recipe_learns_which_function_token_to_write(smollm2, tmp_path):
+    """The tool form adds this project's chat tokens and a token per function to a pretrained model: starting at
+    the rows of their names' words, the new tokens are learned apart in a few dozen steps (from one shared mean
+    row, the model never wrote the right function token: 0.0%)."""
+    test = write_jsonl(tmp_path / "test.jsonl", read_jsonl(f"{ROOT}/data/examples/tools_test.jsonl")[:50])
+    result = run(
+        [
+            "accelerate",
+            "launch",
+            "sft_chat.py",
+            "--config",
+            "configs/recipes/smollm2-135m-tools.yaml",
+            f"output_dir={tmp_path / 'out'}",
+            f"data_cache_dir={tmp_path / 'cache'}",
+            "data=[{path: data/examples/tools_train.jsonl, weight: 160}]",
+            f"test_data={test}",
+            "progress_bar=false",
+        ],
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    before, after = accuracy("before", result.stdout), accuracy("after", result.stdout)
+    assert before <= 10.0 and after >= 80.0, result.stdout[-2000:]
+
+
 CHATS = [
     [{"role": "user", "content": "Play Adele"}, {"role": "assistant", "content": 'play_music(artist="Adele")'}],
     [
