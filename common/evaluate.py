@@ -234,9 +234,8 @@ def answer_budget(tokenizer, prompts: list, examples: list[Example], most: int =
     match it, so the longest reference plus `slack` tokens (whitespace, another split), at most `most`. A call
     counts as the template renders it, twice over (other spellings of the same arguments); one the template does
     not render after the prompt leaves `most`."""
-    return min(
-        most, max(_reference_tokens(tokenizer, p, e, most) for p, e in zip(prompts, examples, strict=True)) + slack
-    )
+    longest = max(_reference_tokens(tokenizer, p, e, most) for p, e in zip(prompts, examples, strict=True))
+    return min(most, longest + slack)
 
 
 def _reference_tokens(tokenizer, prompt, example: Example, most: int) -> int:
