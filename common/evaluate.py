@@ -310,12 +310,13 @@ def held_out(
     if path:
         with open(path, encoding="utf-8") as f:
             pairs = [as_chat(json.loads(line), chat is not None) for line in f if line.strip()]
+        start = time.perf_counter()
         margins = results["margins"] = preference_margins(model, tokenizer, pairs[: rows or None], chat)
         line = f"{stage}: held-out preference accuracy {sum(m > 0 for m in margins) / len(margins):.1%}"
         if before and before.get("margins"):
             grew = sum(a > b for a, b in zip(margins, before["margins"], strict=True)) / len(margins)
             line += f", reward accuracy {grew:.1%} (margin grew)"
-        print(f"{line} on {path} ({len(margins)} pairs)", flush=True)
+        print(f"{line} on {path} ({len(margins)} pairs, {time.perf_counter() - start:.0f} s)", flush=True)
     if exact_match_data:
         examples, start = read_examples(exact_match_data, rows), time.perf_counter()
         accuracy = results["exact_match"] = exact_match_of(model, tokenizer, examples, show, template, stops)
