@@ -112,7 +112,8 @@ def generate_answers(
             eos_token_id=stops,
             stopping_criteria=StoppingCriteriaList(hopeless or []),
         )
-        for ids in out[:, width:].tolist():
+        for row, ids in enumerate(out[:, width:].tolist()):
+            ids = ids[: hopeless[0].stopped.get(row)] if hopeless else ids  # generate pads a stopped row
             answers.append(tokenizer.decode(until_stop(ids, stops), skip_special_tokens=not raw))
     tokenizer.padding_side = side
     return answers
@@ -128,6 +129,7 @@ class HopelessAnswer(StoppingCriteria):
     def __init__(self, tokenizer, references: list, budget: int, prompt_length: int, raw: bool):
         self.tokenizer, self.budget, self.prompt_length, self.raw = tokenizer, budget, prompt_length, raw
         self.references = [None if raw or not isinstance(r, str) else "".join(r.split()) for r in references]
+        self.stopped = {}  # row -> how many tokens it had generated when it was stopped
 
     def __call__(self, input_ids, scores, **kwargs):
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=not self.raw)
@@ -138,6 +140,8 @@ class HopelessAnswer(StoppingCriteria):
             not think and (length > self.budget or (r is not None and not r.startswith(_bare(answer))))
             for think, length, answer, r in zip(thinking, lengths, answers, self.references, strict=True)
         ]
+        generated = input_ids.shape[1] - self.prompt_length
+        self.stopped = {row: generated for row, stop in enumerate(hopeless) if stop} | self.stopped
         return torch.tensor(hopeless, dtype=torch.bool, device=input_ids.device)
 
 

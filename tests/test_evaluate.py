@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from common.chat.tokenizer import prepare_tokenizer
-from common.evaluate import Example, HopelessAnswer, answer_budget, is_exact_match, read_examples
+from common.evaluate import Example, HopelessAnswer, answer_budget, generate_answers, is_exact_match, read_examples
 from tests.real_tokenizers import shared_folder
 
 HELD_OUT = read_examples("data/examples/chat_test.jsonl", 0)
@@ -69,3 +69,50 @@ def test_an_answer_is_stopped_only_once_it_can_no_longer_match(family, tmp_path_
     assert all(stopped([encode("<think>a</think>Sure"), encode("<think>a</think>" + references[1] + " more")]))
     assert stopped([encode(" word" * 30)], budget=29, raw=True) == [True]  # raw (parsed) answers: the budget alone
     assert stopped([encode(" word" * 29)], budget=29, raw=True) == [False]
+
+
+class Scripted(LlamaForCausalLM):
+    """Writes script[row][step] at every step, whatever it reads: rows that stop at different steps."""
+
+    script: list[list[int]] = []
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        step = kwargs["past_key_values"].get_seq_length() - self.prompt_width  # tokens read so far
+        logits = torch.full_like(out.logits[:, -1:], -1e9)
+        for row, tokens in enumerate(self.script):
+            logits[row, 0, tokens[min(step, len(tokens) - 1)]] = 0
+        out.logits = logits
+        return out
+
+
+def test_an_answer_stopped_early_keeps_only_what_it_wrote(tmp_path_factory):
+    """generate pads a row stopped before the rest of its batch: a raw answer (special tokens kept for the parser)
+    must not end in that padding (it did before the fix); a text answer gets the same tokens."""
+    tokenizer = AutoTokenizer.from_pretrained(shared_folder("qwen2.5", str(tmp_path_factory.getbasetemp())))
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    model = Scripted(config)
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.pad_token_id = tokenizer.pad_token_id  # <|endoftext|>: not the stop
+    prose, thought = encode(" word" * 40), encode("<think>" + " hmm" * 20 + "</think>yes") + [stop]
+    model.script, model.prompt_width = [prose, thought], len(encode("a"))
+    for raw in (True, False):
+        answers = generate_answers(
+            model,
+            tokenizer,
+            ["a", "b"],
+            raw=raw,
+            stops=[stop],
+            references=[" word" * 40, "yes"],  # the first row runs past its budget
+            answer_tokens=8,
+            max_new_tokens=64,
+        )
+        assert answers == [tokenizer.decode(prose[:9]), tokenizer.decode(thought, skip_special_tokens=not raw)]
