@@ -367,6 +367,46 @@ def test_preference_row_problem_with_tools(row, problem):
     assert found == problem if problem is None else found.startswith(problem), found
 
 
+@pytest.mark.parametrize("family, architecture", [("qwen2.5", "llama"), ("qwen3", "gpt2")])  # RoPE; learned positions
+def test_margins_read_each_prompt_once_and_equal_whole_sequence_scores(family, architecture, tmp_path_factory):
+    """preference_margins scores both answers on one pass over the shared prompt (left-padded, its cache repeated)
+    and runs the head only where answer tokens are predicted: the margins equal each pair scored as two whole
+    sequences, one at a time, in batches where prompts and answers differ in length (tool calls and plain rows too)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from common.chat.native import use_training_template
+    from common.chat.template import chat_spec
+    from common.preference import as_chat, preference_margins, tokenize_preference
+    from tests.real_tokenizers import shared_folder
+
+    tokenizer = AutoTokenizer.from_pretrained(shared_folder(family, str(tmp_path_factory.getbasetemp())))
+    spec = chat_spec(tokenizer, use_training_template(tokenizer, "", "keep"), "keep")
+    rows = [as_chat(r, True) for r in [PAIR, *read_jsonl(f"{ROOT}/data/examples/preference_test.jsonl")[:6]]]
+    rows += [{**tool_pairs()[0], "tools": TOOLS}, {**PAIR, "chosen": PAIR["chosen"] + " and a longer tail" * 5}]
+    torch.manual_seed(0)
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    config = AutoConfig.for_model(architecture, vocab_size=len(tokenizer), **sizes)
+    model = AutoModelForCausalLM.from_config(config)
+
+    def whole(prompt, answer):
+        logps = model(torch.tensor([prompt + answer])).logits[0, :-1].float().log_softmax(-1)
+        return logps[range(len(prompt) - 1, len(prompt) + len(answer) - 1), answer].sum().item()
+
+    def margins_one_by_one(rows, spec):
+        pairs = [tokenize_preference(tokenizer, row, spec) for row in rows]
+        with torch.no_grad():
+            return [whole(p["prompt_ids"], p["chosen_ids"]) - whole(p["prompt_ids"], p["rejected_ids"]) for p in pairs]
+
+    prompt_lengths = {len(tokenize_preference(tokenizer, row, spec)["prompt_ids"]) for row in rows}
+    assert len(prompt_lengths) > 2
+    assert preference_margins(model, tokenizer, rows, spec, batch_size=4) == pytest.approx(
+        margins_one_by_one(rows, spec), abs=1e-4
+    )
+    plain = [PAIR, {**PAIR, "prompt": "Please play something by Adele now", "rejected": "no"}]  # string rows
+    assert preference_margins(model, tokenizer, plain) == pytest.approx(margins_one_by_one(plain, None), abs=1e-4)
+
+
 @pytest.mark.e2e
 def test_preview_tokens_are_what_the_trainer_prepares(sft_model):
     from datasets import Dataset
