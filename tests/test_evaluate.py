@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 from common.chat.tokenizer import prepare_tokenizer
 from common.evaluate import Example, HopelessAnswer, answer_budget, generate_answers, is_exact_match, read_examples
-from tests.real_tokenizers import shared_folder
+from tests.real_tokenizers import shared_folder, tiny_model_folder
 
 HELD_OUT = read_examples("data/examples/chat_test.jsonl", 0)
 TOOL_CALLS = read_examples("data/examples/tools_test.jsonl", 40)
@@ -89,17 +89,9 @@ class Scripted(LlamaForCausalLM):
 def test_an_answer_stopped_early_keeps_only_what_it_wrote(tmp_path_factory):
     """generate pads a row stopped before the rest of its batch: a raw answer (special tokens kept for the parser)
     must not end in that padding (it did before the fix); a text answer gets the same tokens."""
-    tokenizer = AutoTokenizer.from_pretrained(shared_folder("qwen2.5", str(tmp_path_factory.getbasetemp())))
+    folder = tiny_model_folder("qwen2.5", tmp_path_factory.getbasetemp())
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), Scripted.from_pretrained(folder)
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    )
-    model = Scripted(config)
     stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model.generation_config.pad_token_id = tokenizer.pad_token_id  # <|endoftext|>: not the stop
     prose, thought = encode(" word" * 40), encode("<think>" + " hmm" * 20 + "</think>yes") + [stop]
