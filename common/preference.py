@@ -6,6 +6,7 @@ chat template (an sft_chat.py output has ours), string rows become messages, so 
 template and the end-of-turn token closes chosen and rejected.
 """
 
+import inspect
 import json
 import os
 import re
@@ -129,9 +130,8 @@ def _answer_logps(model, prompts: list[list[int]], answers: list[list[int]]) -> 
     prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     prompt_ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1
-    )
+    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, **last)
     cache = out.past_key_values
     cache.batch_repeat_interleave(2)
     length = max(map(len, answers))
