@@ -367,6 +367,22 @@ def test_preference_row_problem_with_tools(row, problem):
     assert found == problem if problem is None else found.startswith(problem), found
 
 
+class WithoutLogitsToKeep:
+    """A model whose forward has no logits_to_keep (remote code, a wrapper): every position's logits come back."""
+
+    def __init__(self, model):
+        self.model, self.device = model, model.device
+
+    def eval(self):
+        self.model.eval()
+
+    def forward(self, input_ids, attention_mask, position_ids, use_cache, past_key_values=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=use_cache, past_key_values=past_key_values)  # fmt: skip
+
+    __call__ = forward
+
+
 @pytest.mark.parametrize("family, architecture", [("qwen2.5", "llama"), ("qwen3", "gpt2")])  # RoPE; learned positions
 def test_margins_read_each_prompt_once_and_equal_whole_sequence_scores(family, architecture, tmp_path_factory):
     """preference_margins scores both answers on one pass over the shared prompt (left-padded, its cache repeated)
@@ -387,7 +403,7 @@ def test_margins_read_each_prompt_once_and_equal_whole_sequence_scores(family, a
     torch.manual_seed(0)
     sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
     config = AutoConfig.for_model(architecture, vocab_size=len(tokenizer), **sizes)
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config).eval()  # GPT-2's dropout is on in training mode
 
     def whole(prompt, answer):
         logps = model(torch.tensor([prompt + answer])).logits[0, :-1].float().log_softmax(-1)
@@ -400,9 +416,9 @@ def test_margins_read_each_prompt_once_and_equal_whole_sequence_scores(family, a
 
     prompt_lengths = {len(tokenize_preference(tokenizer, row, spec)["prompt_ids"]) for row in rows}
     assert len(prompt_lengths) > 2
-    assert preference_margins(model, tokenizer, rows, spec, batch_size=4) == pytest.approx(
-        margins_one_by_one(rows, spec), abs=1e-4
-    )
+    expected = margins_one_by_one(rows, spec)
+    assert preference_margins(model, tokenizer, rows, spec, batch_size=4) == pytest.approx(expected, abs=1e-4)
+    assert preference_margins(WithoutLogitsToKeep(model), tokenizer, rows, spec) == pytest.approx(expected, abs=1e-4)
     plain = [PAIR, {**PAIR, "prompt": "Please play something by Adele now", "rejected": "no"}]  # string rows
     assert preference_margins(model, tokenizer, plain) == pytest.approx(margins_one_by_one(plain, None), abs=1e-4)
 
