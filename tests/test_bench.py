@@ -65,3 +65,13 @@ def test_prep_benchmark_measures_ours_and_trl(tmp_path):
     ]
     assert len(table) == 4 and all(re.search(r"\| [\d,.]+ \|$", line) for line in table)  # wall s, the last column
     assert re.search(r"ours prepares [\d.]+x as fast as trl_1proc", result.stdout)
+
+
+def test_preference_margins_benchmark_scores_both_ways_alike(tmp_path):
+    from tests.real_tokenizers import tiny_model_folder
+
+    model = tiny_model_folder("qwen2.5", tmp_path)
+    result = run_script("bench/preference_margins.py", "--model", model, "--rows", "6")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"prompt once: 6 pairs in [\d.]+ s\nwhole sequences: 6 pairs in [\d.]+ s", result.stdout)
+    assert float(re.search(r"largest margin difference (\S+)", result.stdout).group(1)) < 1e-4
